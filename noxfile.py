@@ -1,0 +1,49 @@
+"""nox sessions for reslab. Each session installs what it needs into a venv that later runs reuse.
+
+torch is installed first and pinned (TORCH below): pip then takes the local CPU wheel on machines that carry one
+and the CUDA build from PyPI on a GPU machine. Set RESLAB_TORCH to another requirement, or RESLAB_TORCH_INDEX to
+an index such as https://download.pytorch.org/whl/cpu (a 200 MB CPU build instead of the multi-GB CUDA one).
+A stamp of pyproject.toml and the torch choice in the venv skips pip entirely when nothing changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import nox
+
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests"]
+
+ROOT = Path(__file__).parent
+TORCH = "torch==2.13.0"
+
+
+def install(session: nox.Session, extras: str = "dev") -> None:
+    """Install torch, then the project (editable) with `extras`, unless the venv already has exactly that."""
+    torch_req = os.environ.get("RESLAB_TORCH", TORCH)
+    index = os.environ.get("RESLAB_TORCH_INDEX", "")
+    key = hashlib.sha256(f"{torch_req}|{index}|{extras}|".encode() + (ROOT / "pyproject.toml").read_bytes())
+    stamp = Path(session.virtualenv.location) / ".reslab-install"
+    if stamp.exists() and stamp.read_text() == key.hexdigest():
+        return
+    session.install(torch_req, *(["--index-url", index] if index else []))
+    session.install("-e", f".[{extras}]")
+    stamp.write_text(key.hexdigest())
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Lint, then the whole test suite (slow end-to-end checks included; `-- -m "not slow"` for a quick run)."""
+    install(session)
+    session.run("ruff", "check", ".")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over the whole tree."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".", *session.posargs)

@@ -1,0 +1,163 @@
+"""Building blocks shared by every family: the block that combines a branch F with a shortcut.
+
+He et al. 2015 ("Deep Residual Learning", §3) write a residual unit as y = relu(F(x) + W_s x); He et al. 2016
+("Identity Mappings") move the activation into F (pre-activation); seed 002 gates the branch, y = a·F(x) + x with
+a = 0 at init. All of them, and the plain net of the same layers, are one `Block` with a different `kind`, so the
+comparison between plain and residual is controlled by construction: same layers, same init, only the sum differs.
+
+The optional `tap` lets gradient telemetry (reslab.train) see the gradient that reaches the block input through the
+branch and through the shortcut separately, inside the one backward pass that training runs anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BlockKind = Literal["plain", "residual", "preact", "rezero"]
+BLOCK_KINDS: tuple[str, ...] = ("plain", "residual", "preact", "rezero")
+SHORTCUTS: tuple[str, ...] = ("A", "B", "C")
+NORMS: tuple[str, ...] = ("batch", "none")
+
+#: A tap takes the block input and returns (input seen by the branch, input seen by the shortcut).
+Tap = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class Ops:
+    """The layer constructors for one dimensionality: Conv1d/BatchNorm1d for sequences, Conv2d/BatchNorm2d for
+    images, Linear/BatchNorm1d for the dense family. Families ask for layers by role, not by class."""
+
+    def __init__(self, dims: int) -> None:
+        if dims not in (0, 1, 2):
+            raise ValueError(f"dims must be 0 (dense), 1 or 2, got {dims}")
+        self.dims = dims
+
+    def conv(self, cin: int, cout: int, kernel: int, stride: int = 1, bias: bool = False) -> nn.Module:
+        cls = nn.Conv1d if self.dims == 1 else nn.Conv2d
+        return cls(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=bias)
+
+    def linear(self, fin: int, fout: int, bias: bool = True) -> nn.Module:
+        return nn.Linear(fin, fout, bias=bias)
+
+    def norm(self, channels: int, norm: str) -> nn.Module:
+        if norm == "none":
+            return nn.Identity()
+        return nn.BatchNorm2d(channels) if self.dims == 2 else nn.BatchNorm1d(channels)
+
+    def max_pool(self) -> nn.Module:
+        # ceil_mode reproduces Keras' MaxPooling(2, padding="same") on odd sizes (seed 000).
+        cls = nn.MaxPool1d if self.dims == 1 else nn.MaxPool2d
+        return cls(2, ceil_mode=True)
+
+    def global_pool(self) -> nn.Module:
+        cls = nn.AdaptiveAvgPool1d if self.dims == 1 else nn.AdaptiveAvgPool2d
+        return cls(1)
+
+
+class ZeroPadShortcut(nn.Module):
+    """He et al. 2015 option A: strided subsampling, then extra channels filled with zeros. No parameters, so a
+    residual net has exactly the parameters of its plain twin."""
+
+    def __init__(self, stride: int, extra_channels: int, dims: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.extra_channels = extra_channels
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = x[(slice(None), slice(None)) + (slice(None, None, self.stride),) * self.dims]
+        if self.extra_channels:
+            x = F.pad(x, (0, 0) * self.dims + (0, self.extra_channels))
+        return x
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}, extra_channels={self.extra_channels}"
+
+
+class Gate(nn.Module):
+    """The learnable scalar a of y = a·F(x) + x (seed 002, ReZero), initialised to 0 so each block starts as the
+    identity. A module of its own so summaries and telemetry can find it by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.zeros(()))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.a * f
+
+
+def make_shortcut(
+    option: str, ops: Ops, cin: int, cout: int, stride: int, norm: str
+) -> nn.Module:
+    """The shortcut W_s of He et al. 2015 §3.3: identity where shapes match (A, B), zero-pad (A) or a 1x1 projection
+    with norm (B) where they change, a projection on every block (C)."""
+    same_shape = cin == cout and stride == 1
+    if option not in SHORTCUTS:
+        raise ValueError(f"unknown shortcut {option!r}; valid: {', '.join(SHORTCUTS)}")
+    if same_shape and option in ("A", "B"):
+        return nn.Identity()
+    if option == "A":
+        if cout < cin:
+            raise ValueError(f"shortcut A cannot shrink channels ({cin} -> {cout}); use B or C")
+        return ZeroPadShortcut(stride, cout - cin, ops.dims)
+    bias = norm == "none"
+    proj = ops.linear(cin, cout, bias) if ops.dims == 0 else ops.conv(cin, cout, 1, stride=stride, bias=bias)
+    return nn.Sequential(proj, ops.norm(cout, norm)) if norm != "none" else proj
+
+
+class Block(nn.Module):
+    """One unit of depth. With F = `branch` and S = `shortcut`:
+
+    - plain:    y = post(F(x))             (no shortcut at all)
+    - residual: y = post(F(x) + S(x))      (He 2015)
+    - preact:   y = F(x) + S(x)            (He 2016; F starts with norm-ReLU)
+    - rezero:   y = a·F(x) + S(x), a = 0   (seed 002)
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        branch: nn.Module,
+        shortcut: nn.Module | None,
+        post: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        if kind not in BLOCK_KINDS:
+            raise ValueError(f"unknown block {kind!r}; valid: {', '.join(BLOCK_KINDS)}")
+        if (kind == "plain") != (shortcut is None):
+            raise ValueError("a plain block has no shortcut and every other block has one")
+        self.kind = kind
+        self.branch = branch
+        self.shortcut = shortcut
+        self.gate = Gate() if kind == "rezero" else None
+        self.post = post
+        self.tap: Tap | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xb, xs = self.tap(x) if self.tap is not None else (x, x)
+        out = self.branch(xb)
+        if self.gate is not None:
+            out = self.gate(out)
+        if self.shortcut is not None:
+            out = out + self.shortcut(xs)
+        if self.post is not None:
+            out = self.post(out)
+        return out
+
+
+def init_weights(model: nn.Module) -> None:
+    """Kaiming-normal (He et al. 2015, "Delving Deep into Rectifiers") for every conv and linear weight, zero
+    biases, BN weight 1 and bias 0 — the initialisation both ResNet papers train from."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

@@ -1,0 +1,55 @@
+"""The residual convnet of seed 000 (the Keras example): stages of (filters, pool), no stem, each block two 3x3
+"same" convs with ReLU and an optional 2x2 max-pool; the shortcut is the identity, or a 1x1 projection (stride 2
+when the block pools, no activation) where the shape changes; global average pooling and a dense head.
+
+Its default stages (32, pool), (64, pool), (128, no pool) with one output on 3x32x32 are the seed's model,
+297,697 parameters. Depth counts weighted layers: 2 per block plus the head, depth = 2kS + 1 for k blocks in each
+of S stages; the first block of a stage changes the filters and pools.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from reslab.models.blocks import Block, Ops, init_weights, make_shortcut
+from reslab.models.trunk import Trunk
+
+if TYPE_CHECKING:
+    from reslab.models.spec import NetSpec
+
+
+def pooled_block(spec: NetSpec, ops: Ops, cin: int, cout: int, pool: bool) -> Block:
+    """conv-ReLU-conv-ReLU[-pool] (+ shortcut), as the seed's `residual_block`; norm layers after each conv when
+    norm is batch; pre-activated: ReLU-conv-ReLU-conv[-pool]."""
+    bias = spec.norm == "none"
+    if spec.block == "preact":
+        layers = [ops.norm(cin, spec.norm), nn.ReLU(), ops.conv(cin, cout, 3, 1, bias),
+                  ops.norm(cout, spec.norm), nn.ReLU(), ops.conv(cout, cout, 3, 1, bias)]  # fmt: skip
+    else:
+        layers = [ops.conv(cin, cout, 3, 1, bias), ops.norm(cout, spec.norm), nn.ReLU(),
+                  ops.conv(cout, cout, 3, 1, bias), ops.norm(cout, spec.norm), nn.ReLU()]  # fmt: skip
+    if pool:
+        layers.append(ops.max_pool())
+    stride = 2 if pool else 1
+    shortcut = None if spec.block == "plain" else make_shortcut(spec.shortcut, ops, cin, cout, stride, spec.norm)
+    return Block(spec.block, nn.Sequential(*layers), shortcut)
+
+
+def build_convnet(spec: NetSpec, input_shape: tuple[int, ...], num_classes: int) -> Trunk:
+    """The seed 000 convnet of `spec` for (C, L) or (C, H, W) inputs."""
+    ops = Ops(len(input_shape) - 1)
+    k = spec.blocks_per_stage
+    stages, cin = [], input_shape[0]
+    for filters, pool in spec.stages:
+        blocks = []
+        for i in range(k):
+            blocks.append(pooled_block(spec, ops, cin, filters, pool and i == 0))
+            cin = filters
+        stages.append(blocks)
+    head = [ops.norm(cin, spec.norm), nn.ReLU()] if spec.block == "preact" else []
+    head += [ops.global_pool(), nn.Flatten(), ops.linear(cin, num_classes)]
+    net = Trunk(nn.Identity(), stages, nn.Sequential(*head))
+    init_weights(net)
+    return net

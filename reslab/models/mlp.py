@@ -1,0 +1,51 @@
+"""Dense residual nets (seed 004): a_{l+2} = g(z_{l+2} + a_l), the shortcut spanning each pair of linear layers.
+
+Depth counts weighted layers, as He et al. do: an input projection to width w, n blocks of two linear layers and a
+linear head, so depth = 2n + 2 (4, 6, 8, ...). Inputs of any shape are flattened first.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from reslab.models.blocks import Block, Ops, init_weights, make_shortcut
+from reslab.models.trunk import Trunk
+
+if TYPE_CHECKING:
+    from reslab.models.spec import NetSpec
+
+
+def dense_block(spec: NetSpec, ops: Ops, width: int) -> Block:
+    """linear-BN-ReLU-linear-BN (+ a_l, ReLU) or, pre-activated, BN-ReLU-linear-BN-ReLU-linear."""
+    bias = spec.norm == "none"
+    if spec.block == "preact":
+        branch = nn.Sequential(
+            ops.norm(width, spec.norm), nn.ReLU(), ops.linear(width, width, bias),
+            ops.norm(width, spec.norm), nn.ReLU(), ops.linear(width, width, bias),
+        )  # fmt: skip
+    else:
+        branch = nn.Sequential(
+            ops.linear(width, width, bias), ops.norm(width, spec.norm), nn.ReLU(),
+            ops.linear(width, width, bias), ops.norm(width, spec.norm),
+        )  # fmt: skip
+    shortcut = None if spec.block == "plain" else make_shortcut(spec.shortcut, ops, width, width, 1, spec.norm)
+    post = nn.ReLU() if spec.block in ("plain", "residual") else None
+    return Block(spec.block, branch, shortcut, post)
+
+
+def build_mlp(spec: NetSpec, input_shape: tuple[int, ...], num_classes: int) -> Trunk:
+    """The dense net of `spec`: flatten, project to width, n blocks, head."""
+    ops = Ops(0)
+    w, bias = spec.width, spec.norm == "none"
+    stem = [nn.Flatten(), ops.linear(math.prod(input_shape), w, bias)]
+    if spec.block != "preact":
+        stem += [ops.norm(w, spec.norm), nn.ReLU()]
+    blocks = [dense_block(spec, ops, w) for _ in range(spec.blocks_per_stage)]
+    head = [ops.norm(w, spec.norm), nn.ReLU()] if spec.block == "preact" else []
+    head.append(ops.linear(w, num_classes))
+    net = Trunk(nn.Sequential(*stem), [blocks], nn.Sequential(*head))
+    init_weights(net)
+    return net
