@@ -83,6 +83,90 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _format_epoch(epoch: int, total: int | None, m: dict[str, float]) -> str:
+    parts = [f"epoch {epoch:>3}" + (f"/{total}" if total else "")]
+    parts += [f"{k} {100 * m[k]:6.2f}%" for k in ("train_error", "val_error", "test_error") if k in m]
+    parts.append(f"loss {m['train_loss']:.4f}")
+    parts.append(f"lr {m['lr']:.4f}")
+    parts.append(f"{m['epoch_time_s']:.1f} s ({m['train_images_per_s']:,.0f} img/s)")
+    return "  ".join(parts)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from reslab.train.config import DataConfig, TrackingConfig, TrainConfig
+
+    spec = _net_spec(args)
+    try:
+        train = TrainConfig(**{k: v for k, v in _train_fields(args).items() if v is not None})
+        data = DataConfig(name=args.dataset, options=dict(args.data_option or []), data_dir=args.data_dir)
+        track = TrackingConfig(uri=args.tracking_uri, experiment=args.experiment)
+    except ValidationError as exc:
+        raise UsageError("; ".join(_pydantic_messages(exc))) from None
+    from reslab.data.cifar import DataError
+    from reslab.tracking import TrackingError
+    from reslab.train.run import run_one
+
+    stream = sys.stderr if args.json else sys.stdout
+    total = train.epochs if train.max_steps is None else None
+
+    def progress(epoch: int, metrics: dict[str, float]) -> None:
+        if stream.isatty() or not args.json:
+            print(_format_epoch(epoch, total, metrics), file=stream, flush=True)
+
+    try:
+        result = run_one(spec, data, train, None if args.no_tracking else track, on_epoch=progress)
+    except (DataError, TrackingError) as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        m = result.metrics
+        where = f"MLflow run {result.run_id}" if result.run_id else "not tracked"
+        print(
+            f"{spec.name}-s{train.seed}: train_error {100 * m['train_error']:.2f}%  test_error "
+            f"{100 * m['test_error']:.2f}%  ({result.params:,} params, {result.wall_s:.1f} s; {where})"
+        )
+    return 0
+
+
+def _train_fields(args: argparse.Namespace) -> dict:
+    return {
+        "epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size, "lr": args.lr,
+        "weight_decay": args.weight_decay, "momentum": args.momentum, "nesterov": args.nesterov or None,
+        "schedule": args.schedule, "milestones": args.milestones, "warmup_epochs": args.warmup_epochs,
+        "warmup_start_factor": args.warmup_start_factor, "seed": args.seed, "device": args.device,
+        "precision": args.precision, "telemetry_every": args.telemetry_every, "threads": args.threads,
+    }  # fmt: skip
+
+
+def _pydantic_messages(exc) -> list[str]:
+    """One 'path: message' per problem of a pydantic ValidationError."""
+    out = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        out.append(f"{path}: {msg}" if path else msg)
+    return out
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    import yaml
+
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="reslab", description="Depth-scaling benchmarks for plain and residual networks.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -93,6 +177,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=_positive_int, help="outputs of the head (10; 1 for the seed's convnet)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=cmd_summary)
+
+    from reslab.data.registry import DATASETS
+
+    p = sub.add_parser("train", help="train one network and record it as one MLflow run")
+    add_net_arguments(p)
+    p.add_argument("--dataset", default="mnist1d", choices=list(DATASETS), help="dataset (default mnist1d, offline)")
+    p.add_argument("--data-option", action="append", type=_key_value, metavar="KEY=VALUE",
+                   help="dataset option, e.g. val_size=5000 for cifar10 (repeatable)")  # fmt: skip
+    p.add_argument("--data-dir", help="dataset cache (default $RESLAB_DATA_DIR or ~/.cache/reslab)")
+    p.add_argument("--epochs", type=_positive_int, help="epochs (default 20)")
+    p.add_argument("--max-steps", type=_positive_int, help="train for this many iterations instead of epochs")
+    p.add_argument("--batch-size", type=_positive_int, help="batch size (default 128)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 0.1)")
+    p.add_argument("--weight-decay", type=float, help="weight decay (default 1e-4)")
+    p.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    p.add_argument("--schedule", choices=["cosine", "step", "constant"], help="lr schedule (default cosine)")
+    p.add_argument("--milestones", type=_floats, help="step schedule: fractions (<1) or iterations, e.g. 32000,48000")
+    p.add_argument("--warmup-epochs", type=float, help="linear warm-up epochs (default 2)")
+    p.add_argument("--warmup-start-factor", type=float, help="warm-up starts at lr x this (default 0.1)")
+    p.add_argument("--seed", type=int, help="seed of init, data order and augmentation (default 0)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="training device (default auto)")
+    p.add_argument("--precision", choices=["32-true", "bf16-mixed", "16-mixed"], help="default 32-true")
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    p.add_argument("--telemetry-every", type=_positive_int, help="gradient telemetry every K steps (default 10)")
+    p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--experiment", default="reslab", help="MLflow experiment (default reslab)")
+    p.add_argument("--no-tracking", action="store_true", help="train without recording an MLflow run")
+    p.add_argument("--json", action="store_true", help="print one JSON object with the final metrics")
+    p.set_defaults(func=cmd_train)
     return parser
 
 

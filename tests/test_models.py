@@ -30,9 +30,10 @@ def test_table6_parameter_counts(depth: int) -> None:
     residual = describe(NetSpec("resnet", "residual", depth, 16, "A"), (3, 32, 32), 10)
     assert residual.params == TABLE6_PARAMS[depth]
     assert residual.trainable_params == TABLE6_PARAMS[depth]
-    assert round(residual.params / 1e6, 2 if depth < 110 else 1) == {
-        20: 0.27, 32: 0.46, 44: 0.66, 56: 0.85, 110: 1.7, 1202: 19.4
-    }[depth]
+    assert (
+        round(residual.params / 1e6, 2 if depth < 110 else 1)
+        == {20: 0.27, 32: 0.46, 44: 0.66, 56: 0.85, 110: 1.7, 1202: 19.4}[depth]
+    )
 
 
 @pytest.mark.parametrize("depth", [20, 56, 110])

@@ -91,9 +91,7 @@ class Gate(nn.Module):
         return self.a * f
 
 
-def make_shortcut(
-    option: str, ops: Ops, cin: int, cout: int, stride: int, norm: str
-) -> nn.Module:
+def make_shortcut(option: str, ops: Ops, cin: int, cout: int, stride: int, norm: str) -> nn.Module:
     """The shortcut W_s of He et al. 2015 §3.3: identity where shapes match (A, B), zero-pad (A) or a 1x1 projection
     with norm (B) where they change, a projection on every block (C)."""
     same_shape = cin == cout and stride == 1

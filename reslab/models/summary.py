@@ -141,5 +141,3 @@ def describe(
 def count_params(model: nn.Module) -> int:
     """All parameters of `model` (a convenience for logs and tables)."""
     return sum(p.numel() for p in model.parameters())
-
-

@@ -1,0 +1,119 @@
+"""`ResLabModule`: the LightningModule that trains any `build_net` network with He et al.'s recipe.
+
+Training error is counted over each epoch's training batches, in training mode, as He et al. Fig. 1 and Fig. 6
+plot it; sums are kept on the device and read once per epoch, so a step costs what the model costs. Metrics go
+to the logger once per epoch (step = epoch, 1-based), as fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reslab.train.config import TrainConfig
+from reslab.train.schedule import lr_lambda
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class ResLabModule(pl.LightningModule):
+    """Cross-entropy over `num_outputs` classes, or BCE when the head has one output (the seed's sigmoid convnet).
+    `eval_names` name the evaluation loaders in order (e.g. ["val", "test"]); `on_epoch` gets each epoch's
+    metrics (for progress lines)."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        cfg: TrainConfig,
+        eval_names: list[str],
+        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.cfg = cfg
+        self.eval_names = eval_names
+        self.on_epoch = on_epoch
+        self.history: list[dict[str, float]] = []
+        self._train_sums = torch.zeros(3)  # loss x n, wrong, n
+        self._eval_sums = torch.zeros(len(eval_names), 3)
+        self._t0 = self._t_train = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _loss_and_wrong(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if logits.shape[1] == 1:
+            logit = logits.squeeze(1)
+            return F.binary_cross_entropy_with_logits(logit, y.float()), ((logit > 0).long() != y).sum()
+        return F.cross_entropy(logits, y), (logits.argmax(1) != y).sum()
+
+    def _accumulate(self, sums: torch.Tensor, loss: torch.Tensor, wrong: torch.Tensor, n: int) -> None:
+        sums[:2] += torch.stack((loss.detach().float() * n, wrong.float()))
+        sums[2] += n  # a Python scalar: no host-to-device copy per step
+
+    # -- training --------------------------------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        self._train_sums = torch.zeros(3, device=self.device)
+        self._eval_sums = torch.zeros(len(self.eval_names), 3, device=self.device)
+        self._t0 = time.perf_counter()
+        self._t_train = 0.0
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss, wrong = self._loss_and_wrong(self.net(x), y)
+        self._accumulate(self._train_sums, loss, wrong, y.shape[0])
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        if self.trainer.training and not self._t_train:
+            self._t_train = time.perf_counter() - self._t0  # training time of this epoch ends where evaluation starts
+
+    def validation_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        x, y = batch
+        loss, wrong = self._loss_and_wrong(self.net(x), y)
+        self._accumulate(self._eval_sums[dataloader_idx], loss, wrong, y.shape[0])
+
+    def on_train_epoch_end(self) -> None:
+        train_s = self._t_train or (time.perf_counter() - self._t0)
+        sums = self.trainer.strategy.reduce(self._train_sums, reduce_op="sum")  # all ranks' batches under DDP
+        loss_sum, wrong, n = sums.tolist()
+        if not math.isfinite(loss_sum):
+            raise DivergedError(f"training loss became {loss_sum / max(n, 1)} in epoch {self.current_epoch + 1}")
+        metrics = {
+            "train_loss": loss_sum / n,
+            "train_error": wrong / n,
+            "lr": self.trainer.optimizers[0].param_groups[0]["lr"],
+            "epoch_time_s": train_s,
+            "train_images_per_s": n / train_s if train_s > 0 else 0.0,
+        }
+        for name, (e_loss, e_wrong, e_n) in zip(self.eval_names, self._eval_sums.tolist(), strict=True):
+            if e_n:
+                metrics[f"{name}_loss"] = e_loss / e_n
+                metrics[f"{name}_error"] = e_wrong / e_n
+        epoch = self.current_epoch + 1
+        self.history.append({"epoch": epoch, **metrics})
+        if self.logger is not None:
+            self.logger.log_metrics(metrics, step=epoch)
+        if self.on_epoch is not None and self.trainer.is_global_zero:
+            self.on_epoch(epoch, metrics)
+
+    # -- optimisation ----------------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        cfg = self.cfg
+        optimizer = torch.optim.SGD(
+            self.net.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+        )  # fmt: skip
+        steps_per_epoch = len(self.trainer.datamodule.train_dataloader())  # per rank, as the optimizer steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

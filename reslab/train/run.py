@@ -1,0 +1,214 @@
+"""`run_one`: one cell of a depth sweep — one network, one dataset, one recipe, one MLflow run.
+
+The sweep's objective calls this and nothing else (DESIGN: thin objective). Everything a later reader needs to
+trust the number is recorded with it: the resolved spec and recipe, the code version, the package versions, the
+device, per-epoch curves, gradient telemetry and system metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from reslab import tracking
+from reslab.data.registry import load_dataset
+from reslab.models import FAMILIES, NetSpec, build_net, summarize
+from reslab.train.config import DataConfig, TrackingConfig, TrainConfig
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class RunResult:
+    run_id: str | None
+    spec: NetSpec
+    metrics: dict[str, float]  # the last epoch's
+    history: list[dict[str, float]]
+    params: int
+    macs: int
+    wall_s: float
+    device: str
+    telemetry: list[tuple[str, float, int]] = field(default_factory=list, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The object `reslab train --json` prints."""
+        return {
+            "run_id": self.run_id,
+            "name": self.spec.name,
+            **{k: self.metrics.get(k) for k in ("train_error", "test_error", "train_loss", "test_loss")},
+            **{k: v for k, v in self.metrics.items() if k.startswith("val_")},
+            "epochs": len(self.history),
+            "params": self.params,
+            "macs": self.macs,
+            "wall_s": round(self.wall_s, 3),
+            "device": self.device,
+        }
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> cuda if available, else mps, else cpu; an explicit device that is missing is an error."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device cuda was asked for but torch sees no CUDA device; use --device cpu or auto")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError("device mps was asked for but is not available; use --device cpu or auto")
+    return device
+
+
+def describe_device(device: str) -> str:
+    if device == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(0)})"
+    return f"{device} ({torch.get_num_threads()} threads)"
+
+
+def quiet_lightning() -> None:
+    """Lightning's start-up chatter (GPU available..., seed set...) says nothing a reslab user needs."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+
+
+def output_units(spec: NetSpec, num_classes: int) -> int:
+    """A binary dataset on a family whose head is one sigmoid unit (the seed's convnet) gets 1 output and BCE."""
+    return 1 if num_classes == 2 and FAMILIES[spec.family].default_classes == 1 else num_classes
+
+
+def resolved_config(spec: NetSpec, data: DataConfig, train: TrainConfig) -> dict[str, Any]:
+    return json.loads(json.dumps({"net": asdict(spec), "data": data.model_dump(), "train": train.model_dump()}))
+
+
+def flat_params(config: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for section, values in config.items():
+        for key, value in values.items():
+            if isinstance(value, dict) and key == "options":
+                out.update({f"{section}.{k}": v for k, v in value.items()})
+            else:
+                out[f"{section}.{key}"] = value
+    return out
+
+
+def run_one(
+    spec: NetSpec,
+    data: DataConfig,
+    train: TrainConfig,
+    tracking_cfg: TrackingConfig | None = None,
+    *,
+    run_name: str | None = None,
+    parent_run_id: str | None = None,
+    extra_tags: dict[str, str] | None = None,
+    on_epoch: EpochCallback | None = None,
+    on_start: Callable[[str | None], None] | None = None,
+) -> RunResult:
+    """Train `spec` on `data` with `train`, recorded in MLflow as `tracking_cfg` says (None: not recorded). A
+    failure marks the run FAILED (reason in tag `reslab.failure`), an interrupt KILLED, and is raised again."""
+    import lightning.pytorch as pl
+
+    from reslab.data.datamodule import TensorDataModule
+    from reslab.train.module import ResLabModule
+    from reslab.train.telemetry import GradientProbe
+
+    t_start = time.perf_counter()
+    quiet_lightning()
+    device = resolve_device(train.device)
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    pl.seed_everything(train.seed, workers=False, verbose=False)
+    splits = load_dataset(data.name, data.options, data.data_dir)
+    net = build_net(spec, splits.input_shape, output_units(spec, splits.num_classes))
+    summary = summarize(net, splits.input_shape)
+    dm = TensorDataModule(
+        splits, train.batch_size, eval_batch_size=train.eval_batch_size, seed=train.seed,
+        device="cuda" if device == "cuda" else device, drop_last=train.drop_last,
+    )  # fmt: skip
+    config = resolved_config(spec, data, train)
+    device_desc = describe_device(device)
+
+    run_id, uri, logger = None, None, None
+    if tracking_cfg is not None:
+        uri = tracking.resolve_uri(tracking_cfg.uri)
+        tracking.prepare_store(uri, tracking_cfg.experiment)
+        tags = {
+            "family": spec.family, "block": spec.block, "depth": spec.depth, "width": spec.width,
+            "shortcut": spec.shortcut, "norm": spec.norm, "seed": train.seed, "dataset": data.name,
+            **tracking.provenance_tags(device_desc), **(extra_tags or {}),
+        }  # fmt: skip
+        run_id = tracking.start_run(
+            uri, tracking_cfg.experiment, run_name or f"{spec.name}-s{train.seed}", tags, flat_params(config),
+            parent_run_id,
+        )  # fmt: skip
+        tracking.log_params(uri, run_id, {"net.params": summary.params, "net.macs": summary.macs})
+        tracking.log_text(uri, run_id, _yaml(config), "config.yaml")
+        tracking.log_text(uri, run_id, summary.table(spec.name), "model_summary.txt")
+        logger = tracking.lightning_logger(uri, run_id)
+    if on_start is not None:
+        on_start(run_id)
+
+    try:
+        probe = GradientProbe(
+            train.telemetry_every, sink=(lambda rows: tracking.log_metrics(uri, run_id, rows)) if run_id else None
+        )
+        module = ResLabModule(net, train, dm.eval_names, on_epoch=on_epoch)
+        accelerator = {"cuda": "gpu"}.get(device, device)
+        trainer = pl.Trainer(
+            accelerator=accelerator,
+            devices=train.devices,
+            strategy=train.strategy,
+            precision=train.precision,
+            max_epochs=-1 if train.max_steps else train.epochs,
+            max_steps=train.max_steps or -1,
+            logger=logger if logger is not None else False,
+            callbacks=[probe],
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=False,
+            num_sanity_val_steps=0,
+            deterministic=train.deterministic if train.deterministic is not None else accelerator == "cpu",
+            default_root_dir=None,
+        )
+        if run_id is not None and tracking_cfg.system_metrics:
+            with tracking.system_metrics(uri, run_id, tracking_cfg.system_metrics_interval_s):
+                trainer.fit(module, datamodule=dm)
+        else:
+            trainer.fit(module, datamodule=dm)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # Lightning turns Ctrl-C into SystemExit(1) after ignoring SIGINT: restore it and report an interrupt.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if run_id is not None:
+            tracking.finish_run(uri, run_id, "KILLED", "interrupted")
+        raise KeyboardInterrupt from exc
+    except BaseException as exc:
+        if run_id is not None:
+            tracking.finish_run(uri, run_id, "FAILED", f"{type(exc).__name__}: {exc}")
+        raise
+    if not module.history:
+        raise RuntimeError("training ran no epoch")
+    final = {k: v for k, v in module.history[-1].items() if k != "epoch"}
+    result = RunResult(
+        run_id=run_id, spec=spec, metrics=final, history=module.history, params=summary.params,
+        macs=summary.macs, wall_s=time.perf_counter() - t_start, device=device_desc, telemetry=probe.history,
+    )  # fmt: skip
+    if run_id is not None:
+        tracking.log_json(uri, run_id, {**result.to_json(), "metrics": final}, "final_metrics.json")
+        tracking.finish_run(uri, run_id, "FINISHED")
+    return result
+
+
+def _yaml(config: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(config, sort_keys=False)
