@@ -1,0 +1,147 @@
+"""Timing discipline for reslab's own overheads: the training step in Lightning vs a plain PyTorch loop, the data
+path vs the model, gradient telemetry vs none.
+
+As nanoGPT's bench.py and timm's benchmark.py do: warm up first, synchronise the device inside the timed region,
+take medians over many steps (robust on a shared machine), and report rates. Used by benchmarks/ (pytest-benchmark)
+and by `python benchmarks/measure_training.py`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from reslab.data.tensors import DeviceBatches, Split, Splits
+from reslab.models import NetSpec, build_net
+from reslab.train.config import TrainConfig
+from reslab.train.schedule import lr_lambda
+
+
+def sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    median_s: float
+    steps: int
+    batch_size: int
+
+    @property
+    def images_per_s(self) -> float:
+        return self.batch_size / self.median_s
+
+
+def plain_loop_step_times(
+    spec: NetSpec, splits: Splits, cfg: TrainConfig, steps: int, warmup: int = 3, device: str = "cpu"
+) -> StepTiming:
+    """The loop a researcher writes by hand: forward, cross-entropy, backward, SGD step, schedule step."""
+    torch.manual_seed(cfg.seed)
+    net = build_net(spec, splits.input_shape, splits.num_classes).to(device)
+    opt = torch.optim.SGD(
+        net.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+    )
+    batches = DeviceBatches(splits.train.to(device), cfg.batch_size, shuffle=True, seed=cfg.seed)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, len(batches)))
+    ends: list[float] = [time.perf_counter()]
+    net.train()
+    while len(ends) <= warmup + steps:
+        for x, y in batches:
+            loss = F.cross_entropy(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            sync(device)
+            ends.append(time.perf_counter())
+            if len(ends) > warmup + steps:
+                break
+    return _timing(ends, warmup, steps, cfg.batch_size)
+
+
+def _timing(ends: list[float], warmup: int, steps: int, batch_size: int) -> StepTiming:
+    """Median of the intervals between consecutive step ends (data fetch and loop bookkeeping included)."""
+    intervals = [b - a for a, b in itertools.pairwise(ends)]
+    return StepTiming(statistics.median(intervals[warmup:]), steps, batch_size)
+
+
+def lightning_step_times(
+    spec: NetSpec, splits: Splits, cfg: TrainConfig, steps: int, warmup: int = 3, telemetry: bool = True
+) -> StepTiming:
+    """reslab's training step as `run_one` runs it (ResLabModule + GradientProbe every cfg.telemetry_every steps,
+    no tracking), timed from batch start to batch end."""
+    import lightning.pytorch as pl
+
+    from reslab.data.datamodule import TensorDataModule
+    from reslab.train.module import ResLabModule
+    from reslab.train.run import quiet_lightning, resolve_device
+    from reslab.train.telemetry import GradientProbe
+
+    quiet_lightning()
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    net = build_net(spec, splits.input_shape, splits.num_classes)
+    dm = TensorDataModule(splits, cfg.batch_size, seed=cfg.seed, device=device)
+    timer = _BatchTimer(device)
+    callbacks: list[pl.Callback] = [timer]
+    if telemetry:
+        callbacks.insert(0, GradientProbe(cfg.telemetry_every))
+    trainer = pl.Trainer(
+        accelerator={"cuda": "gpu"}.get(device, device),
+        devices=1,
+        max_steps=warmup + steps,
+        logger=False,
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        deterministic=device == "cpu",
+    )
+    trainer.fit(ResLabModule(net, cfg, dm.eval_names), datamodule=dm)
+    return _timing(timer.ends, warmup, steps, cfg.batch_size)
+
+
+class _BatchTimer:
+    """A Lightning callback that stamps the end of each training batch (fit start is the first stamp)."""
+
+    def __new__(cls, device: str):
+        import lightning.pytorch as pl
+
+        class BatchTimer(pl.Callback):
+            def __init__(self) -> None:
+                self.ends: list[float] = []
+
+            def on_train_start(self, trainer, pl_module) -> None:
+                self.ends.append(time.perf_counter())
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+                sync(device)
+                self.ends.append(time.perf_counter())
+
+        return BatchTimer()
+
+
+def data_path_images_per_s(
+    split: Split, batch_size: int, transform: Callable | None = None, epochs: int = 3, device: str = "cpu"
+) -> float:
+    """Images/s of the batch iterator alone (shuffle, gather, transform), what the model is fed at most."""
+    batches = DeviceBatches(split.to(device), batch_size, shuffle=True, transform=transform)
+    for _ in batches:  # warm-up epoch
+        pass
+    sync(device)
+    t0 = time.perf_counter()
+    n = 0
+    for _ in range(epochs):
+        for _, y in batches:
+            n += y.shape[0]
+    sync(device)
+    return n / (time.perf_counter() - t0)
