@@ -47,3 +47,18 @@ def lint(session: nox.Session) -> None:
     """ruff over the whole tree."""
     session.install("ruff>=0.6")
     session.run("ruff", "check", ".", *session.posargs)
+
+
+@nox.session
+def sweep(session: nox.Session) -> None:
+    """The main job: the default sweep (or `-- configs/X.yaml --set k=v ...`), then its report."""
+    install(session)
+    args = session.posargs or ["configs/default.yaml"]
+    session.run("reslab", "sweep", *args, "--report")
+
+
+@nox.session
+def ui(session: nox.Session) -> None:
+    """The MLflow UI on the sweep's store (`-- --port 5001` etc. pass through)."""
+    install(session)
+    session.run("reslab", "ui", *session.posargs)

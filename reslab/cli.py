@@ -167,6 +167,47 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from reslab.sweep.config import ConfigError, load_config
+    from reslab.sweep.runner import run_sweep
+
+    overrides = list(args.set or [])
+    for flag, key in ((args.workers, "sweep.workers"), (args.storage, "sweep.storage"),
+                      (args.tracking_uri, "tracking.uri")):  # fmt: skip
+        if flag is not None:
+            overrides.append(f"{key}={flag}")
+    try:
+        config = load_config(args.config, overrides)
+        return run_sweep(config, dry_run=args.dry_run, source=_source(args.config, args.set))
+    except ConfigError as exc:
+        print(f"reslab sweep: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _source(path: str, sets: list[str] | None) -> str:
+    """The command to resume with, as the user gave it."""
+    return " ".join([path, *(f"--set {s}" for s in sets or [])])
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+
+    from reslab.tracking import resolve_uri
+
+    uri = resolve_uri(args.tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        print(f"{uri} is already a tracking server: open it in a browser")
+        return 0
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host]
+    cmd += ["--port", str(args.port)]
+    print(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    try:
+        return subprocess.call(cmd, env=dict(os.environ, MLFLOW_TRACKING_URI=uri))
+    except KeyboardInterrupt:
+        return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="reslab", description="Depth-scaling benchmarks for plain and residual networks.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -207,6 +248,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tracking", action="store_true", help="train without recording an MLflow run")
     p.add_argument("--json", action="store_true", help="print one JSON object with the final metrics")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sweep", help="run a sweep config: every cell once, resumable, N workers")
+    p.add_argument("config", help="a sweep config, e.g. configs/default.yaml")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=5 --set grid.depths=[8,20]")  # fmt: skip
+    p.add_argument("--workers", help="worker processes: a number or auto (one per GPU / CPU cores)")
+    p.add_argument("--storage", help="Optuna storage: a journal file or postgresql://... (default runs/<name>/)")
+    p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs with params, MACs and status; run nothing")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("ui", help="open the MLflow UI on the tracking store")
+    p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_ui)
     return parser
 
 

@@ -195,6 +195,52 @@ def system_metrics(uri: str, run_id: str, interval_s: float = 1.0, samples_per_l
         monitor.finish()
 
 
+# --- sweeps -------------------------------------------------------------------------------------------------------
+
+
+def sweep_filter(sweep: str) -> str:
+    return f"tags.`reslab.sweep` = '{sweep}' and tags.`reslab.role` = 'sweep'"
+
+
+def ensure_sweep_run(uri: str, experiment: str, sweep: str, config_yaml: str, tags: dict[str, str]) -> str:
+    """The sweep's parent run: found by tag, or created. Two coordinators starting at once may both create one;
+    the oldest is kept and the other deleted, so every worker attaches its children to the same parent."""
+    runs = search_runs(uri, experiment, sweep_filter(sweep))
+    if not runs:
+        mine = start_run(uri, experiment, f"sweep-{sweep}", {"reslab.sweep": sweep, "reslab.role": "sweep", **tags})
+        runs = search_runs(uri, experiment, sweep_filter(sweep))
+        keeper = min(runs, key=lambda r: (r.info.start_time, r.info.run_id))
+        if keeper.info.run_id != mine:
+            client(uri).delete_run(mine)
+    else:
+        keeper = min(runs, key=lambda r: (r.info.start_time, r.info.run_id))
+    run_id = keeper.info.run_id
+    if keeper.info.status != "RUNNING":
+        client(uri).update_run(run_id, status="RUNNING")
+    log_text(uri, run_id, config_yaml, "config.yaml")
+    return run_id
+
+
+def sweep_runs(uri: str, experiment: str, sweep: str) -> tuple[Any, list]:
+    """(parent run or None, its child runs) of a sweep."""
+    parents = search_runs(uri, experiment, sweep_filter(sweep))
+    if not parents:
+        return None, []
+    parent = min(parents, key=lambda r: (r.info.start_time, r.info.run_id))
+    children = search_runs(uri, experiment, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    return parent, children
+
+
+def find_sweep(uri: str, sweep: str) -> tuple[str | None, Any]:
+    """(experiment name, parent run) of a sweep in any experiment of the store, newest experiment first."""
+    c = client(uri)
+    for exp in sorted(c.search_experiments(), key=lambda e: e.creation_time or 0, reverse=True):
+        runs = c.search_runs([exp.experiment_id], filter_string=sweep_filter(sweep), max_results=10)
+        if runs:
+            return exp.name, min(runs, key=lambda r: (r.info.start_time, r.info.run_id))
+    return None, None
+
+
 # --- provenance ---------------------------------------------------------------------------------------------------
 
 _PACKAGES = ("reslab", "torch", "lightning", "mlflow", "optuna", "numpy")

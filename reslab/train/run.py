@@ -26,6 +26,11 @@ from reslab.train.config import DataConfig, TrackingConfig, TrainConfig
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
+class StopRun(Exception):
+    """Raised from an epoch callback to end a run early on purpose (a tuner's pruning): the run is marked KILLED
+    with this message as the reason."""
+
+
 @dataclass
 class RunResult:
     run_id: str | None
@@ -191,6 +196,10 @@ def run_one(
         if run_id is not None:
             tracking.finish_run(uri, run_id, "KILLED", "interrupted")
         raise KeyboardInterrupt from exc
+    except StopRun as exc:
+        if run_id is not None:
+            tracking.finish_run(uri, run_id, "KILLED", str(exc))
+        raise
     except BaseException as exc:
         if run_id is not None:
             tracking.finish_run(uri, run_id, "FAILED", f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,291 @@
+"""Sweep configs: YAML in, a frozen validated `SweepConfig` out, or every problem at once.
+
+A sweep is He et al.'s experiment generalised: a grid of (block x depth x width x shortcut x norm x seed) cells,
+one dataset, one recipe. pydantic checks types and unknown keys; the checks pydantic cannot know (a depth that is
+not 6n+2 for the family, a storage URL that is not one) run here too, and all problems are reported together with
+their YAML path and what is valid, before anything is created or trained.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from reslab.models.registry import FAMILIES
+from reslab.models.rules import SpecError
+from reslab.train.config import DataConfig, TrackingConfig, TrainConfig
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run: `problems` are 'yaml.path: what is wrong (what is valid)' lines."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        n = len(problems)
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: {n} problem{'s' if n != 1 else ''}; nothing was run:\n{lines}")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class GridConfig(_Frozen):
+    """The cells: every combination of the lists (a plain block has no shortcut, so plain cells take the first
+    shortcut only)."""
+
+    family: str = "resnet"
+    blocks: list[Literal["plain", "residual", "preact", "rezero"]] = Field(
+        default_factory=lambda: ["plain", "residual"], min_length=1
+    )
+    depths: list[int] = Field(min_length=1)
+    widths: list[int] = Field(default_factory=lambda: [16], min_length=1)
+    shortcuts: list[Literal["A", "B", "C"]] = Field(default_factory=lambda: ["A"], min_length=1)
+    norms: list[Literal["batch", "none"]] = Field(default_factory=lambda: ["batch"], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+
+    @field_validator("family")
+    @classmethod
+    def _family(cls, v: str) -> str:
+        if v not in FAMILIES:
+            raise ValueError(f"unknown family {v!r}; valid: {', '.join(FAMILIES)}")
+        return v
+
+    @field_validator("widths", "seeds")
+    @classmethod
+    def _non_negative(cls, v: list[int], info) -> list[int]:
+        low = 1 if info.field_name == "widths" else 0
+        bad = [x for x in v if x < low]
+        if bad:
+            raise ValueError(f"{info.field_name} must be integers >= {low}, got {bad}")
+        return v
+
+    @field_validator("depths")
+    @classmethod
+    def _depths(cls, v: list[int], info) -> list[int]:
+        from reslab.models.spec import NetSpec
+
+        family = info.data.get("family")
+        if family not in FAMILIES:
+            return v  # the family's own error says it
+        problems = []
+        for i, depth in enumerate(v):
+            try:
+                NetSpec(family, "plain", depth)
+            except SpecError as exc:
+                problems.append(f"[{i}] {exc}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        if len(set(v)) != len(v):
+            raise ValueError(f"depths repeat: {v}")
+        return v
+
+
+class ExecConfig(_Frozen):
+    """Where the queue lives and who works on it."""
+
+    storage: str | None = Field(
+        None, description="Optuna storage: None = journal file runs/<name>/optuna.journal; or a journal path, "
+        "sqlite:///x.db, postgresql://user:pass@host/db"
+    )  # fmt: skip
+    workers: int | Literal["auto"] = "auto"
+    runs_dir: str = "runs"
+    heartbeat_s: float = Field(5.0, gt=0, description="a worker's lease is renewed this often")
+    grace_s: float = Field(60.0, gt=0, description="a RUNNING cell whose lease is older than this is retried")
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"workers must be >= 1 or 'auto', got {v}")
+        return v
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        valid = "a journal file path (e.g. runs/x/optuna.journal), sqlite:///file.db or postgresql://user@host/db"
+        if "://" in v:
+            from sqlalchemy.engine import make_url
+            from sqlalchemy.exc import ArgumentError
+
+            try:
+                url = make_url(v)
+            except ArgumentError:
+                raise ValueError(f"{v!r} is not a storage URL; valid: {valid}") from None
+            if url.get_backend_name() not in RDB_SCHEMES:
+                raise ValueError(f"storage scheme {url.drivername!r} is not supported; valid: {valid}")
+            return v
+        if not v.strip() or v.endswith(("/", ".db", ".sqlite")):
+            raise ValueError(f"{v!r} is not a storage; valid: {valid}")
+        return v
+
+
+class TuneConfig(_Frozen):
+    """A budget-matched comparison: every cell gets the same number of TPE trials over lr and weight decay
+    (log-uniform ranges), a median pruner on the per-epoch metric, and the best trial stands for the cell. The
+    random start-up trials are paired: slot k draws the same candidates in every cell of a seed, so plain and
+    residual nets are first compared at identical settings."""
+
+    trials_per_cell: int = Field(8, ge=2)
+    lr: tuple[float, float] = (0.01, 0.5)
+    weight_decay: tuple[float, float] | None = (1e-5, 1e-3)
+    metric: Literal["val_error", "test_error", "train_error"] = "val_error"
+    pruner: Literal["median", "none"] = "median"
+    pruner_startup_trials: int = Field(3, ge=0)
+    pruner_warmup_epochs: int = Field(2, ge=0)
+
+    @field_validator("lr", "weight_decay")
+    @classmethod
+    def _range(cls, v: tuple[float, float] | None, info) -> tuple[float, float] | None:
+        if v is not None and not (0 < v[0] < v[1]):
+            raise ValueError(f"{info.field_name} must be [low, high] with 0 < low < high, got {list(v)}")
+        return v
+
+
+class SweepConfig(_Frozen):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    dataset: DataConfig = Field(default_factory=DataConfig)
+    grid: GridConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    sweep: ExecConfig = Field(default_factory=ExecConfig)
+    tune: TuneConfig | None = None
+
+    @model_validator(mode="after")
+    def _val_metric_needs_val(self) -> SweepConfig:
+        if self.tune is not None and self.tune.metric == "val_error":
+            from reslab.data.registry import DATASETS
+
+            options = {**DATASETS[self.dataset.name].options(), **self.dataset.options}
+            if not options.get("val_size"):
+                raise ValueError(
+                    f"tune.metric val_error needs a validation split: set dataset.options.val_size "
+                    f"(dataset {self.dataset.name!r}) or tune.metric test_error"
+                )
+        return self
+
+    @property
+    def storage_url(self) -> str:
+        """The Optuna storage: the configured one, or the journal file under runs/<name>/."""
+        return self.sweep.storage or str(Path(self.sweep.runs_dir) / self.name / "optuna.journal")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.sweep.runs_dir) / self.name
+
+    def resolved(self) -> dict[str, Any]:
+        """The config as it runs, for artifacts and the resolved YAML the workers read."""
+        return self.model_dump(mode="json")
+
+    def recipe(self) -> dict[str, Any]:
+        """What must not change between reruns of one sweep (the grid may grow)."""
+        return {k: v for k, v in self.resolved().items() if k in ("dataset", "train", "tune")}
+
+
+# -- loading -----------------------------------------------------------------------------------------------------------
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """`train.epochs=5` or `grid.depths=[8,20]`: the value is YAML; intermediate sections are created."""
+    if "=" not in assignment:
+        raise ValueError(f"--set {assignment!r}: expected KEY.PATH=VALUE, e.g. train.epochs=5")
+    path, text = assignment.split("=", 1)
+    keys = [k for k in path.strip().split(".") if k]
+    if not keys:
+        raise ValueError(f"--set {assignment!r}: empty key")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"--set {assignment!r}: value is not YAML ({exc.problem})") from None
+    node = raw
+    for i, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ValueError(f"--set {assignment!r}: {'.'.join(keys[: i + 1])} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def load_config(
+    source: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()
+) -> SweepConfig:
+    """Read, override and validate a sweep config; raise ConfigError with every problem."""
+    label = str(source) if not isinstance(source, dict) else "<config>"
+    if isinstance(source, dict):
+        raw: Any = copy.deepcopy(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(label, [f"no such config file; the shipped ones are in configs/ ({_shipped()})"])
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(label, [f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(label, [f"the top level must be a mapping of sections, got {type(raw).__name__}"])
+    problems = []
+    for assignment in overrides:
+        try:
+            apply_override(raw, assignment)
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError(label, problems)
+    tracking = raw.get("tracking")
+    if isinstance(tracking, dict) and "experiment" not in tracking and isinstance(raw.get("name"), str):
+        tracking["experiment"] = raw["name"]
+    elif tracking is None and isinstance(raw.get("name"), str):
+        raw["tracking"] = {"experiment": raw["name"]}
+    try:
+        return SweepConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(label, [line for err in exc.errors() for line in _describe(err)]) from None
+
+
+def _describe(err: dict[str, Any]) -> list[str]:
+    loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+    msg = err["msg"].removeprefix("Value error, ")
+    if msg.startswith("[") and loc.endswith("depths"):  # one line per bad depth: "grid.depths[2]: ..."
+        return [f"{loc}[{part.split('] ', 1)[0].lstrip('[')}]: {part.split('] ', 1)[1]}" for part in msg.split("; [")]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key" + _valid_keys(err["loc"])
+    elif err["type"] == "missing":
+        msg = "required key is missing"
+    elif err["type"] == "string_pattern_mismatch":
+        msg = f"{err['input']!r} must be letters, digits, '.', '_' or '-' (it names folders and MLflow tags)"
+    elif err["type"] == "literal_error":
+        msg = f"{err['input']!r} is not valid; {msg.lower()}"
+    return [f"{loc or '<top>'}: {msg}"]
+
+
+def _valid_keys(loc: tuple) -> str:
+    models: dict[str, type[BaseModel]] = {
+        "": SweepConfig, "dataset": DataConfig, "grid": GridConfig, "train": TrainConfig,
+        "tracking": TrackingConfig, "sweep": ExecConfig, "tune": TuneConfig,
+    }  # fmt: skip
+    section = ".".join(str(p) for p in loc[:-1])
+    model = models.get(section)
+    return f" (valid: {', '.join(model.model_fields)})" if model else ""
+
+
+def _shipped() -> str:
+    root = Path(__file__).resolve().parents[2] / "configs"
+    names = sorted(p.name for p in root.glob("*.yaml")) if root.is_dir() else []
+    return ", ".join(names) or "none found"

@@ -1,0 +1,358 @@
+"""`reslab sweep`: the coordinator. Idempotent steps (DESIGN principle 6): expand the grid, enqueue what is missing,
+run workers, collect. Running it again runs only what is missing or failed; `--dry-run` only looks.
+
+The coordinator never trains. It creates the tracking store and the study once, before any worker starts (two
+processes creating one fresh sqlite DB corrupt it; two creating one study race), attaches to the sweep's MLflow
+parent run, starts N worker processes with the CPU threads divided between them (one per GPU on a GPU machine),
+and shows progress from the queue until they are done.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from reslab import tracking
+from reslab.sweep.config import ConfigError, SweepConfig
+from reslab.sweep.grid import Cell
+from reslab.sweep.queue import Item, ItemStatus, QueueError, SweepQueue, is_rdb, open_storage, study_exists
+from reslab.sweep.worker import items_of, mark_lost_run
+
+EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: train fields that change how fast a run goes, not what it computes: a rerun may change them.
+EXECUTION_ONLY = ("device", "devices", "strategy", "threads", "telemetry_every", "eval_batch_size", "deterministic")
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    workers: int
+    threads: int | None
+    gpus: list[int]
+
+    def describe(self) -> str:
+        if self.gpus:
+            return f"{self.workers} worker{'s' * (self.workers > 1)} (GPU {', '.join(map(str, self.gpus))})"
+        return f"{self.workers} worker{'s' * (self.workers > 1)} x {self.threads} thread{'s' * (self.threads != 1)}"
+
+
+def plan_workers(config: SweepConfig, n_items: int) -> WorkerPlan:
+    """`auto`: one worker per GPU (per `devices` GPUs) when training on CUDA; on the CPU as many workers as cores,
+    capped by the work and at 8, each with an equal share of the threads (small nets scale better by processes)."""
+    import torch
+
+    requested = config.sweep.workers
+    device = config.train.device
+    n_gpus = torch.cuda.device_count() if device in ("auto", "cuda") else 0
+    if n_gpus:
+        per_cell = config.train.devices if isinstance(config.train.devices, int) else 1
+        n = max(1, n_gpus // per_cell) if requested == "auto" else int(requested)
+        return WorkerPlan(n, config.train.threads, list(range(n_gpus)))
+    cores = os.cpu_count() or 1
+    n = max(1, min(cores, n_items, 8)) if requested == "auto" else int(requested)
+    threads = config.train.threads or max(1, cores // n)
+    return WorkerPlan(n, threads, [])
+
+
+def recipe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """'section.key: old -> new' for every recipe field that differs (execution-only train fields ignored)."""
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict) and k != "options":
+                out.update(flat(v, key + "."))
+            elif not (prefix == "train." and k in EXECUTION_ONLY):
+                out[key] = v
+        return out
+
+    a, b = flat(old), flat(new)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+class Coordinator:
+    def __init__(self, config: SweepConfig, console: Console | None = None, source: str = "") -> None:
+        self.config = config
+        self.console = console or make_console()
+        self.source = source or config.name
+        self.cells, self.items = items_of(config)
+        self.storage_url = _absolute_storage(config.storage_url)
+        self.uri = tracking.resolve_uri(config.tracking.uri)
+
+    # -- naming ----------------------------------------------------------------------------------------------------
+    def label(self, item: Item) -> str:
+        cell = self.cells[item[0]]
+        return cell.name if self.config.tune is None else f"{cell.name}-t{item[1]}"
+
+    # -- dry run ---------------------------------------------------------------------------------------------------
+    def dry_run(self) -> int:
+        from reslab.data.registry import DATASETS
+        from reslab.models.summary import describe
+
+        statuses: dict[Item, ItemStatus] = {}
+        storage = None
+        if is_rdb(self.storage_url) or Path(self.storage_url).exists():
+            storage = open_storage(self.storage_url, create=False)
+        if storage is not None and study_exists(storage, self.config.name):
+            statuses = SweepQueue(storage, self.config.name, create=False).status(self.items)
+        shape, classes = DATASETS[self.config.dataset.name].shape(self.config.dataset.options)
+        from reslab.train.run import output_units
+
+        table = Table(title=f"sweep {self.config.name}: {len(self.items)} runs ({self._plan_line()})")
+        for col in ("run", "params", "MACs", "status"):
+            table.add_column(col, justify="right" if col in ("params", "MACs") else "left")
+        sizes: dict[Any, Any] = {}
+        for item in self.items:
+            cell = self.cells[item[0]]
+            spec = cell.spec()
+            if spec not in sizes:
+                sizes[spec] = describe(spec, shape, output_units(spec, classes))
+            s = sizes[spec]
+            st = statuses.get(item)
+            state = st.state if st else "missing"
+            if st is not None and st.state == "failed":
+                state = f"failed: {st.reason}"
+            table.add_row(self.label(item), f"{s.params:,}", f"{s.macs / 1e6:,.2f} M", state)
+        self.console.print(table)
+        done = sum(1 for st in statuses.values() if st.state == "done")
+        self.console.print(f"{done} of {len(self.items)} done; `reslab sweep {self.source}` runs the rest.")
+        return EXIT_OK
+
+    def _plan_line(self) -> str:
+        return f"{plan_workers(self.config, len(self.items)).describe()}, {self.config.dataset.name}"
+
+    # -- the real thing --------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        config = self.config
+        tracking.prepare_store(self.uri, config.tracking.experiment)
+        storage = open_storage(self.storage_url, config.sweep.heartbeat_s, config.sweep.grace_s)
+        queue = SweepQueue(storage, config.name)
+        self._check_recipe(queue)
+        parent = tracking.ensure_sweep_run(
+            self.uri, config.tracking.experiment, config.name, yaml.safe_dump(config.resolved(), sort_keys=False),
+            {"reslab.git_commit": tracking.git_commit(), "reslab.config": self.source},
+        )  # fmt: skip
+        queue.study.set_user_attr("reslab.parent_run_id", parent)
+        before = queue.reconcile(
+            self.items, retry_failed=True, grace_s=config.sweep.grace_s, on_lost=mark_lost_run(self.uri)
+        )
+        todo = [i for i, s in before.items() if s.state != "done"]
+        plan = plan_workers(config, len(todo))
+        self.console.print(
+            f"[bold]sweep {config.name}[/]: {len(self.items)} runs, {len(self.items) - len(todo)} done, "
+            f"{len(todo)} to run on {plan.describe()}\n"
+            f"  queue  {self.storage_url}\n  mlflow {self.uri} (experiment {config.tracking.experiment})"
+        )
+        if not todo:
+            return self._finish(queue, parent, interrupted=False)
+        resolved = self._write_resolved()
+        procs = self._spawn(plan, resolved, parent)
+        interrupted = self._watch(queue, procs, before)
+        return self._finish(queue, parent, interrupted)
+
+    def _check_recipe(self, queue: SweepQueue) -> None:
+        recipe = self.config.recipe()
+        old = queue.study.user_attrs.get("reslab.recipe")
+        if old is None:
+            queue.study.set_user_attr("reslab.recipe", recipe)
+            return
+        changes = recipe_changes(old, recipe)
+        if changes:
+            raise ConfigError(
+                self.source,
+                [
+                    f"sweep {self.config.name!r} already has results from another recipe ({'; '.join(changes)}): "
+                    f"they would not be comparable. Give this sweep a new name (--set name={self.config.name}-2) "
+                    f"or delete {self.config.run_dir} to start it over"
+                ],
+            )
+
+    def _write_resolved(self) -> Path:
+        data = self.config.resolved()
+        data["tracking"]["uri"] = self.uri
+        data["sweep"]["storage"] = self.storage_url
+        path = self.config.run_dir / "config.resolved.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+        os.replace(tmp, path)
+        return path
+
+    def _spawn(self, plan: WorkerPlan, resolved: Path, parent: str) -> list[subprocess.Popen]:
+        procs = []
+        for i in range(plan.workers):
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            if plan.threads:
+                env.update(OMP_NUM_THREADS=str(plan.threads), MKL_NUM_THREADS=str(plan.threads))
+            if plan.gpus:
+                per = len(plan.gpus) // plan.workers
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in plan.gpus[i * per : (i + 1) * per])
+            cmd = [sys.executable, "-m", "reslab.sweep.worker", str(resolved), "--index", str(i),
+                   "--parent-run-id", parent]  # fmt: skip
+            if plan.threads:
+                cmd += ["--threads", str(plan.threads)]
+            log = open(self.config.run_dir / f"worker-{i}.log", "a")  # noqa: SIM115 - lives as long as the worker
+            log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
+            log.flush()
+            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))
+            log.close()
+        return procs
+
+    def _watch(self, queue: SweepQueue, procs: list[subprocess.Popen], before: dict[Item, ItemStatus]) -> bool:
+        """Progress from the queue until every worker has exited; True if interrupted."""
+        reported = {i for i, s in before.items() if s.state == "done"}
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("ETA"), TimeRemainingColumn())  # fmt: skip
+        with Progress(*columns, console=self.console, transient=True) as progress:
+            task = progress.add_task("cells", total=len(self.items), completed=len(reported))
+            try:
+                while True:
+                    for item, st in queue.status(self.items).items():
+                        if item in reported or st.state not in ("done", "failed"):
+                            continue
+                        if st.state == "failed" and st.trial is not None and st.reason == "interrupted":
+                            continue
+                        reported.add(item)
+                        progress.console.print(self._result_line(item, st))
+                        progress.update(task, completed=len(reported))
+                    if all(p.poll() is not None for p in procs):
+                        return False
+                    time.sleep(0.5)
+            except KeyboardInterrupt:
+                progress.console.print("[yellow]interrupted: stopping the workers (their runs are marked to resume)")
+                _stop(procs)
+                return True
+
+    def _result_line(self, item: Item, st: ItemStatus) -> str:
+        attrs = st.trial.user_attrs if st.trial is not None else {}
+        if st.state == "failed":
+            return f"[red]✗[/] {self.label(item):<24} failed: {st.reason}"
+        parts = [f"train {100 * attrs.get('train_error', float('nan')):6.2f} %",
+                 f"test {100 * attrs.get('test_error', float('nan')):6.2f} %"]  # fmt: skip
+        if "reslab.pruned" in attrs:
+            parts = [f"pruned ({attrs['reslab.pruned']})"]
+        return f"[green]✓[/] {self.label(item):<24} " + "  ".join(parts) + f"  {attrs.get('wall_s', 0):6.1f} s"
+
+    def _finish(self, queue: SweepQueue, parent: str, interrupted: bool) -> int:
+        statuses = queue.status(self.items)
+        counts: dict[str, int] = defaultdict(int)
+        for st in statuses.values():
+            counts[st.state] += 1
+        done, failed = counts["done"], counts["failed"]
+        left = len(self.items) - done - failed
+        if done:
+            self.console.print(summary_table(self.config, self.cells, statuses))
+        tracking.log_metrics(self.uri, parent, [("cells_done", done, 0), ("cells_failed", failed, 0)])
+        resume = f"reslab sweep {self.source}"
+        if interrupted:
+            tracking.finish_run(self.uri, parent, "KILLED", "interrupted")
+            self.console.print(f"Interrupted with {done} of {len(self.items)} runs done. Resume with: {resume}")
+            return EXIT_INTERRUPTED
+        if left:
+            tracking.finish_run(self.uri, parent, "FAILED", f"{left} runs were not run: workers exited early")
+            self.console.print(
+                f"[red]{left} runs were not run[/]: the workers exited early; see {self.config.run_dir}/worker-*.log, "
+                f"then resume with: {resume}"
+            )
+            return EXIT_INCOMPLETE
+        tracking.finish_run(self.uri, parent, "FINISHED")
+        if failed:
+            names = ", ".join(self.label(i) for i, s in statuses.items() if s.state == "failed")
+            self.console.print(f"[red]{failed} failed[/] ({names}); `{resume}` retries them.")
+        self.console.print(
+            f"All {len(self.items)} runs have results. Next:\n"
+            f"  mlflow ui --backend-store-uri {self.uri}    (or: nox -s ui)\n"
+            f"  reslab report {self.config.name}    -> reports/{self.config.name}/index.html"
+        )
+        return EXIT_OK
+
+
+def make_console() -> Console:
+    """Rich on a terminal; plain lines, 120 columns wide, when piped to a file or CI log."""
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=120)
+    return console
+
+
+def summary_table(config: SweepConfig, cells: dict[str, Cell], statuses: dict[Item, ItemStatus]) -> Table:
+    """Block (x width, shortcut, norm when they vary) by depth: final train / test error, mean over seeds (the
+    best trial per cell when tuned)."""
+    best: dict[str, dict[str, Any]] = {}
+    for (key, _), st in statuses.items():
+        if st.state != "done" or st.trial is None or st.trial.value is None:
+            continue
+        if key not in best or st.trial.value < best[key]["value"]:
+            best[key] = {"value": st.trial.value, **st.trial.user_attrs}
+    rows: dict[str, dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    for key, attrs in best.items():
+        cell = cells[key]
+        label = cell.block + (f" w{cell.width}" if len(config.grid.widths) > 1 else "")
+        label += f" {cell.shortcut}" if len(config.grid.shortcuts) > 1 and cell.block != "plain" else ""
+        label += f" norm {cell.norm}" if len(config.grid.norms) > 1 else ""
+        rows[label][cell.depth].append((attrs.get("train_error", float("nan")), attrs.get("test_error", float("nan"))))
+    depths = sorted(config.grid.depths)
+    tuned = ", best trial per cell" if config.tune is not None else ""
+    table = Table(title=f"{config.name}: final train / test error (%), mean over seeds{tuned}")
+    table.add_column("block")
+    for d in depths:
+        table.add_column(f"depth {d}", justify="right")
+    for label in sorted(rows):
+        values = []
+        for d in depths:
+            pairs = rows[label].get(d)
+            if not pairs:
+                values.append("-")
+                continue
+            train = sum(p[0] for p in pairs) / len(pairs)
+            test = sum(p[1] for p in pairs) / len(pairs)
+            values.append(f"{100 * train:.1f} / {100 * test:.1f}")
+        table.add_row(label, *values)
+    return table
+
+
+def _stop(procs: list[subprocess.Popen], grace_s: float = 30.0) -> None:
+    """Let workers that got the terminal's Ctrl-C finish marking their cells; interrupt those that did not; kill
+    whatever is left after `grace_s`."""
+    deadline = time.time() + 2.0
+    while time.time() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.1)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    deadline = time.time() + grace_s
+    while time.time() < deadline and any(p.poll() is None for p in procs):
+        try:
+            time.sleep(0.2)
+        except KeyboardInterrupt:
+            break
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+
+
+def _absolute_storage(url: str) -> str:
+    return url if is_rdb(url) else str(Path(url).resolve())
+
+
+def run_sweep(config: SweepConfig, *, dry_run: bool = False, console: Console | None = None, source: str = "") -> int:
+    """Run (or with dry_run, list) a sweep. Bad storage or tracking: one clear error, exit code 2, nothing run."""
+    coordinator = Coordinator(config, console, source)
+    try:
+        return coordinator.dry_run() if dry_run else coordinator.run()
+    except (QueueError, tracking.TrackingError) as exc:
+        coordinator.console.print(f"reslab sweep: error: {exc}", style="red", soft_wrap=True)
+        return EXIT_USAGE
+

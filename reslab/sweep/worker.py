@@ -1,0 +1,225 @@
+"""A sweep worker: claim an item, turn it into a spec, call `run_one`, record the result; until the queue is empty.
+
+Started by `reslab sweep` (one process per worker, on any number of machines), silent but for its log file. The
+objective is thin on purpose (DESIGN principle 7): everything about MLflow is in `reslab.tracking`, everything
+about training in `reslab.train.run`.
+
+    python -m reslab.sweep.worker runs/<sweep>/config.resolved.yaml --index 0 --parent-run-id <id>
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from reslab import tracking
+from reslab.sweep.config import SweepConfig, load_config
+from reslab.sweep.grid import Cell, expand
+from reslab.sweep.queue import RUN_ID, Heartbeat, Item, SweepQueue, open_storage
+
+RESULT_KEYS = ("train_error", "test_error", "val_error", "train_loss", "test_loss", "val_loss")
+
+
+def items_of(config: SweepConfig) -> tuple[dict[str, Cell], list[Item]]:
+    cells = {c.key: c for c in expand(config.grid)}
+    slots = config.tune.trials_per_cell if config.tune else 1
+    return cells, [(key, s) for key in cells for s in range(slots)]
+
+
+def mark_lost_run(uri: str) -> Callable[[FrozenTrial, str], None]:
+    """What to do with the MLflow run of a lost item: FAILED, with why (so it never looks finished)."""
+
+    def on_lost(trial: FrozenTrial, why: str) -> None:
+        run_id = trial.user_attrs.get(RUN_ID)
+        if not run_id:
+            return
+        try:
+            if tracking.get_run(uri, run_id).info.status == "RUNNING":
+                tracking.finish_run(uri, run_id, "FAILED", f"worker lost: {why}")
+        except Exception as exc:  # the store may be briefly unavailable; the report lists the cell as failed anyway
+            print(f"could not mark MLflow run {run_id} failed: {exc}", file=sys.stderr)
+
+    return on_lost
+
+
+class Worker:
+    def __init__(self, config: SweepConfig, parent_run_id: str | None, threads: int | None) -> None:
+        self.config = config
+        self.parent_run_id = parent_run_id
+        self.train = config.train if threads is None else config.train.model_copy(update={"threads": threads})
+        self.uri = tracking.resolve_uri(config.tracking.uri)
+        self.storage = open_storage(config.storage_url, config.sweep.heartbeat_s, config.sweep.grace_s)
+        self.queue = SweepQueue(self.storage, config.name, create=False)
+        self.cells, self.items = items_of(config)
+        self.lost_counts: dict[Item, int] = {}
+
+    def run(self) -> int:
+        heartbeat = Heartbeat(self.storage, self.config.sweep.heartbeat_s)
+        trial = None
+        try:
+            while True:
+                trial = self.queue.claim()
+                if trial is None:
+                    if not self._wait_for_work():
+                        return 0
+                    continue
+                heartbeat.hold(trial._trial_id)
+                self.run_item(trial)
+                heartbeat.hold(None)
+                trial = None
+        except KeyboardInterrupt:
+            if trial is not None and self.storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+                self.queue.fail(trial, "interrupted")  # the next `reslab sweep` runs it again
+            return 130
+        finally:
+            heartbeat.stop()
+
+    def _wait_for_work(self) -> bool:
+        """Nothing waiting: retry lost items; wait while others still run (one of them may be lost later)."""
+        statuses = self.queue.reconcile(
+            self.items, retry_failed=False, grace_s=self.config.sweep.grace_s,
+            on_lost=mark_lost_run(self.uri), lost_counts=self.lost_counts,
+        )  # fmt: skip
+        states = {s.state for s in statuses.values()}
+        if "waiting" in states:
+            return True
+        if "running" in states:
+            time.sleep(min(2.0, self.config.sweep.heartbeat_s))
+            return True
+        return False
+
+    def run_item(self, trial: FrozenTrial) -> None:
+        from reslab.train.run import StopRun, run_one
+
+        key, slot = trial.user_attrs["reslab.cell"], int(trial.user_attrs.get("reslab.slot", 0))
+        cell = self.cells[key]
+        train = self.train.model_copy(update={"seed": cell.seed})
+        tags = {"reslab.sweep": self.config.name, "reslab.cell": key, "reslab.slot": slot,
+                "reslab.trial": trial.number}  # fmt: skip
+        tuner = Tuner(self.config, self.storage, cell, slot) if self.config.tune else None
+        if tuner is not None:
+            train = tuner.suggest(train)
+            tags.update(tuner.tags())
+        run_name = cell.name if tuner is None else f"{cell.name}-t{slot}"
+        t0 = time.perf_counter()
+        try:
+            result = run_one(
+                cell.spec(), self.config.dataset, train, self.config.tracking.model_copy(update={"uri": self.uri}),
+                run_name=run_name, parent_run_id=self.parent_run_id, extra_tags=tags,
+                on_start=lambda run_id: self.queue.set_attrs(trial, {RUN_ID: run_id}) if run_id else None,
+                on_epoch=tuner.on_epoch if tuner is not None else None,
+            )  # fmt: skip
+        except KeyboardInterrupt:
+            if tuner is not None:
+                tuner.abandon()
+            raise
+        except StopRun as stop:  # pruned by the tuner: the item is done, its trial pruned
+            tuner.pruned()
+            self.queue.complete(trial, tuner.last_value, {"reslab.pruned": str(stop), **tuner.attrs()})
+            print(f"pruned {run_name}: {stop}", flush=True)
+            return
+        except Exception as exc:
+            if tuner is not None:
+                tuner.abandon()
+            self.queue.fail(trial, f"{type(exc).__name__}: {exc}", {"wall_s": time.perf_counter() - t0})
+            print(f"failed {run_name}: {type(exc).__name__}: {exc}", flush=True)
+            _free_device_memory()
+            return
+        attrs: dict[str, Any] = {k: result.metrics[k] for k in RESULT_KEYS if k in result.metrics}
+        attrs.update(params=result.params, macs=result.macs, wall_s=result.wall_s, epochs=len(result.history))
+        value = result.metrics["train_error"]
+        if tuner is not None:
+            value = result.metrics[self.config.tune.metric]
+            tuner.done(value)
+            attrs.update(tuner.attrs())
+        self.queue.complete(trial, value, attrs)
+        print(f"done {run_name}: train_error {result.metrics['train_error']:.4f} in {result.wall_s:.1f} s", flush=True)
+
+
+class Tuner:
+    """One slot of a cell's tuning budget: a TPE trial over lr (and weight decay) in the cell's own study, pruned
+    by the median of the cell's earlier trials."""
+
+    def __init__(self, config: SweepConfig, storage, cell: Cell, slot: int) -> None:
+        import optuna
+
+        from reslab.sweep.queue import open_study
+
+        tune = config.tune
+        self.tune = tune
+        self.study = open_study(storage, f"{config.name}.tune.{cell.key}")
+        self.study.sampler = optuna.samplers.TPESampler(seed=10_007 * cell.seed + slot, n_startup_trials=3)
+        if tune.pruner == "median":
+            self.study.pruner = optuna.pruners.MedianPruner(
+                n_startup_trials=tune.pruner_startup_trials, n_warmup_steps=tune.pruner_warmup_epochs
+            )
+        else:
+            self.study.pruner = optuna.pruners.NopPruner()
+        self.trial = self.study.ask()
+        self.lr = self.trial.suggest_float("lr", *tune.lr, log=True)
+        self.weight_decay = (
+            self.trial.suggest_float("weight_decay", *tune.weight_decay, log=True) if tune.weight_decay else None
+        )
+        self.last_value = float("nan")
+
+    def suggest(self, train):
+        update = {"lr": self.lr}
+        if self.weight_decay is not None:
+            update["weight_decay"] = self.weight_decay
+        return train.model_copy(update=update)
+
+    def tags(self) -> dict[str, Any]:
+        return {"reslab.tune_trial": self.trial.number, "reslab.tune_metric": self.tune.metric}
+
+    def attrs(self) -> dict[str, Any]:
+        return {"lr": self.lr, "weight_decay": self.weight_decay, "tune_trial": self.trial.number}
+
+    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        from reslab.train.run import StopRun
+
+        value = metrics[self.tune.metric]
+        self.last_value = value
+        self.trial.report(value, epoch)
+        if self.trial.should_prune():
+            raise StopRun(f"pruned after epoch {epoch}: {self.tune.metric} {value:.4f} worse than the median")
+
+    def done(self, value: float) -> None:
+        self.study.tell(self.trial, value)
+
+    def pruned(self) -> None:
+        import optuna
+
+        self.study.tell(self.trial, state=optuna.trial.TrialState.PRUNED)
+
+    def abandon(self) -> None:
+        import optuna
+
+        self.study.tell(self.trial, state=optuna.trial.TrialState.FAIL)
+
+
+def _free_device_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m reslab.sweep.worker", description=__doc__)
+    p.add_argument("config", help="the resolved sweep config the coordinator wrote")
+    p.add_argument("--index", type=int, default=0)
+    p.add_argument("--parent-run-id")
+    p.add_argument("--threads", type=int)
+    args = p.parse_args(argv)
+    config = load_config(args.config)
+    print(f"worker {args.index} of sweep {config.name} starting", flush=True)
+    return Worker(config, args.parent_run_id, args.threads).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Sweep configs, grid expansion and the queue's exactly-once rules (no training here)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reslab.cli import main
+from reslab.sweep import queue as q
+from reslab.sweep.config import ConfigError, apply_override, load_config
+from reslab.sweep.grid import expand
+from reslab.sweep.runner import recipe_changes
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = {"name": "t", "dataset": {"name": "mnist1d"}, "grid": {"depths": [8, 20]}}
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def _write(path: Path, data: dict | str) -> Path:
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_shipped_configs_validate(name: str) -> None:
+    config = load_config(ROOT / "configs" / name)
+    assert expand(config.grid)
+
+
+BAD_CONFIGS = [
+    ({**GOOD, "grid": {"depths": [8, 20], "depht": [3]}}, ["grid.depht: unknown key (valid: family, blocks, depths"]),
+    ({**GOOD, "train": {"epochs": "many"}}, ["train.epochs: Input should be a valid integer"]),
+    (
+        {**GOOD, "grid": {"depths": [20, 57]}},
+        ["grid.depths[1]: depth 57 is not valid", "nearest valid depths: 56 or 62"],
+    ),
+    ({**GOOD, "grid": {"depths": []}}, ["grid.depths: List should have at least 1 item"]),
+    ({**GOOD, "grid": {"depths": [8], "blocks": []}}, ["grid.blocks: List should have at least 1 item"]),
+    ({**GOOD, "dataset": {"name": "imagenet"}}, ["dataset: unknown dataset 'imagenet'; valid: mnist1d"]),
+    ({**GOOD, "sweep": {"storage": "redis://localhost"}}, ["sweep.storage: storage scheme 'redis' is not supported"]),
+    ({**GOOD, "sweep": {"storage": "postgresql://"}}, []),  # a valid URL: accepted (the server is checked later)
+    ({**GOOD, "grid": {"family": "vgg", "depths": [8]}}, ["grid.family: unknown family 'vgg'; valid: resnet, mlp"]),
+    ({**GOOD, "name": "my sweep"}, ["name: 'my sweep' must be letters, digits"]),
+    ({**GOOD, "tune": {"trials_per_cell": 2}}, ["tune.metric val_error needs a validation split"]),
+    ({"grid": {"depths": [8]}}, ["name: required key is missing"]),
+]
+
+
+@pytest.mark.parametrize(("data", "messages"), BAD_CONFIGS, ids=[str(i) for i in range(len(BAD_CONFIGS))])
+def test_bad_configs_exit_2_with_every_problem_and_create_nothing(
+    in_tmp: Path, data: dict, messages: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write(in_tmp / "bad.yaml", data)
+    if not messages:
+        load_config(path)
+        return
+    code = main(["sweep", str(path), "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{path}:" in err and "nothing was run" in err
+    for message in messages:
+        assert message in err
+    assert "Traceback" not in err
+    assert not (in_tmp / "mlflow.db").exists() and not (in_tmp / "runs").exists()
+
+
+def test_all_problems_are_reported_together(in_tmp: Path) -> None:
+    data = {"name": "t", "dataset": {"name": "x"}, "grid": {"depths": [9, 57], "widths": [0]}, "train": {"lr": -1}}
+    with pytest.raises(ConfigError) as exc:
+        load_config(data)
+    problems = exc.value.problems
+    assert len(problems) == 5, problems
+    assert problems[1].startswith("grid.depths[0]: depth 9") and problems[2].startswith("grid.depths[1]: depth 57")
+
+
+def test_bad_yaml_and_missing_file(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write(in_tmp / "broken.yaml", "name: t\ngrid: [depths: 8\n")
+    assert main(["sweep", str(path)]) == 2
+    assert "not valid YAML at line" in capsys.readouterr().err
+    assert main(["sweep", "nope.yaml"]) == 2
+    assert "no such config file" in capsys.readouterr().err
+
+
+def test_overrides(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = load_config(GOOD, ["train.epochs=5", "grid.depths=[8,20,32]", "dataset.options.num_samples=600"])
+    assert config.train.epochs == 5 and config.grid.depths == [8, 20, 32]
+    assert config.dataset.options == {"num_samples": 600}
+    assert config.tracking.experiment == "t"  # experiment defaults to the sweep's name
+    raw: dict = {"train": 3}
+    with pytest.raises(ValueError, match="train is not a section"):
+        apply_override(raw, "train.epochs=5")
+    path = _write(in_tmp / "ok.yaml", GOOD)
+    assert main(["sweep", str(path), "--set", "train.epochs", "--dry-run"]) == 2
+    assert "expected KEY.PATH=VALUE" in capsys.readouterr().err
+
+
+def test_grid_expansion() -> None:
+    config = load_config({**GOOD, "grid": {"depths": [20, 8], "shortcuts": ["A", "B"], "seeds": [0, 1]}})
+    cells = expand(config.grid)
+    # plain cells ignore the shortcut: 2 depths x (1 plain + 2 residual) x 2 seeds
+    assert len(cells) == 12 and len({c.key for c in cells}) == 12
+    assert [c.name for c in cells[:3]] == ["plain-8-w16-s0", "plain-20-w16-s0", "residual-8-w16-s0"]
+    assert {c.name for c in cells if c.shortcut == "B"} == {"residual-8-w16-B-s0", "residual-20-w16-B-s0",
+                                                          "residual-8-w16-B-s1", "residual-20-w16-B-s1"}  # fmt: skip
+
+
+def test_recipe_changes_ignore_execution_settings() -> None:
+    a = load_config(GOOD).recipe()
+    b = load_config(GOOD, ["train.threads=1", "train.device=cpu", "train.telemetry_every=50"]).recipe()
+    c = load_config(GOOD, ["train.epochs=5"]).recipe()
+    assert recipe_changes(a, b) == []
+    assert recipe_changes(a, c) == ["train.epochs: 20 -> 5"]
+
+
+def test_dry_run_lists_and_creates_nothing(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write(in_tmp / "ok.yaml", GOOD)
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "plain-8-w16-s0" in out and "residual-20-w16-s0" in out and "missing" in out
+    assert " M " in out and "0 of 4 done" in out
+    assert not (in_tmp / "runs").exists() and not (in_tmp / "mlflow.db").exists()
+
+
+# -- the queue ---------------------------------------------------------------------------------------------------------
+
+ITEMS = [("cell-a", 0), ("cell-b", 0), ("cell-c", 0)]
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> str:
+    return str(tmp_path / "q.journal")
+
+
+def test_each_item_is_claimed_once(journal: str) -> None:
+    coord = q.SweepQueue(q.open_storage(journal), "s")
+    coord.reconcile(ITEMS, retry_failed=True, grace_s=60)
+    a, b = q.SweepQueue(q.open_storage(journal), "s"), q.SweepQueue(q.open_storage(journal), "s")
+    claimed = [t for t in (a.claim(), b.claim(), a.claim(), b.claim()) if t is not None]
+    assert sorted(q.item_of(t) for t in claimed) == ITEMS
+    assert coord.reconcile(ITEMS, retry_failed=True, grace_s=60)[ITEMS[0]].state == "running"  # no re-enqueue
+
+
+def test_items_enqueued_twice_run_once(journal: str) -> None:
+    one, two = q.SweepQueue(q.open_storage(journal), "s"), q.SweepQueue(q.open_storage(journal), "s")
+    for coordinator in (one, two):  # two machines starting at once both enqueue everything
+        for key, slot in ITEMS:
+            coordinator.study.enqueue_trial({}, user_attrs={q.CELL: key, q.SLOT: slot})
+    claimed = []
+    while (t := (one if len(claimed) % 2 else two).claim()) is not None:
+        claimed.append(q.item_of(t))
+    assert sorted(claimed) == ITEMS
+    pruned = one.trials((q.TrialState.PRUNED,))
+    assert len(pruned) == 3 and all(q.DUPLICATE_OF in t.user_attrs for t in pruned)
+
+
+def test_failed_items_are_retried_by_the_next_sweep_not_this_one(journal: str) -> None:
+    queue = q.SweepQueue(q.open_storage(journal), "s")
+    queue.reconcile(ITEMS[:1], retry_failed=True, grace_s=60)
+    queue.fail(queue.claim(), "DivergedError: training loss became nan")
+    assert queue.reconcile(ITEMS[:1], retry_failed=False, grace_s=60)[ITEMS[0]].state == "failed"
+    status = queue.reconcile(ITEMS[:1], retry_failed=True, grace_s=60)[ITEMS[0]]
+    assert status.state == "waiting"
+    queue.complete(queue.claim(), 0.25, {"train_error": 0.25})
+    assert queue.status(ITEMS[:1])[ITEMS[0]].state == "done"
+
+
+def test_a_dead_workers_item_is_lost_and_retried(journal: str) -> None:
+    queue = q.SweepQueue(q.open_storage(journal), "s")
+    queue.reconcile(ITEMS[:1], retry_failed=True, grace_s=60)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    trial = queue.claim()
+    queue.set_attrs(trial, {q.PID: child.pid, q.PID_START: q._pid_start(child.pid)})
+    assert queue.reconcile(ITEMS[:1], retry_failed=False, grace_s=60)[ITEMS[0]].state == "running"
+    child.kill()
+    child.wait()
+    lost: list[str] = []
+    status = queue.reconcile(ITEMS[:1], retry_failed=False, grace_s=60, on_lost=lambda t, why: lost.append(why))
+    assert status[ITEMS[0]].state == "waiting"
+    assert lost == [f"worker pid {child.pid} on {os.uname().nodename} is gone"]
+
+
+def test_stale_heartbeat_from_another_host_is_lost(journal: str) -> None:
+    queue = q.SweepQueue(q.open_storage(journal), "s")
+    queue.reconcile(ITEMS[:1], retry_failed=True, grace_s=60)
+    trial = queue.claim()
+    queue.set_attrs(trial, {q.HOST: "elsewhere", q.BEAT: time.time() - 120})
+    trial = queue.trials()[0]
+    assert q.lease_lost(trial, grace_s=60).startswith("no heartbeat from elsewhere for 1")
+    assert q.lease_lost(trial, grace_s=600) is None
+
+
+def test_shipped_default_config_is_the_issue_grid() -> None:
+    config = load_config(ROOT / "configs" / "default.yaml")
+    assert (config.dataset.name, config.grid.family, config.grid.blocks) == ("mnist1d", "resnet", ["plain", "residual"])
+    assert (config.grid.depths, config.grid.widths, config.grid.seeds) == ([8, 20, 32, 56], [8], [0, 1])
+    t = config.train
+    assert (t.epochs, t.lr, t.schedule, t.warmup_epochs, t.batch_size, t.weight_decay) == (
+        20,
+        0.1,
+        "cosine",
+        2,
+        128,
+        1e-4,
+    )
+    assert config.grid.shortcuts == ["A"] and len(expand(config.grid)) == 16
+
+
+def test_config_text_roundtrip(tmp_path: Path) -> None:
+    text = textwrap.dedent(
+        """
+        name: rt
+        grid: {family: mlp, depths: [4, 10], widths: [32]}
+        dataset: {name: synthetic, options: {shape: [1, 8]}}
+        """
+    )
+    config = load_config(_write(tmp_path / "rt.yaml", text))
+    again = load_config(config.resolved())
+    assert again == config

@@ -1,0 +1,215 @@
+"""`reslab sweep` end to end, as a user runs it (a subprocess in a fresh folder): every cell once with 2 workers,
+resume after SIGKILL and after Ctrl-C, failed cells recorded, tuning. Slow: real training of tiny nets."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reslab.sweep import queue as q
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "name": "tiny",
+    "dataset": {"name": "synthetic", "options": {"shape": [1, 16], "train_size": 512, "test_size": 64}},
+    "grid": {"family": "resnet", "blocks": ["plain", "residual"], "depths": [8, 14], "widths": [4], "seeds": [0]},
+    "train": {"epochs": 3, "batch_size": 64, "warmup_epochs": 0.5},
+    "tracking": {"system_metrics": False},
+    "sweep": {"workers": 2, "heartbeat_s": 1, "grace_s": 20},
+}
+CELLS = {"plain-8-w4-s0", "plain-14-w4-s0", "residual-8-w4-s0", "residual-14-w4-s0"}
+
+
+@pytest.fixture(scope="session")
+def template_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An initialised MLflow sqlite DB (its migrations take ~7 s): each test starts from a copy."""
+    from reslab import tracking
+
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    tracking.prepare_store(f"sqlite:///{path}", "warmup")
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, template_store: Path) -> Path:
+    shutil.copy(template_store, tmp_path / "mlflow.db")
+    return tmp_path
+
+
+def write_config(workdir: Path, **changes: object) -> Path:
+    data = yaml.safe_load(yaml.safe_dump(TINY))
+    for dotted, value in changes.items():
+        node = data
+        *parents, last = dotted.split("__")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    path = workdir / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def sweep_cmd(config: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "reslab.cli", "sweep", str(config), *extra]
+
+
+def run_sweep(workdir: Path, config: Path, *extra: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run(sweep_cmd(config, *extra), cwd=workdir, env=env, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
+def children(workdir: Path, experiment: str = "tiny") -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+
+def finished_per_cell(workdir: Path) -> Counter:
+    return Counter(r.info.run_name for r in children(workdir) if r.info.status == "FINISHED")
+
+
+def study(workdir: Path, name: str = "tiny") -> q.SweepQueue:
+    return q.SweepQueue(q.open_storage(str(workdir / "runs" / name / "optuna.journal")), name, create=False)
+
+
+def complete_per_item(workdir: Path) -> Counter:
+    return Counter(q.item_of(t) for t in study(workdir).trials((q.TrialState.COMPLETE,)))
+
+
+def test_two_workers_run_every_cell_exactly_once_and_a_rerun_runs_nothing(workdir: Path) -> None:
+    config = write_config(workdir)
+    first = run_sweep(workdir, config)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "4 to run on 2 workers" in first.stdout and "All 4 runs have results" in first.stdout
+    counts = complete_per_item(workdir)
+    assert len(counts) == 4 and set(counts.values()) == {1}
+    assert all(t.state == q.TrialState.COMPLETE for t in study(workdir).trials())  # nothing ran twice
+    assert finished_per_cell(workdir) == Counter({cell: 1 for cell in CELLS})
+    runs = children(workdir)
+    hosts = {r.data.tags["reslab.cell"] for r in runs}
+    assert len(hosts) == 4
+    parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
+    assert len(parents) == 1
+    pids = {t.user_attrs[q.PID] for t in study(workdir).trials()}
+    assert len(pids) == 2  # both workers worked
+    second = run_sweep(workdir, config)
+    assert second.returncode == 0 and "4 done, 0 to run" in second.stdout
+    assert len(children(workdir)) == 4
+    assert {r.data.tags["mlflow.parentRunId"] for r in children(workdir)} == parents
+
+
+def _wait_until(predicate, timeout: float = 120.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception:
+            pass
+        time.sleep(0.3)
+    raise AssertionError("timed out waiting for the sweep to get there")
+
+
+def _one_done_one_running(workdir: Path) -> bool:
+    trials = study(workdir).trials()
+    done = [t for t in trials if t.state == q.TrialState.COMPLETE]
+    running = [t for t in trials if t.state == q.TrialState.RUNNING and q.RUN_ID in t.user_attrs]
+    return bool(done) and bool(running)
+
+
+def _start(workdir: Path, config: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.Popen(sweep_cmd(config), cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)  # fmt: skip
+
+
+def test_sigkill_mid_run_then_rerun_completes_with_one_finished_run_per_cell(workdir: Path) -> None:
+    config = write_config(workdir, train__epochs=12)
+    proc = _start(workdir, config)
+    _wait_until(lambda: _one_done_one_running(workdir))
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    killed = [t for t in study(workdir).trials() if t.state == q.TrialState.RUNNING]
+    assert killed, "a cell should have been running when the sweep was killed"
+    rerun = run_sweep(workdir, config)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert finished_per_cell(workdir) == Counter({cell: 1 for cell in CELLS})
+    counts = complete_per_item(workdir)
+    assert len(counts) == 4 and set(counts.values()) == {1}
+    statuses = study(workdir).status([(key, 0) for key in {q.item_of(t)[0] for t in study(workdir).trials()}])
+    assert {s.state for s in statuses.values()} == {"done"}
+    killed_runs = {t.user_attrs[q.RUN_ID] for t in killed if q.RUN_ID in t.user_attrs}
+    assert killed_runs  # the running cell we waited for had its MLflow run
+    by_id = {r.info.run_id: r for r in children(workdir)}
+    for run_id in killed_runs:
+        assert by_id[run_id].info.status == "FAILED"  # the killed attempt, never FINISHED nor left RUNNING
+        assert by_id[run_id].data.tags["reslab.failure"].startswith("worker lost")
+
+
+def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(workdir: Path) -> None:
+    config = write_config(workdir, train__epochs=12)
+    proc = _start(workdir, config)
+    _wait_until(lambda: _one_done_one_running(workdir))
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 130, out
+    assert "Resume with: reslab sweep" in out
+    trials = study(workdir).trials()
+    assert not [t for t in trials if t.state == q.TrialState.RUNNING]
+    interrupted = [t for t in trials if t.user_attrs.get(q.FAILURE) == "interrupted"]
+    assert interrupted
+    by_id = {r.info.run_id: r for r in children(workdir)}
+    assert all(by_id[t.user_attrs[q.RUN_ID]].info.status == "KILLED" for t in interrupted if q.RUN_ID in t.user_attrs)
+    rerun = run_sweep(workdir, config)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert finished_per_cell(workdir) == Counter({cell: 1 for cell in CELLS})
+
+
+def test_failed_cells_are_recorded_with_their_reason_and_the_sweep_goes_on(workdir: Path) -> None:
+    config = write_config(workdir, train__lr=1.0e9, grid__norms=["none"], grid__depths=[8])
+    result = run_sweep(workdir, config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 failed" in result.stdout and "retries them" in result.stdout
+    trials = study(workdir).trials()
+    assert len(trials) == 2 and all(t.state == q.TrialState.FAIL for t in trials)
+    assert all(t.user_attrs[q.FAILURE].startswith("DivergedError: training loss became") for t in trials)
+    runs = children(workdir)
+    assert len(runs) == 2 and all(r.info.status == "FAILED" for r in runs)
+    assert all(r.data.tags["reslab.failure"].startswith("DivergedError") for r in runs)
+
+
+def test_tuning_gives_every_cell_the_same_trial_budget(workdir: Path) -> None:
+    config = write_config(
+        workdir,
+        dataset__options={"shape": [1, 16], "train_size": 256, "test_size": 64, "val_size": 64},
+        grid__depths=[8],
+        tune={"trials_per_cell": 3, "pruner": "none", "lr": [0.01, 0.3]},
+    )
+    result = run_sweep(workdir, config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = children(workdir)
+    per_cell = Counter(r.data.tags["reslab.cell"] for r in runs)
+    assert sorted(per_cell.values()) == [3, 3]
+    assert all(0.01 <= float(r.data.params["train.lr"]) <= 0.3 for r in runs)
+    assert {r.data.tags["reslab.slot"] for r in runs} == {"0", "1", "2"}
+    # the start-up trials are paired: slot k tries the same lr in every cell (common random numbers)
+    by_slot: dict[str, set[str]] = {}
+    for r in runs:
+        by_slot.setdefault(r.data.tags["reslab.slot"], set()).add(r.data.params["train.lr"])
+    assert all(len(lrs) == 1 for lrs in by_slot.values())
+    assert len({lr for lrs in by_slot.values() for lr in lrs}) == 3
+    assert "best trial per cell" in result.stdout
