@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import nox
@@ -34,12 +35,24 @@ def install(session: nox.Session, extras: str = "dev") -> None:
     stamp.write_text(key.hexdigest())
 
 
+def ensure_chromium(session: nox.Session) -> None:
+    """The report's browser test needs Debian's chromium and chromedriver: install them where apt can."""
+    if shutil.which("chromium") and shutil.which("chromedriver"):
+        return
+    if not shutil.which("apt-get") or os.geteuid() != 0:
+        session.warn("chromium is missing and cannot be installed here: the browser test will be skipped")
+        return
+    session.run("apt-get", "update", "-qq", external=True)
+    session.run("apt-get", "install", "-y", "-qq", "chromium", "chromium-driver", external=True)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Lint, then the whole test suite (slow end-to-end checks included; `-- -m "not slow"` for a quick run)."""
     install(session)
+    ensure_chromium(session)
     session.run("ruff", "check", ".")
-    session.run("pytest", *session.posargs)
+    session.run("pytest", *session.posargs, env={"SE_OFFLINE": "true"})
 
 
 @nox.session
@@ -62,3 +75,10 @@ def ui(session: nox.Session) -> None:
     """The MLflow UI on the sweep's store (`-- --port 5001` etc. pass through)."""
     install(session)
     session.run("reslab", "ui", *session.posargs)
+
+
+@nox.session
+def report(session: nox.Session) -> None:
+    """Render a sweep's report: `nox -s report -- NAME [--out DIR]` (default: the default sweep)."""
+    install(session)
+    session.run("reslab", "report", *(session.posargs or ["default"]))

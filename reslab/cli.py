@@ -178,7 +178,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             overrides.append(f"{key}={flag}")
     try:
         config = load_config(args.config, overrides)
-        return run_sweep(config, dry_run=args.dry_run, source=_source(args.config, args.set))
+        code = run_sweep(config, dry_run=args.dry_run, source=_source(args.config, args.set))
+        if args.report and code == 0 and not args.dry_run:
+            report_args = argparse.Namespace(sweep=config.name, tracking_uri=config.tracking.uri or args.tracking_uri,
+                                             out=None, bench=None, log_scale=False)  # fmt: skip
+            return cmd_report(report_args)
+        return code
     except ConfigError as exc:
         print(f"reslab sweep: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -187,6 +192,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def _source(path: str, sets: list[str] | None) -> str:
     """The command to resume with, as the user gave it."""
     return " ".join([path, *(f"--set {s}" for s in sets or [])])
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import time
+
+    from reslab.report import ReportError, collect
+    from reslab.report.render import latest_benchmark, write_report
+    from reslab.tracking import resolve_uri
+
+    t0 = time.perf_counter()
+    uri = resolve_uri(args.tracking_uri)
+    try:
+        data = collect(uri, args.sweep)
+    except ReportError as exc:
+        raise UsageError(str(exc)) from None
+    bench = args.bench or latest_benchmark()
+    paths = write_report(data, args.out or f"reports/{args.sweep}", bench, log_scale=args.log_scale)
+    print(paths.verdict.text)
+    print(f"report: {paths.html}  ({len(paths.figures)} figures, {time.perf_counter() - t0:.1f} s)")
+    return 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -257,7 +282,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="Optuna storage: a journal file or postgresql://... (default runs/<name>/)")
     p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--dry-run", action="store_true", help="list the runs with params, MACs and status; run nothing")
+    p.add_argument("--report", action="store_true", help="render the sweep's report when it is done")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="render a sweep's report (HTML, Markdown, CSV, figures) from MLflow")
+    p.add_argument("sweep", help="the sweep's name (its config's `name`)")
+    p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--out", help="output folder (default reports/<sweep>)")
+    p.add_argument("--bench", help="a pytest-benchmark JSON to plot (default: the newest in reports/bench/)")
+    p.add_argument("--log-scale", action="store_true", help="error curves on a log scale")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("ui", help="open the MLflow UI on the tracking store")
     p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")

@@ -31,6 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no tqdm bars per artifact read
 warnings.filterwarnings("ignore", message=".*noload.*")  # SQLAlchemy deprecation printed by sqlite stores
 for _name in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database tables..." on a new store
     logging.getLogger(_name).setLevel(logging.WARNING)
@@ -158,10 +159,6 @@ def log_text(uri: str, run_id: str, text: str, artifact_file: str) -> None:
 
 def log_json(uri: str, run_id: str, data: Any, artifact_file: str) -> None:
     client(uri).log_text(run_id, json.dumps(data, indent=2, sort_keys=True, default=str), artifact_file)
-
-
-def log_artifact_file(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
-    client(uri).log_artifact(run_id, str(path), artifact_path)
 
 
 def finish_run(uri: str, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
@@ -310,6 +307,21 @@ def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
 
 def download_artifact(uri: str, run_id: str, path: str, dst: str | Path) -> Path:
     return Path(client(uri).download_artifacts(run_id, path, str(dst)))
+
+
+def read_artifact_text(uri: str, run_id: str, path: str) -> str | None:
+    """The text of one artifact, or None if the run has no such artifact."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            return download_artifact(uri, run_id, path, tmp).read_text()
+        except Exception:
+            return None
+
+
+def log_artifact_dir(uri: str, run_id: str, directory: str | Path, artifact_path: str) -> None:
+    client(uri).log_artifacts(run_id, str(directory), artifact_path)
 
 
 def list_artifacts(uri: str, run_id: str, path: str | None = None) -> list[str]:

@@ -213,6 +213,9 @@ def run_one(
     )  # fmt: skip
     if run_id is not None:
         tracking.log_json(uri, run_id, {**result.to_json(), "metrics": final}, "final_metrics.json")
+        if probe.history:  # the telemetry again as one file: reports read it in one call, not one per metric
+            lines = ["step,key,value", *(f"{step},{key},{value!r}" for key, value, step in probe.history)]
+            tracking.log_text(uri, run_id, "\n".join(lines) + "\n", "telemetry.csv")
         tracking.finish_run(uri, run_id, "FINISHED")
     return result
 

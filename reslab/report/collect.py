@@ -1,0 +1,225 @@
+"""Collect: a sweep's MLflow runs as tidy pandas tables. Never trains; works on partial sweeps.
+
+- `runs`: one row per child run (every attempt), with its status and failure reason;
+- `cells`: one row per grid cell: the finished run (the best trial when tuned), else the last attempt, else
+  `missing` for cells of the sweep's config that have no run yet;
+- `epochs`: one row per finished cell x epoch (train/val/test error and loss, lr, epoch time), from MLflow's metric
+  histories;
+- `telemetry`: one row per finished cell x probed step x metric (gradient norms, gates), from each run's
+  telemetry.csv artifact, or its metric histories when the artifact is missing.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from reslab import tracking
+
+EPOCH_KEYS = ("train_error", "train_loss", "val_error", "val_loss", "test_error", "test_loss", "lr", "epoch_time_s",
+              "train_images_per_s")  # fmt: skip
+FINAL_KEYS = ("train_error", "test_error", "val_error", "train_loss", "test_loss", "val_loss")
+TELEMETRY = re.compile(r"^(grad_branch|grad_shortcut|grad_out|gate)/b(\d+)$|^(grad_weight)/(\d+)\.(.+)$")
+CELL_COLUMNS = ["cell", "name", "family", "block", "depth", "width", "shortcut", "norm", "seed"]
+
+
+class ReportError(RuntimeError):
+    """The sweep cannot be found or read: the message says where we looked."""
+
+
+@dataclass
+class SweepData:
+    name: str
+    uri: str
+    experiment: str
+    parent: dict[str, Any]
+    config: dict[str, Any]
+    runs: pd.DataFrame
+    cells: pd.DataFrame
+    epochs: pd.DataFrame
+    telemetry: pd.DataFrame
+    provenance: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> pd.DataFrame:
+        return self.cells[self.cells["status"] == "FINISHED"]
+
+
+def parse_telemetry_key(key: str) -> tuple[str, int, str] | None:
+    """'grad_branch/b007' -> ('grad_branch', 7, ''); 'grad_weight/012.stages.0.1.branch.0' -> (..., 12, layer)."""
+    m = TELEMETRY.match(key)
+    if m is None:
+        return None
+    if m.group(1):
+        return m.group(1), int(m.group(2)), ""
+    return m.group(3), int(m.group(4)), m.group(5)
+
+
+def collect(uri: str, sweep: str, experiment: str | None = None) -> SweepData:
+    """Everything the report needs about `sweep` from the store at `uri`."""
+    if experiment is None:
+        experiment, _ = tracking.find_sweep(uri, sweep)
+        if experiment is None:
+            raise ReportError(f"no sweep named {sweep!r} in {uri}: run `reslab sweep` first or pass --tracking-uri")
+    parent, children = tracking.sweep_runs(uri, experiment, sweep)
+    if parent is None:
+        raise ReportError(f"no sweep named {sweep!r} in experiment {experiment!r} of {uri}")
+    config_text = tracking.read_artifact_text(uri, parent.info.run_id, "config.yaml") or "{}"
+    config = yaml.safe_load(config_text) or {}
+    runs = _runs_frame(children)
+    with ThreadPoolExecutor(max_workers=4) as pool:  # sqlite reads overlap well; MLflow clients are thread-safe
+        finished = runs[runs["status"] == "FINISHED"]
+        histories = list(pool.map(lambda r: _history(uri, r), finished.to_dict("records")))
+        telemetry = list(pool.map(lambda r: _telemetry(uri, r), finished.to_dict("records")))
+    epochs = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
+    tele = pd.concat(telemetry, ignore_index=True) if telemetry else pd.DataFrame()
+    cells = _cells_frame(runs, config)
+    keep = set(cells["run_id"].dropna())
+    if not epochs.empty:
+        epochs = epochs[epochs["run_id"].isin(keep)].reset_index(drop=True)
+    if not tele.empty:
+        tele = tele[tele["run_id"].isin(keep)].reset_index(drop=True)
+    p = parent.info
+    parent_info = {"run_id": p.run_id, "status": p.status, "start_time": p.start_time, "end_time": p.end_time,
+                   "tags": dict(parent.data.tags)}  # fmt: skip
+    provenance = _provenance(parent, children)
+    return SweepData(sweep, uri, experiment, parent_info, config, runs, cells, epochs, tele, provenance)
+
+
+def _runs_frame(children: list) -> pd.DataFrame:
+    rows = []
+    for run in children:
+        tags, params, metrics, info = run.data.tags, run.data.params, run.data.metrics, run.info
+        row: dict[str, Any] = {
+            "run_id": info.run_id,
+            "cell": tags.get("reslab.cell"),
+            "name": info.run_name,
+            "family": tags.get("family"),
+            "block": tags.get("block"),
+            "depth": _int(tags.get("depth")),
+            "width": _int(tags.get("width")),
+            "shortcut": tags.get("shortcut"),
+            "norm": tags.get("norm"),
+            "seed": _int(tags.get("seed")),
+            "slot": _int(tags.get("reslab.slot", "0")),
+            "status": info.status,
+            "failure": tags.get("reslab.failure", ""),
+            "params": _int(params.get("net.params")),
+            "macs": _int(params.get("net.macs")),
+            "lr": _float(params.get("train.lr")),
+            "weight_decay": _float(params.get("train.weight_decay")),
+            "tune_metric": tags.get("reslab.tune_metric"),
+            "start_time": info.start_time,
+            "wall_s": (info.end_time - info.start_time) / 1000 if info.end_time else None,
+        }
+        for key in (*FINAL_KEYS, "epoch_time_s", "train_images_per_s"):
+            row[key] = metrics.get(key)
+        rows.append(row)
+    columns = ["run_id", *CELL_COLUMNS, "slot", "status", "failure", "params", "macs", "lr", "weight_decay",
+               "tune_metric", "start_time", "wall_s", *FINAL_KEYS, "epoch_time_s", "train_images_per_s"]  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _cells_frame(runs: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
+    """One row per cell: its finished run (the best trial when tuned), else its last attempt; `missing` rows for
+    cells of the config without any run."""
+    rows = []
+    for _, group in runs.groupby("cell", sort=False):
+        done = group[group["status"] == "FINISHED"]
+        if not done.empty:
+            metric = done["tune_metric"].dropna()
+            key = metric.iloc[0] if not metric.empty else "train_error"
+            best = done.sort_values([key, "slot"], na_position="last").iloc[0]
+            row = best.to_dict()
+            row["attempts"] = len(group)
+        else:
+            row = group.sort_values("start_time").iloc[-1].to_dict()
+            row["attempts"] = len(group)
+        rows.append(row)
+    cells = pd.DataFrame(rows, columns=[*runs.columns, "attempts"])
+    present = set(cells["cell"])
+    missing = [c for c in _grid_cells(config) if c["cell"] not in present]
+    if missing:
+        filler = pd.DataFrame([{**c, "status": "missing", "attempts": 0} for c in missing])
+        cells = pd.concat([cells, filler], ignore_index=True) if not cells.empty else filler
+    if cells.empty:
+        return pd.DataFrame(columns=[*runs.columns, "attempts"])
+    return cells.sort_values(["block", "width", "depth", "seed"], kind="stable").reset_index(drop=True)
+
+
+def _grid_cells(config: dict[str, Any]) -> list[dict[str, Any]]:
+    if not config.get("grid"):
+        return []
+    from reslab.sweep.config import GridConfig
+    from reslab.sweep.grid import expand
+
+    try:
+        cells = expand(GridConfig.model_validate(config["grid"]))
+    except Exception:
+        return []
+    return [{"cell": c.key, "name": c.name, "family": c.family, "block": c.block, "depth": c.depth, "width": c.width,
+             "shortcut": c.shortcut, "norm": c.norm, "seed": c.seed} for c in cells]  # fmt: skip
+
+
+def _history(uri: str, run: dict[str, Any]) -> pd.DataFrame:
+    frames = []
+    for key in EPOCH_KEYS:
+        points = tracking.metric_history(uri, run["run_id"], key)
+        if points:
+            frames.append(pd.DataFrame(points, columns=["epoch", key]).set_index("epoch"))
+    if not frames:
+        return pd.DataFrame()
+    df = pd.concat(frames, axis=1).reset_index()
+    for col in ("run_id", *CELL_COLUMNS):
+        df[col] = run[col]
+    return df
+
+
+def _telemetry(uri: str, run: dict[str, Any]) -> pd.DataFrame:
+    text = tracking.read_artifact_text(uri, run["run_id"], "telemetry.csv")
+    if text is not None:
+        raw = pd.read_csv(io.StringIO(text))
+    else:  # an older or interrupted run: read the metric histories one by one
+        keys = [k for k in tracking.get_run(uri, run["run_id"]).data.metrics if parse_telemetry_key(k)]
+        rows = [(s, k, v) for k in keys for s, v in tracking.metric_history(uri, run["run_id"], k)]
+        raw = pd.DataFrame(rows, columns=["step", "key", "value"])
+    if raw.empty:
+        return pd.DataFrame()
+    parsed = raw["key"].map(parse_telemetry_key)
+    raw = raw[parsed.notna()].copy()
+    parsed = parsed[parsed.notna()]
+    raw["kind"] = [p[0] for p in parsed]
+    raw["index"] = [p[1] for p in parsed]
+    raw["layer"] = [p[2] for p in parsed]
+    for col in ("run_id", *CELL_COLUMNS):
+        raw[col] = run[col]
+    return raw.drop(columns=["key"])
+
+
+def _provenance(parent, children: list) -> dict[str, str]:
+    tags = dict(parent.data.tags)
+    child_tags = children[0].data.tags if children else {}
+    out = {"git commit": tags.get("reslab.git_commit") or child_tags.get("reslab.git_commit", "unknown"),
+           "config": tags.get("reslab.config", ""), "device": child_tags.get("reslab.device", "")}  # fmt: skip
+    out.update({k.removeprefix("reslab.version."): v for k, v in child_tags.items() if k.startswith("reslab.version.")})
+    return out
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,258 @@
+"""Figures as pure functions, `figure(df) -> matplotlib Figure` (DESIGN principle 8): no I/O, no MLflow, so each is
+tested on a small hand-built DataFrame and rendering is a separate step.
+
+- `curves_figure`: training (solid) and test (dashed) error vs epoch, a line per depth, a panel per block —
+  He et al. 2015 Fig. 1 / Fig. 6;
+- `depth_figure`: final training and test error vs depth, hue = block, mean with 95 % CI over seeds, the
+  papers' numbers overlaid when given — the depth-scaling curve;
+- `gradient_flow_figure`: gradient norm at one block's input through the branch and through the shortcut over
+  training — seed 002's experiment;
+- `gradient_heatmap_figure`: gradient norm at each block's output by block index x step, a panel per block kind,
+  one colour scale — vanishing gradients made visible;
+- `weight_gradient_figure`: per-layer weight-gradient norm vs layer index early, midway and late in training;
+- `gate_figure`: the rezero gates a over training;
+- `throughput_figure`: training images/s vs depth as measured by the sweep;
+- `benchmark_figure`: images/s and TFLOP/s vs depth from a pytest-benchmark JSON (hue = block, style = phase).
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+BLOCK_ORDER = ["plain", "residual", "preact", "rezero"]
+SPLIT_DASHES = {"training": "", "test": (4, 2)}
+sns.set_theme(context="notebook", style="whitegrid")
+
+
+def _blocks(df: pd.DataFrame) -> list[str]:
+    present = list(dict.fromkeys(df["block"]))
+    return [b for b in BLOCK_ORDER if b in present] + [b for b in present if b not in BLOCK_ORDER]
+
+
+def _percent(df: pd.DataFrame, columns: dict[str, str], id_vars: list[str]) -> pd.DataFrame:
+    """Long format: one row per id x split, error in percent."""
+    present = {k: v for k, v in columns.items() if k in df and df[k].notna().any()}
+    long = df.melt(id_vars=id_vars, value_vars=list(present), var_name="split", value_name="error")
+    long["split"] = long["split"].map(present)
+    long["error"] = 100 * long["error"].astype(float)
+    return long.dropna(subset=["error"])
+
+
+def _depth_palette(depths: list[int]) -> dict[int, tuple]:
+    colors = sns.color_palette("viridis", n_colors=max(len(depths), 2))
+    return {d: colors[i] for i, d in enumerate(sorted(depths))}
+
+
+def curves_figure(epochs: pd.DataFrame, log_scale: bool = False) -> Figure:
+    """He et al. Fig. 6: training error (solid) and test error (dashed) vs epoch; one line per depth (mean over
+    seeds), one panel per block."""
+    df = _percent(epochs, {"train_error": "training", "test_error": "test"}, ["block", "depth", "seed", "epoch"])
+    blocks = _blocks(df)
+    depths = sorted(df["depth"].unique())
+    fig, axes = plt.subplots(1, len(blocks), figsize=(4.4 * len(blocks), 3.8), sharey=True, squeeze=False)
+    palette = _depth_palette(depths)
+    for ax, block in zip(axes[0], blocks, strict=True):
+        part = df[df["block"] == block]
+        for depth in depths:
+            for split, dashes in SPLIT_DASHES.items():
+                line = part[(part["depth"] == depth) & (part["split"] == split)].groupby("epoch")["error"].mean()
+                if line.empty:
+                    continue
+                y = line.clip(lower=1e-2) if log_scale else line
+                (handle,) = ax.plot(line.index, y, color=palette[depth], label=f"{block}-{depth} {split}")
+                if dashes:
+                    handle.set_dashes(dashes)
+        ax.set_title(block)
+        ax.set_xlabel("epoch")
+        if log_scale:
+            ax.set_yscale("log")
+    axes[0][0].set_ylabel("error (%)")
+    handles = [plt.Line2D([], [], color=palette[d], label=f"depth {d}") for d in depths]
+    handles += [plt.Line2D([], [], color="0.3", dashes=(4, 2) if s == "test" else (None, None), label=s)
+                for s in SPLIT_DASHES]  # fmt: skip
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.suptitle("Training (solid) and test (dashed) error vs epoch, mean over seeds", y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def depth_figure(cells: pd.DataFrame, anchors: pd.DataFrame | None = None) -> Figure:
+    """Final training and test error vs depth, hue = block, mean and 95 % CI over seeds; a row per width when the
+    sweep has several. `anchors` (block, depth, test_error in %, source) are drawn as stars on the test panels."""
+    df = _percent(cells, {"train_error": "training", "test_error": "test"}, ["block", "depth", "width", "seed"])
+    widths = sorted(df["width"].unique())
+    blocks = _blocks(df)
+    fig, axes = plt.subplots(len(widths), 2, figsize=(10, 3.8 * len(widths)), squeeze=False, sharex=True)
+    for row, width in enumerate(widths):
+        for col, split in enumerate(("training", "test")):
+            ax = axes[row][col]
+            part = df[(df["width"] == width) & (df["split"] == split)]
+            sns.lineplot(data=part, x="depth", y="error", hue="block", hue_order=blocks, marker="o",
+                         errorbar=("ci", 95), err_style="bars", ax=ax, legend=(row == 0 and col == 0))  # fmt: skip
+            if anchors is not None and split == "test" and not anchors.empty:
+                for source, group in anchors.groupby("source"):
+                    ax.scatter(group["depth"], group["test_error"], marker="*", s=90, color="black", zorder=5,
+                               label=source)  # fmt: skip
+                ax.legend(fontsize="small")
+            ax.set_title(f"{split} error" + (f", width {width}" if len(widths) > 1 else ""))
+            ax.set_xlabel("depth (weighted layers)")
+            ax.set_ylabel("final error (%)")
+            ax.set_xticks(sorted(df["depth"].unique()))
+    fig.suptitle("Final error vs depth (mean, 95 % CI over seeds)", y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def _deepest(tele: pd.DataFrame) -> pd.DataFrame:
+    """Telemetry of the deepest depth that has more than one block kind (else the deepest), lowest seed."""
+    kinds_per_depth = tele.groupby("depth")["block"].nunique()
+    shared = kinds_per_depth[kinds_per_depth > 1]
+    depth = (shared.index if not shared.empty else kinds_per_depth.index).max()
+    part = tele[tele["depth"] == depth]
+    return part[part["seed"] == part["seed"].min()]
+
+
+def gradient_flow_figure(telemetry: pd.DataFrame, block_index: int | None = None) -> Figure | None:
+    """Seed 002's experiment: the gradient norm reaching one block's input through the branch F (solid) and
+    through the shortcut (dashed) over training, a panel per block kind at the deepest depth."""
+    tele = telemetry[telemetry["kind"].isin(["grad_branch", "grad_shortcut"])]
+    if tele.empty:
+        return None
+    tele = _deepest(tele)
+    if block_index is None:
+        block_index = int(tele["index"].max()) // 2
+    tele = tele[tele["index"] == block_index]
+    blocks = _blocks(tele)
+    fig, axes = plt.subplots(1, len(blocks), figsize=(4.4 * len(blocks), 3.6), sharey=True, squeeze=False)
+    for ax, block in zip(axes[0], blocks, strict=True):
+        part = tele[tele["block"] == block]
+        for kind, style, label in (("grad_branch", "-", "through the branch F"),
+                                   ("grad_shortcut", "--", "through the shortcut")):  # fmt: skip
+            line = part[part["kind"] == kind].sort_values("step")
+            if not line.empty:
+                ax.plot(line["step"], line["value"].clip(lower=1e-12), style, label=label)
+        ax.set_yscale("log")
+        ax.set_title(f"{block}-{int(part['depth'].iloc[0])}, block {block_index}")
+        ax.set_xlabel("training step")
+        ax.legend(fontsize="small")
+    axes[0][0].set_ylabel("gradient norm at block input")
+    fig.suptitle("Gradient flow through branch vs shortcut", y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def gradient_heatmap_figure(telemetry: pd.DataFrame, kind: str = "grad_out") -> Figure | None:
+    """log10 of the gradient norm at each block's output, block index x training step, a panel per block kind
+    (plain next to residual) on one colour scale: vanishing gradients show as dark rows near the input."""
+    tele = telemetry[telemetry["kind"] == kind]
+    if tele.empty:
+        return None
+    tele = _deepest(tele)
+    blocks = _blocks(tele)
+    grids = {}
+    for block in blocks:
+        part = tele[tele["block"] == block]
+        grids[block] = part.pivot_table(index="index", columns="step", values="value", aggfunc="mean")
+    values = np.log10(np.concatenate([g.to_numpy().ravel() for g in grids.values()]).clip(1e-12))
+    vmin, vmax = np.nanpercentile(values, 2), np.nanpercentile(values, 98)
+    fig, axes = plt.subplots(1, len(blocks), figsize=(4.6 * len(blocks), 3.8), squeeze=False, sharey=True)
+    image = None
+    for ax, block in zip(axes[0], blocks, strict=True):
+        grid = grids[block]
+        image = ax.imshow(np.log10(grid.to_numpy().clip(1e-12)), aspect="auto", origin="lower", cmap="magma",
+                          vmin=vmin, vmax=vmax,
+                          extent=(grid.columns.min(), grid.columns.max(), -0.5, len(grid.index) - 0.5))  # fmt: skip
+        ax.grid(False)
+        ax.set_title(f"{block}-{int(tele['depth'].iloc[0])}")
+        ax.set_xlabel("training step")
+    axes[0][0].set_ylabel("block index (input at the bottom)")
+    fig.colorbar(image, ax=axes[0].tolist(), label="log10 gradient norm at block output")
+    fig.suptitle("Gradient norm by block and training step", y=1.02)
+    return fig
+
+
+def weight_gradient_figure(telemetry: pd.DataFrame) -> Figure | None:
+    """Per-layer weight-gradient norm vs layer index at the first, middle and last probed step, a panel per block
+    kind at the deepest depth (lowest seed)."""
+    tele = telemetry[telemetry["kind"] == "grad_weight"]
+    if tele.empty:
+        return None
+    tele = _deepest(tele)
+    blocks = _blocks(tele)
+    fig, axes = plt.subplots(1, len(blocks), figsize=(4.4 * len(blocks), 3.6), sharey=True, squeeze=False)
+    for ax, block in zip(axes[0], blocks, strict=True):
+        part = tele[tele["block"] == block]
+        steps = sorted(part["step"].unique())
+        picks = dict.fromkeys([steps[0], steps[len(steps) // 2], steps[-1]])
+        for step, color in zip(picks, sns.color_palette("crest", n_colors=len(picks)), strict=True):
+            line = part[part["step"] == step].sort_values("index")
+            ax.plot(line["index"], line["value"].clip(lower=1e-12), color=color, label=f"step {step}")
+        ax.set_yscale("log")
+        ax.set_title(f"{block}-{int(part['depth'].iloc[0])}")
+        ax.set_xlabel("layer index (input first)")
+        ax.legend(fontsize="small")
+    axes[0][0].set_ylabel("weight-gradient norm")
+    fig.suptitle("Per-layer weight-gradient norm early, midway and late in training", y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def gate_figure(telemetry: pd.DataFrame) -> Figure | None:
+    """The rezero gates a (y = a·F(x) + x, a = 0 at init) over training, a line per block, a panel per depth."""
+    tele = telemetry[telemetry["kind"] == "gate"]
+    if tele.empty:
+        return None
+    tele = tele[tele["seed"] == tele["seed"].min()]
+    depths = sorted(tele["depth"].unique())
+    fig, axes = plt.subplots(1, len(depths), figsize=(4.4 * len(depths), 3.6), squeeze=False, sharey=True)
+    for ax, depth in zip(axes[0], depths, strict=True):
+        part = tele[tele["depth"] == depth]
+        n = int(part["index"].max()) + 1
+        colors = sns.color_palette("flare", n_colors=n)
+        for index, line in part.groupby("index"):
+            line = line.groupby("step")["value"].mean()
+            ax.plot(line.index, line.to_numpy(), color=colors[int(index)], lw=1)
+        ax.axhline(0, color="0.5", lw=0.8)
+        ax.set_title(f"rezero-{depth} ({n} gates; light = input side)")
+        ax.set_xlabel("training step")
+    axes[0][0].set_ylabel("gate a")
+    fig.suptitle("ReZero gates over training", y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def throughput_figure(cells: pd.DataFrame) -> Figure:
+    """Training images/s vs depth as the sweep measured them (mean over seeds), hue = block."""
+    df = cells.dropna(subset=["train_images_per_s"])
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    sns.lineplot(data=df, x="depth", y="train_images_per_s", hue="block", hue_order=_blocks(df), marker="o",
+                 errorbar=None, ax=ax)  # fmt: skip
+    ax.set_yscale("log")
+    ax.set_xlabel("depth (weighted layers)")
+    ax.set_ylabel("training images/s (last epoch)")
+    ax.set_title("Training throughput vs depth in this sweep")
+    fig.tight_layout()
+    return fig
+
+
+def benchmark_figure(bench: pd.DataFrame) -> Figure:
+    """pytest-benchmark results: images/s and achieved TFLOP/s vs depth, hue = block, style = phase."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, column, label in ((axes[0], "images_per_s", "images/s"), (axes[1], "tflops", "achieved TFLOP/s")):
+        sns.lineplot(data=bench, x="depth", y=column, hue="block", hue_order=_blocks(bench), style="phase",
+                     marker="o", errorbar=None, ax=ax)  # fmt: skip
+        ax.set_yscale("log")
+        ax.set_xlabel("depth (weighted layers)")
+        ax.set_ylabel(label)
+    device = ", ".join(sorted(bench["device"].dropna().unique())) if "device" in bench else ""
+    fig.suptitle(f"Throughput vs depth (pytest-benchmark{', ' + device if device else ''})", y=1.02)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,268 @@
+"""Render a sweep's report: `reports/<sweep>/index.html` (one self-contained file: figures embedded, no network,
+readable from disk), `report.md` with the PNGs beside it, `summary.csv` (one row per cell), `epochs.csv`, and the
+figures as PNG and SVG; then the whole folder is logged to the sweep's parent MLflow run under `report/`.
+pycls' htmlbook does the same with its figures; the point is a file a reader can mail or attach to a paper.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import yaml
+
+from reslab import tracking
+from reslab.report import figures as F
+from reslab.report.anchors import anchors_for
+from reslab.report.collect import SweepData
+from reslab.report.verdict import Verdict, verdict
+
+
+@dataclass(frozen=True)
+class Rendered:
+    slug: str
+    title: str
+    caption: str
+    png: bytes
+    svg: str
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    directory: Path
+    html: Path
+    markdown: Path
+    summary: Path
+    figures: list[str]
+    verdict: Verdict
+
+
+def load_benchmark(path: str | Path) -> pd.DataFrame:
+    """A pytest-benchmark JSON (from `nox -s bench`) as rows of family, block, depth, phase, images_per_s, tflops."""
+    data = json.loads(Path(path).read_text())
+    rows = []
+    for bench in data.get("benchmarks", []):
+        info = bench.get("extra_info", {})
+        if "images_per_s" in info and "depth" in info:
+            rows.append({k: info.get(k) for k in ("family", "block", "depth", "phase", "images_per_s", "tflops",
+                                                  "device", "dtype", "peak_memory_mb")})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def latest_benchmark(directory: str | Path = "reports/bench") -> Path | None:
+    found = sorted(Path(directory).glob("*.json"))
+    return found[-1] if found else None
+
+
+def cell_table(data: SweepData) -> pd.DataFrame:
+    """Per network (block x depth x width x shortcut x norm): params, MACs, final errors mean ± sd over seeds,
+    epoch time, seeds finished of seeds run."""
+    cells = data.cells
+    if cells.empty:
+        return pd.DataFrame()
+    keys = ["block", "depth", "width", "shortcut", "norm"]
+    rows = []
+    for key, group in cells.groupby(keys, sort=False, dropna=False):
+        done = group[group["status"] == "FINISHED"]
+        row = dict(zip(keys, key, strict=True))
+        first = done.iloc[0] if not done.empty else None
+        row["params"] = f"{int(first['params']):,}" if first is not None and pd.notna(first["params"]) else ""
+        row["MACs"] = f"{first['macs'] / 1e6:,.2f} M" if first is not None and pd.notna(first["macs"]) else ""
+        for metric, label in (("train_error", "train error"), ("test_error", "test error")):
+            values = done[metric].dropna()
+            sd = f" ± {100 * values.std():.2f}" if len(values) > 1 else ""
+            row[label] = f"{100 * values.mean():.2f}{sd} %" if len(values) else "-"
+        times = done["epoch_time_s"].dropna()
+        row["epoch time"] = f"{times.mean():.2f} s" if len(times) else "-"
+        row["seeds"] = f"{len(done)}/{len(group)}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def build_figures(data: SweepData, bench: pd.DataFrame | None = None, log_scale: bool = False) -> list[Rendered]:
+    finished = data.finished
+    dataset = (data.config.get("dataset") or {}).get("name", "")
+    out: list[tuple[str, str, str, object]] = []
+    if not data.epochs.empty:
+        out.append(("curves", "Training and test error vs epoch",
+                    "He et al. 2015 Fig. 6 style: solid = training error, dashed = test error, one line per depth "
+                    "(mean over seeds), one panel per block.", F.curves_figure(data.epochs, log_scale)))  # fmt: skip
+    if not finished.empty:
+        anchors = anchors_for(dataset, list(finished["block"].unique()))
+        anchor_note = f" Stars: {', '.join(sorted(anchors['source'].unique()))}." if not anchors.empty else ""
+        out.append(("depth", "Final error vs depth",
+                    "The depth-scaling curve: final training and test error, mean with 95 % CI over seeds."
+                    + anchor_note, F.depth_figure(finished, anchors)))  # fmt: skip
+    tele = data.telemetry
+    if not tele.empty:
+        out.append(("gradient_flow", "Gradient through branch vs shortcut",
+                    "Seed 002's experiment: the gradient norm at one block's input, through the branch F and through "
+                    "the shortcut, over training (deepest depth, first seed).",
+                    F.gradient_flow_figure(tele)))  # fmt: skip
+        out.append(("gradient_heatmap", "Gradient norm by block and step",
+                    "log10 gradient norm at each block's output over training, plain next to residual, one colour "
+                    "scale: vanishing gradients show as dark rows at the input side.",
+                    F.gradient_heatmap_figure(tele)))  # fmt: skip
+        out.append(("weight_gradients", "Per-layer weight-gradient norm",
+                    "Weight-gradient norm of every conv/linear layer at the first, middle and last probed step.",
+                    F.weight_gradient_figure(tele)))  # fmt: skip
+        out.append(("gates", "ReZero gates", "The gates a of y = a·F(x) + x (0 at init) over training.",
+                    F.gate_figure(tele)))  # fmt: skip
+    if not finished.empty and finished["train_images_per_s"].notna().any():
+        out.append(("throughput", "Training throughput vs depth",
+                    "Training images/s of the last epoch, as measured inside this sweep (mean over seeds).",
+                    F.throughput_figure(finished)))  # fmt: skip
+    if bench is not None and not bench.empty:
+        out.append(("benchmark", "Benchmarked throughput vs depth",
+                    "pytest-benchmark (nox -s bench): forward and forward+backward images/s and achieved TFLOP/s.",
+                    F.benchmark_figure(bench)))  # fmt: skip
+    rendered = []
+    for slug, title, caption, fig in out:
+        if fig is None:
+            continue
+        png, svg = io.BytesIO(), io.StringIO()
+        fig.savefig(png, format="png", dpi=100, bbox_inches="tight")
+        fig.savefig(svg, format="svg", bbox_inches="tight")
+        plt.close(fig)
+        rendered.append(Rendered(slug, title, caption, png.getvalue(), svg.getvalue()))
+    return rendered
+
+
+def write_report(
+    data: SweepData,
+    out_dir: str | Path,
+    bench_path: str | Path | None = None,
+    log_scale: bool = False,
+    log_to_mlflow: bool = True,
+) -> ReportPaths:
+    out = Path(out_dir)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    bench = load_benchmark(bench_path) if bench_path else None
+    figures = build_figures(data, bench, log_scale)
+    for fig in figures:
+        (out / "figures" / f"{fig.slug}.png").write_bytes(fig.png)
+        (out / "figures" / f"{fig.slug}.svg").write_text(fig.svg)
+    v = verdict(data.cells)
+    table = cell_table(data)
+    data.cells.to_csv(out / "summary.csv", index=False)
+    data.epochs.to_csv(out / "epochs.csv", index=False)
+    context = _context(data, v, table, bench_path)
+    (out / "index.html").write_text(_html(context, figures))
+    (out / "report.md").write_text(_markdown(context, figures))
+    if log_to_mlflow and data.parent.get("run_id"):
+        tracking.log_artifact_dir(data.uri, data.parent["run_id"], out, "report")
+    return ReportPaths(out, out / "index.html", out / "report.md", out / "summary.csv", [f.slug for f in figures], v)
+
+
+def _context(data: SweepData, v: Verdict, table: pd.DataFrame, bench_path: str | Path | None) -> dict:
+    cells = data.cells
+    unfinished = cells[cells["status"] != "FINISHED"]
+    problems = [(r["name"], r["status"].lower(), r.get("failure") or "") for _, r in unfinished.iterrows()]
+    provenance = {
+        "sweep": data.name,
+        "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "tracking": data.uri,
+        "experiment": data.experiment,
+        "parent run": data.parent.get("run_id", ""),
+        "sweep status": data.parent.get("status", ""),
+        **data.provenance,
+    }
+    if bench_path:
+        provenance["benchmark"] = str(bench_path)
+    n_done = int((cells["status"] == "FINISHED").sum())
+    return {
+        "name": data.name,
+        "description": data.config.get("description", ""),
+        "verdict": v,
+        "progress": f"{n_done} of {len(cells)} cells finished",
+        "table": table,
+        "problems": problems,
+        "config": yaml.safe_dump(data.config, sort_keys=False) if data.config else "(no config recorded)",
+        "provenance": provenance,
+    }
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#1f2328;line-height:1.45}
+h1{margin-bottom:.2em}.lead{color:#57606a;margin-top:0}
+.verdict{padding:.9em 1.1em;border-radius:6px;border-left:6px solid #999;background:#f6f8fa;font-size:1.08em}
+.verdict.yes{border-color:#1a7f37;background:#dafbe1}.verdict.no{border-color:#cf222e;background:#ffebe9}
+figure{margin:1.6em 0}figure img{max-width:100%;height:auto;border:1px solid #d0d7de}
+figcaption{color:#57606a;font-size:.93em}
+table{border-collapse:collapse;font-size:.9em;margin:.6em 0}th,td{border:1px solid #d0d7de;padding:.25em .6em}
+th{background:#f6f8fa;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
+pre{background:#f6f8fa;padding:1em;overflow-x:auto;font-size:.85em}
+"""
+
+
+def _html(ctx: dict, figures: list[Rendered]) -> str:
+    e = html.escape
+    v: Verdict = ctx["verdict"]
+    klass = {True: "yes", False: "no", None: ""}[v.reproduced]
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>reslab report: {e(ctx['name'])}</title><style>{CSS}</style></head><body>",
+        f"<h1>reslab report: {e(ctx['name'])}</h1>",
+        f"<p class='lead'>{e(ctx['description'])} — {e(ctx['progress'])}</p>",
+        f"<div class='verdict {klass}' id='verdict'>{e(v.text)}</div>",
+    ]
+    for fig in figures:
+        data = base64.b64encode(fig.png).decode()
+        parts.append(f"<figure id='{fig.slug}'><h2>{e(fig.title)}</h2>"
+                     f"<img alt='{e(fig.title)}' src='data:image/png;base64,{data}'>"
+                     f"<figcaption>{e(fig.caption)}</figcaption></figure>")  # fmt: skip
+    parts.append("<h2>Cells</h2>" + _html_table(ctx["table"]))
+    if ctx["problems"]:
+        parts.append("<h2>Not finished</h2><ul>")
+        parts += [f"<li><b>{e(n)}</b>: {e(s)}{(' — ' + e(r)) if r else ''}</li>" for n, s, r in ctx["problems"]]
+        parts.append("</ul>")
+    parts.append(f"<h2>Configuration</h2><pre>{e(ctx['config'])}</pre>")
+    prov = "".join(f"<tr><th>{e(k)}</th><td>{e(str(val))}</td></tr>" for k, val in ctx["provenance"].items())
+    parts.append(f"<h2>Provenance</h2><table>{prov}</table></body></html>")
+    return "\n".join(parts)
+
+
+def _html_table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "<p>No cells.</p>"
+    e = html.escape
+    head = "".join(f"<th>{e(str(c))}</th>" for c in df.columns)
+    rows = []
+    for _, row in df.iterrows():
+        cells = "".join(
+            f"<td class='{'num' if isinstance(v, (int, float)) or str(v)[:1].isdigit() else ''}'>{e(str(v))}</td>"
+            for v in row
+        )
+        rows.append(f"<tr>{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _markdown(ctx: dict, figures: list[Rendered]) -> str:
+    v: Verdict = ctx["verdict"]
+    lines = [f"# reslab report: {ctx['name']}", "", f"{ctx['description']} — {ctx['progress']}", "", f"> {v.text}", ""]
+    for fig in figures:
+        lines += [f"## {fig.title}", "", f"![{fig.title}](figures/{fig.slug}.png)", "", fig.caption, ""]
+    lines += ["## Cells", "", _md_table(ctx["table"]), ""]
+    if ctx["problems"]:
+        lines += ["## Not finished", ""] + [f"- **{n}**: {s}{(' — ' + r) if r else ''}" for n, s, r in ctx["problems"]]
+        lines.append("")
+    lines += ["## Configuration", "", "```yaml", ctx["config"].rstrip(), "```", "", "## Provenance", ""]
+    lines += ["| | |", "|---|---|"] + [f"| {k} | {val} |" for k, val in ctx["provenance"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "No cells."
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    sep = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, sep, *body])

@@ -1,0 +1,186 @@
+"""Report pieces on small hand-built data: each figure function, the verdict, the anchors, collect on a partial
+sweep (no training)."""
+
+from __future__ import annotations
+
+import itertools
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytest
+from matplotlib.image import AxesImage
+
+from reslab.report import figures as F
+from reslab.report.anchors import anchors_for
+from reslab.report.verdict import verdict
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def epochs_frame() -> pd.DataFrame:
+    rows = []
+    for block, depth, seed, epoch in itertools.product(["plain", "residual"], [8, 20], [0, 1], [1, 2, 3]):
+        base = 0.5 / epoch + (0.3 if block == "plain" and depth == 20 else 0)
+        rows.append({"block": block, "depth": depth, "seed": seed, "epoch": epoch, "width": 8,
+                     "train_error": base, "test_error": base + 0.05})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def cells_frame(plain_deep: float = 0.6, residual_deep: float = 0.001, widths=(8,)) -> pd.DataFrame:
+    values = {("plain", 8): 0.01, ("plain", 56): plain_deep, ("residual", 8): 0.004, ("residual", 56): residual_deep}
+    rows = []
+    for (block, depth), err in values.items():
+        for width, seed in itertools.product(widths, [0, 1]):
+            rows.append({"block": block, "depth": depth, "width": width, "seed": seed, "status": "FINISHED",
+                         "train_error": err + 0.002 * seed, "test_error": err + 0.03,
+                         "train_images_per_s": 5000 / depth})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def telemetry_frame(gates: bool = False) -> pd.DataFrame:
+    rows = []
+    blocks = ["plain", "residual"] + (["rezero"] if gates else [])
+    for block, step, index in itertools.product(blocks, [0, 10, 20, 30], range(3)):
+        common = {"block": block, "depth": 20, "seed": 0, "step": step, "index": index, "layer": "", "width": 8}
+        rows.append({**common, "kind": "grad_branch", "value": 0.1 * (index + 1) / (step + 1)})
+        rows.append({**common, "kind": "grad_out", "value": 0.2 * (index + 1)})
+        if block != "plain":
+            rows.append({**common, "kind": "grad_shortcut", "value": 0.5})
+        if block == "rezero":
+            rows.append({**common, "kind": "gate", "value": 0.01 * step * (index + 1)})
+        rows.append({**common, "kind": "grad_weight", "value": 1.0 / (index + 1), "layer": f"l{index}"})
+    return pd.DataFrame(rows)
+
+
+def _data_axes(fig):
+    return [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+
+
+def test_curves_figure_has_a_panel_per_block_and_solid_train_dashed_test() -> None:
+    fig = F.curves_figure(epochs_frame())
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ["plain", "residual"]
+    assert axes[0].get_xlabel() == "epoch" and axes[0].get_ylabel() == "error (%)"
+    for ax in axes:
+        lines = ax.get_lines()
+        assert len(lines) == 4  # 2 depths x (train, test)
+        styles = {line.get_label().rsplit(" ", 1)[1]: line.get_linestyle() for line in lines}
+        assert styles["training"] == "-" and styles["test"] == "--"
+    plain_20_train = next(line for line in axes[0].get_lines() if line.get_label() == "plain-20 training")
+    assert list(plain_20_train.get_ydata()) == pytest.approx([80.0, 55.0, 46.666666])  # % means over seeds
+    assert F.curves_figure(epochs_frame(), log_scale=True).axes[0].get_yscale() == "log"
+
+
+def test_depth_figure_and_paper_anchors() -> None:
+    fig = F.depth_figure(cells_frame())
+    assert [ax.get_title() for ax in fig.axes] == ["training error", "test error"]
+    assert fig.axes[0].get_xlabel() == "depth (weighted layers)"
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["plain", "residual"]
+    anchors = anchors_for("cifar10", ["residual"])
+    with_anchors = F.depth_figure(cells_frame(), anchors)
+    stars = [c for c in with_anchors.axes[1].collections if c.get_label() == "He et al. 2015, Table 6"]
+    assert len(stars) == 1 and len(stars[0].get_offsets()) == 6
+    two_widths = F.depth_figure(cells_frame(widths=(4, 8)))
+    assert len(two_widths.axes) == 4 and two_widths.axes[2].get_title() == "training error, width 8"
+
+
+def test_gradient_flow_figure() -> None:
+    fig = F.gradient_flow_figure(telemetry_frame(), block_index=1)
+    assert [ax.get_title() for ax in fig.axes] == ["plain-20, block 1", "residual-20, block 1"]
+    assert len(fig.axes[0].get_lines()) == 1 and len(fig.axes[1].get_lines()) == 2  # plain has no shortcut
+    assert fig.axes[0].get_yscale() == "log"
+    assert F.gradient_flow_figure(telemetry_frame().iloc[0:0]) is None
+
+
+def test_gradient_heatmap_figure() -> None:
+    fig = F.gradient_heatmap_figure(telemetry_frame())
+    axes = _data_axes(fig)
+    assert [ax.get_title() for ax in axes] == ["plain-20", "residual-20"]
+    images = [im for ax in axes for im in ax.get_images() if isinstance(im, AxesImage)]
+    assert len(images) == 2 and images[0].get_array().shape == (3, 4)  # blocks x probed steps
+
+
+def test_weight_gradient_and_gate_and_throughput_figures() -> None:
+    fig = F.weight_gradient_figure(telemetry_frame())
+    assert all(len(ax.get_lines()) == 3 for ax in fig.axes)  # first, middle, last probed step
+    assert F.gate_figure(telemetry_frame()) is None
+    gates = F.gate_figure(telemetry_frame(gates=True))
+    assert len(gates.axes[0].get_lines()) == 3 + 1  # a line per gate + the zero line
+    throughput = F.throughput_figure(cells_frame())
+    assert throughput.axes[0].get_ylabel() == "training images/s (last epoch)"
+
+
+def test_benchmark_figure() -> None:
+    bench = pd.DataFrame([
+        {"block": b, "depth": d, "phase": p, "images_per_s": 1000 / d, "tflops": 0.01 * d, "device": "cpu"}
+        for b, d, p in itertools.product(["plain", "residual"], [20, 56], ["forward", "forward_backward"])
+    ])  # fmt: skip
+    fig = F.benchmark_figure(bench)
+    assert [ax.get_ylabel() for ax in fig.axes] == ["images/s", "achieved TFLOP/s"]
+    assert len([line for line in fig.axes[0].get_lines() if len(line.get_xdata()) == 2]) == 4
+
+
+def test_verdict_when_the_effect_is_present() -> None:
+    v = verdict(cells_frame())
+    assert v.reproduced is True
+    assert v.text.startswith("Degradation reproduced: plain-56 ends at 60.1 % training error, plain-8 at 1.1 %")
+    assert "residual-56 at 0.20 % (residual-8: 0.50 %)" in v.text and "mean over 2 seeds" in v.text
+    assert v.numbers["plain-56"] == pytest.approx(0.601)
+
+
+def test_verdict_when_it_is_not() -> None:
+    small = verdict(cells_frame(plain_deep=0.015))
+    assert small.reproduced is False and small.text.startswith("Degradation not reproduced")
+    assert "under the 2-point threshold" in small.text
+    both = verdict(cells_frame(residual_deep=0.3))
+    assert both.reproduced is False and "residual-56 at 30.1 %" in both.text and "degrades as well" in both.text
+    no_plain = verdict(cells_frame()[lambda d: d["block"] != "plain"])
+    assert no_plain.reproduced is None and "no plain nets" in no_plain.text
+    assert verdict(cells_frame().iloc[0:0]).reproduced is None
+
+
+def test_verdict_per_width() -> None:
+    v = verdict(cells_frame(widths=(4, 8)))
+    assert v.text.count("Degradation reproduced at width") == 2
+
+
+def test_anchors() -> None:
+    table6 = anchors_for("cifar10", ["residual"])
+    assert dict(zip(table6["depth"], table6["test_error"], strict=True))[56] == 6.97
+    assert anchors_for("mnist1d").empty
+    assert set(anchors_for("cifar10")["source"]) == {"He et al. 2015, Table 6", "He et al. 2016, Table 3"}
+
+
+def test_collect_lists_failed_and_missing_cells(tmp_path, monkeypatch) -> None:
+    """A partial sweep written straight to a store: one finished cell, one failed, one never run."""
+    import yaml
+
+    from reslab import tracking
+    from reslab.report import collect
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.prepare_store(uri, "p")
+    config = {"name": "p", "dataset": {"name": "mnist1d"},
+              "grid": {"family": "resnet", "blocks": ["plain", "residual"], "depths": [8], "widths": [4]}}  # fmt: skip
+    parent = tracking.ensure_sweep_run(uri, "p", "p", yaml.safe_dump(config), {})
+    for name, block, status in (("plain-8-w4-s0", "plain", "FINISHED"), ("residual-8-w4-s0", "residual", "FAILED")):
+        tags = {"family": "resnet", "block": block, "depth": 8, "width": 4, "shortcut": "A", "norm": "batch",
+                "seed": 0, "reslab.cell": f"resnet-{block}-8-w4-A-batch-s0"}  # fmt: skip
+        run = tracking.start_run(uri, "p", name, tags, {"net.params": 100}, parent_run_id=parent)
+        tracking.log_metrics(uri, run, [("train_error", 0.5, 1), ("train_error", 0.25, 2), ("test_error", 0.3, 2)])
+        tracking.finish_run(uri, run, status, None if status == "FINISHED" else "DivergedError: nan")
+    data = collect(uri, "p")
+    by_name = dict(zip(data.cells["name"], data.cells["status"], strict=True))
+    assert by_name == {"plain-8-w4-s0": "FINISHED", "residual-8-w4-s0": "FAILED"}
+    assert len(data.epochs) == 2 and data.epochs["train_error"].tolist() == [0.5, 0.25]
+    config["grid"]["depths"] = [8, 14]
+    tracking.ensure_sweep_run(uri, "p", "p", yaml.safe_dump(config), {})
+    cells = collect(uri, "p").cells
+    assert sorted(cells.loc[cells["status"] == "missing", "name"]) == ["plain-14-w4-s0", "residual-14-w4-s0"]
+    assert cells.loc[cells["name"] == "residual-8-w4-s0", "failure"].item() == "DivergedError: nan"
