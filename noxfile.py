@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 from pathlib import Path
 
 import nox
@@ -53,6 +54,8 @@ def tests(session: nox.Session) -> None:
     ensure_chromium(session)
     session.run("ruff", "check", ".")
     session.run("pytest", *session.posargs, env={"SE_OFFLINE": "true"})
+    if not session.posargs:  # every benchmark once, so none can rot (timings come from `nox -s bench`)
+        session.run("pytest", "benchmarks", "--benchmark-disable", "-q", "-p", "no:cacheprovider")
 
 
 @nox.session
@@ -82,3 +85,15 @@ def report(session: nox.Session) -> None:
     """Render a sweep's report: `nox -s report -- NAME [--out DIR]` (default: the default sweep)."""
     install(session)
     session.run("reslab", "report", *(session.posargs or ["default"]))
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Throughput benchmarks: reports/bench/<timestamp>.json and its figures; `-- --benchmark-compare` compares
+    with the last saved run (pytest-benchmark keeps them in .benchmarks/)."""
+    install(session)
+    out = ROOT / "reports" / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+    session.run("pytest", "benchmarks", f"--benchmark-json={target}", "--benchmark-autosave", *session.posargs)
+    session.run("reslab", "bench-report", str(target))

@@ -198,7 +198,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     import time
 
     from reslab.report import ReportError, collect
-    from reslab.report.render import latest_benchmark, write_report
+    from reslab.report.bench import latest_benchmark
+    from reslab.report.render import write_report
     from reslab.tracking import resolve_uri
 
     t0 = time.perf_counter()
@@ -211,6 +212,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     paths = write_report(data, args.out or f"reports/{args.sweep}", bench, log_scale=args.log_scale)
     print(paths.verdict.text)
     print(f"report: {paths.html}  ({len(paths.figures)} figures, {time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def cmd_bench_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from reslab.report.bench import load_depth_scaling, render_benchmark, summary
+
+    path = Path(args.json)
+    if not path.is_file():
+        raise UsageError(f"no benchmark JSON at {path}: run `nox -s bench` first")
+    written = render_benchmark(path, args.out)
+    table = summary(path)
+    if not table.empty:
+        print(table.to_string())
+    scaling = load_depth_scaling(path)
+    if scaling is not None:
+        t, m = scaling["time_fit"], scaling["memory_fit"]
+        print(f"depth scaling: step time +{1e3 * t['slope']:.2f} ms per layer (R² {t['r2']:.3f}); "
+              f"{scaling['memory_kind']} +{m['slope']:.2f} MiB per layer (R² {m['r2']:.3f})")  # fmt: skip
+    for target in written:
+        print(f"wrote {target}")
     return 0
 
 
@@ -292,6 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench", help="a pytest-benchmark JSON to plot (default: the newest in reports/bench/)")
     p.add_argument("--log-scale", action="store_true", help="error curves on a log scale")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("bench-report", help="figures and a table from a pytest-benchmark JSON (nox -s bench)")
+    p.add_argument("json", help="the JSON pytest-benchmark wrote, e.g. reports/bench/20261122-101500.json")
+    p.add_argument("--out", help="folder for the figures (default: beside the JSON)")
+    p.set_defaults(func=cmd_bench_report)
 
     p = sub.add_parser("ui", help="open the MLflow UI on the tracking store")
     p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")

@@ -145,3 +145,80 @@ def data_path_images_per_s(
             n += y.shape[0]
     sync(device)
     return n / (time.perf_counter() - t0)
+
+
+# -- throughput benchmarks (benchmarks/) ------------------------------------------------------------------------------
+
+#: Dense peak TFLOP/s of known GPUs by dtype (vendor datasheets, no sparsity), for the fraction of peak reached.
+PEAK_TFLOPS: dict[str, dict[str, float]] = {
+    "H200": {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9},
+    "H100 PCIe": {"bf16": 756.0, "fp16": 756.0, "tf32": 378.0, "fp32": 51.2},
+    "H100": {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9},
+    "A100": {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5},
+}
+
+
+def device_name(device: str) -> str:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(torch.device(device))
+    import platform
+
+    return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def peak_tflops(name: str, dtype: str) -> float | None:
+    """The datasheet peak of GPU `name` for `dtype` ('fp32' convs on CUDA run as TF32 by default), or None."""
+    for key, peaks in PEAK_TFLOPS.items():
+        if all(part in name for part in key.split()):
+            if dtype == "fp32" and torch.backends.cudnn.allow_tf32:
+                return peaks["tf32"]
+            return peaks.get(dtype)
+    return None
+
+
+def train_flops_per_image(macs: int, phase: str) -> float:
+    """FLOPs per image: 2 per MAC forward; a backward pass costs about twice its forward (input and weight
+    gradients), so forward+backward counts 3 forwards."""
+    return 2.0 * macs * (3.0 if phase == "forward_backward" else 1.0)
+
+
+def saved_activation_bytes(net: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the tensors autograd keeps for the backward of one forward pass (each storage counted once): the
+    activation memory a training step needs, measured on any device."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        net(x).sum().backward()
+    net.zero_grad(set_to_none=True)
+    return sum(seen.values())
+
+
+def median_step_s(fn: Callable[[], None], device: str, steps: int, warmup: int = 2) -> float:
+    """Median seconds of `fn` over `steps` calls after `warmup`, the device synchronised inside each."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def linear_fit(x: list[float], y: list[float]) -> dict[str, float]:
+    """Least squares y = intercept + slope * x, with R² (how linear the growth is)."""
+    import numpy as np
+
+    xs, ys = np.asarray(x, float), np.asarray(y, float)
+    slope, intercept = np.polyfit(xs, ys, 1)
+    residual = ys - (intercept + slope * xs)
+    total = ((ys - ys.mean()) ** 2).sum()
+    r2 = 1.0 - (residual**2).sum() / total if total > 0 else 1.0
+    return {"slope": float(slope), "intercept": float(intercept), "r2": float(r2)}

@@ -256,3 +256,20 @@ def benchmark_figure(bench: pd.DataFrame) -> Figure:
     fig.suptitle(f"Throughput vs depth (pytest-benchmark{', ' + device if device else ''})", y=1.02)
     fig.tight_layout()
     return fig
+
+
+def depth_scaling_figure(points: pd.DataFrame, time_fit: dict, memory_fit: dict, memory_kind: str) -> Figure:
+    """Step time and memory vs depth with their least-squares lines: linear growth means every block costs the
+    same, however deep the net."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, column, fit, label in ((axes[0], "step_s", time_fit, "forward+backward step (s)"),
+                                   (axes[1], "memory_mb", memory_fit, f"{memory_kind} (MiB)")):  # fmt: skip
+        ax.plot(points["depth"], points[column], "o", label="measured")
+        xs = np.linspace(points["depth"].min(), points["depth"].max(), 50)
+        ax.plot(xs, fit["intercept"] + fit["slope"] * xs, "--", label=f"linear fit, R² = {fit['r2']:.3f}")
+        ax.set_xlabel("depth (weighted layers)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize="small")
+    fig.suptitle("ResNet cost vs depth (batch 128, width 16)", y=1.02)
+    fig.tight_layout()
+    return fig

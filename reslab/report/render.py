@@ -10,7 +10,6 @@ import base64
 import datetime as dt
 import html
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import yaml
 from reslab import tracking
 from reslab.report import figures as F
 from reslab.report.anchors import anchors_for
+from reslab.report.bench import load_benchmark
 from reslab.report.collect import SweepData
 from reslab.report.verdict import Verdict, verdict
 
@@ -42,23 +42,6 @@ class ReportPaths:
     summary: Path
     figures: list[str]
     verdict: Verdict
-
-
-def load_benchmark(path: str | Path) -> pd.DataFrame:
-    """A pytest-benchmark JSON (from `nox -s bench`) as rows of family, block, depth, phase, images_per_s, tflops."""
-    data = json.loads(Path(path).read_text())
-    rows = []
-    for bench in data.get("benchmarks", []):
-        info = bench.get("extra_info", {})
-        if "images_per_s" in info and "depth" in info:
-            rows.append({k: info.get(k) for k in ("family", "block", "depth", "phase", "images_per_s", "tflops",
-                                                  "device", "dtype", "peak_memory_mb")})  # fmt: skip
-    return pd.DataFrame(rows)
-
-
-def latest_benchmark(directory: str | Path = "reports/bench") -> Path | None:
-    found = sorted(Path(directory).glob("*.json"))
-    return found[-1] if found else None
 
 
 def cell_table(data: SweepData) -> pd.DataFrame:

@@ -1,0 +1,109 @@
+"""Forward and forward+backward throughput of every family vs depth (groups `forward` and `forward_backward`).
+
+He et al.'s CIFAR ResNets (width 16, batch 128, 3x32x32) at depths 20, 56, 110 (and 1202 on a GPU), blocks plain /
+residual / preact; the dense and the seed's conv families at a few depths. On CUDA each net also runs in bf16
+autocast, channels_last and torch.compile variants, side by side. Each result's extra_info holds images/s, MACs
+per image, achieved TFLOP/s, peak memory, device and dtype, and the datasheet peak of known GPUs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmarks.conftest import cuda
+from reslab.models import NetSpec, build_net, describe
+from reslab.perf import device_name, peak_tflops, saved_activation_bytes, sync, train_flops_per_image
+
+BATCH = 128
+PHASES = ("forward", "forward_backward")
+RESNET_DEPTHS = [20, 56, 110, *([1202] if cuda() else [])]
+VARIANTS = ["fp32", *(["bf16", "bf16-channels_last", "bf16-channels_last-compile"] if cuda() else [])]
+
+
+def _case(spec: NetSpec, shape: tuple[int, ...], classes: int, phase: str, variant: str, device: str):
+    """The net, inputs and step function of one benchmark; the step synchronises the device inside."""
+    torch.manual_seed(0)
+    net = build_net(spec, shape, classes).to(device)
+    x = torch.randn(BATCH, *shape, device=device)
+    y = torch.randint(0, classes, (BATCH,), device=device)
+    if "channels_last" in variant and len(shape) == 3:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    model = torch.compile(net) if "compile" in variant else net
+    dtype = "bf16" if variant.startswith("bf16") else "fp32"
+
+    def autocast():
+        if dtype == "bf16":
+            return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    if phase == "forward":
+        net.eval()
+
+        def step() -> None:
+            with torch.no_grad(), autocast():
+                model(x)
+            sync(device)
+    else:
+        net.train()
+
+        def step() -> None:
+            with autocast():
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            net.zero_grad(set_to_none=True)
+            sync(device)
+
+    return net, x, step, dtype
+
+
+def _run(benchmark, spec: NetSpec, shape, classes: int, phase: str, variant: str, device: str, rounds: int) -> None:
+    net, x, step, dtype = _case(spec, shape, classes, phase, variant, device)
+    benchmark.group = phase
+    macs = describe(spec, shape, classes).macs
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=2 if "compile" not in variant else 3)
+    info = benchmark.extra_info
+    info.update(family=spec.family, block=spec.block, depth=spec.depth, width=spec.width, batch=BATCH, phase=phase,
+                variant=variant, dtype=dtype, device=device_name(device), macs_per_image=macs)  # fmt: skip
+    if torch.device(device).type == "cuda":
+        info["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    elif phase == "forward_backward":
+        params = sum(p.numel() * p.element_size() for p in net.parameters())
+        info["peak_memory_mb"] = (saved_activation_bytes(net, x) + 2 * params) / 2**20  # activations + weights + grads
+    stats = getattr(getattr(benchmark, "stats", None), "stats", None)
+    if stats is None:  # --benchmark-disable: ran once, nothing timed
+        return
+    images_per_s = BATCH / stats.median
+    tflops = train_flops_per_image(macs, phase) * images_per_s / 1e12
+    info.update(images_per_s=images_per_s, tflops=tflops)
+    peak = peak_tflops(info["device"], dtype)
+    if peak:
+        info.update(peak_tflops=peak, fraction_of_peak=tflops / peak)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("depth", RESNET_DEPTHS)
+@pytest.mark.parametrize("block", ["plain", "residual", "preact"])
+@pytest.mark.parametrize("phase", PHASES)
+def test_resnet(benchmark, block: str, depth: int, phase: str, variant: str, device: str, rounds: int) -> None:
+    _run(benchmark, NetSpec("resnet", block, depth, 16), (3, 32, 32), 10, phase, variant, device, rounds)
+
+
+@pytest.mark.parametrize("depth", [10, 34, 98])
+@pytest.mark.parametrize("block", ["plain", "residual"])
+@pytest.mark.parametrize("phase", PHASES)
+def test_mlp(benchmark, block: str, depth: int, phase: str, device: str, rounds: int) -> None:
+    _run(benchmark, NetSpec("mlp", block, depth, 256), (1, 40), 10, phase, "fp32", device, rounds)
+
+
+@pytest.mark.parametrize("depth", [7, 13, 25])
+@pytest.mark.parametrize("block", ["plain", "residual"])
+@pytest.mark.parametrize("phase", PHASES)
+def test_convnet(benchmark, block: str, depth: int, phase: str, device: str, rounds: int) -> None:
+    _run(benchmark, NetSpec("convnet", block, depth), (3, 32, 32), 10, phase, "fp32", device, rounds)
