@@ -8,6 +8,7 @@ A stamp of pyproject.toml and the torch choice in the venv skips pip entirely wh
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import shutil
@@ -49,11 +50,13 @@ def ensure_chromium(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Lint, then the whole test suite (slow end-to-end checks included; `-- -m "not slow"` for a quick run)."""
+    """Lint, then the whole suite: unit tests, slow end-to-end checks, the scale-out drills (PostgreSQL and MLflow
+    servers), the browser test, and every benchmark once. `-- -m "not slow and not drills"` for a quick run."""
     install(session)
     ensure_chromium(session)
+    drills_ok = ensure_postgres(session, required=False)
     session.run("ruff", "check", ".")
-    session.run("pytest", *session.posargs, env={"SE_OFFLINE": "true"})
+    session.run("pytest", *session.posargs, env={"SE_OFFLINE": "true", "RESLAB_DRILLS": "1" if drills_ok else "0"})
     if not session.posargs:  # every benchmark once, so none can rot (timings come from `nox -s bench`)
         session.run("pytest", "benchmarks", "--benchmark-disable", "-q", "-p", "no:cacheprovider")
 
@@ -97,3 +100,27 @@ def bench(session: nox.Session) -> None:
     target = out / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
     session.run("pytest", "benchmarks", f"--benchmark-json={target}", "--benchmark-autosave", *session.posargs)
     session.run("reslab", "bench-report", str(target))
+
+
+def ensure_postgres(session: nox.Session, required: bool = True) -> bool:
+    """The drills run a real PostgreSQL server from Debian's packages: install it where apt can."""
+    if shutil.which("initdb") or glob.glob("/usr/lib/postgresql/*/bin/initdb"):
+        return True
+    if not shutil.which("apt-get") or os.geteuid() != 0:
+        message = "the drills need PostgreSQL (Debian's postgresql package), which cannot be installed here"
+        if required:
+            session.error(message)
+        session.warn(message + ": they will be skipped")
+        return False
+    session.run("apt-get", "update", "-qq", external=True)
+    session.run("apt-get", "install", "-y", "-qq", "postgresql", external=True)
+    return True
+
+
+@nox.session
+def drills(session: nox.Session) -> None:
+    """Scale-out drills: a real PostgreSQL server and `mlflow server` on 127.0.0.1, two machines' coordinators on
+    one study, a machine killed mid-cell, unreachable servers, SIGINT. Figures go to test-artifacts/drills.jsonl."""
+    install(session)
+    ensure_postgres(session)
+    session.run("pytest", "tests/drills", "-p", "no:cacheprovider", *session.posargs, env={"RESLAB_DRILLS": "1"})

@@ -25,12 +25,12 @@ RESNET_DEPTHS = [20, 56, 110, *([1202] if cuda() else [])]
 VARIANTS = ["fp32", *(["bf16", "bf16-channels_last", "bf16-channels_last-compile"] if cuda() else [])]
 
 
-def _case(spec: NetSpec, shape: tuple[int, ...], classes: int, phase: str, variant: str, device: str):
+def _case(spec: NetSpec, shape: tuple[int, ...], classes: int, phase: str, variant: str, device: str, batch: int):
     """The net, inputs and step function of one benchmark; the step synchronises the device inside."""
     torch.manual_seed(0)
     net = build_net(spec, shape, classes).to(device)
-    x = torch.randn(BATCH, *shape, device=device)
-    y = torch.randint(0, classes, (BATCH,), device=device)
+    x = torch.randn(batch, *shape, device=device)
+    y = torch.randint(0, classes, (batch,), device=device)
     if "channels_last" in variant and len(shape) == 3:
         net = net.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -68,14 +68,16 @@ def _macs(spec: NetSpec, shape: tuple[int, ...], classes: int) -> int:
 
 
 def _run(benchmark, spec: NetSpec, shape, classes: int, phase: str, variant: str, device: str, rounds: int) -> None:
-    net, x, step, dtype = _case(spec, shape, classes, phase, variant, device)
+    smoke = bool(benchmark.disabled)  # --benchmark-disable: run once on a small batch, so none can rot
+    batch = 8 if smoke else BATCH
+    net, x, step, dtype = _case(spec, shape, classes, phase, variant, device, batch)
     benchmark.group = phase
     macs = _macs(spec, shape, classes)
     if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=2 if "compile" not in variant else 3)
     info = benchmark.extra_info
-    info.update(family=spec.family, block=spec.block, depth=spec.depth, width=spec.width, batch=BATCH, phase=phase,
+    info.update(family=spec.family, block=spec.block, depth=spec.depth, width=spec.width, batch=batch, phase=phase,
                 variant=variant, dtype=dtype, device=device_name(device), macs_per_image=macs)  # fmt: skip
     if torch.device(device).type == "cuda":
         info["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -85,7 +87,7 @@ def _run(benchmark, spec: NetSpec, shape, classes: int, phase: str, variant: str
     stats = getattr(getattr(benchmark, "stats", None), "stats", None)
     if stats is None:  # --benchmark-disable: ran once, nothing timed
         return
-    images_per_s = BATCH / stats.median
+    images_per_s = batch / stats.median
     tflops = train_flops_per_image(macs, phase) * images_per_s / 1e12
     info.update(images_per_s=images_per_s, tflops=tflops)
     peak = peak_tflops(info["device"], dtype)

@@ -106,7 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("; ".join(_pydantic_messages(exc))) from None
     from reslab.data.cifar import DataError
     from reslab.tracking import TrackingError
-    from reslab.train.run import run_one
+    from reslab.train.run import is_rank_zero, run_one
 
     stream = sys.stderr if args.json else sys.stdout
     total = train.epochs if train.max_steps is None else None
@@ -119,6 +119,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = run_one(spec, data, train, None if args.no_tracking else track, on_epoch=progress)
     except (DataError, TrackingError) as exc:
         raise UsageError(str(exc)) from None
+    if not is_rank_zero():  # a DDP helper process: rank 0 reports
+        return 0
     if args.json:
         print(json.dumps(result.to_json()))
     else:
@@ -138,6 +140,7 @@ def _train_fields(args: argparse.Namespace) -> dict:
         "schedule": args.schedule, "milestones": args.milestones, "warmup_epochs": args.warmup_epochs,
         "warmup_start_factor": args.warmup_start_factor, "seed": args.seed, "device": args.device,
         "precision": args.precision, "telemetry_every": args.telemetry_every, "threads": args.threads,
+        "devices": args.devices, "strategy": args.strategy,
     }  # fmt: skip
 
 
@@ -158,6 +161,10 @@ def _key_value(text: str) -> tuple[str, object]:
 
     key, value = text.split("=", 1)
     return key.strip(), yaml.safe_load(value)
+
+
+def _devices(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -290,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="training device (default auto)")
     p.add_argument("--precision", choices=["32-true", "bf16-mixed", "16-mixed"], help="default 32-true")
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    p.add_argument("--devices", type=_devices, help="Lightning devices per run, e.g. 2 (with --strategy ddp)")
+    p.add_argument("--strategy", help="Lightning strategy, e.g. ddp (gloo on CPU, NCCL on GPUs)")
     p.add_argument("--telemetry-every", type=_positive_int, help="gradient telemetry every K steps (default 10)")
     p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--experiment", default="reslab", help="MLflow experiment (default reslab)")

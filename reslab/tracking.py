@@ -33,7 +33,7 @@ from typing import Any
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no tqdm bars per artifact read
 warnings.filterwarnings("ignore", message=".*noload.*")  # SQLAlchemy deprecation printed by sqlite stores
-for _name in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database tables..." on a new store
+for _name in ("mlflow.store.db.utils", "alembic", "mlflow.system_metrics"):  # start-up and monitor chatter
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 DEFAULT_EXPERIMENT = "reslab"
@@ -226,6 +226,11 @@ def sweep_runs(uri: str, experiment: str, sweep: str) -> tuple[Any, list]:
     parent = min(parents, key=lambda r: (r.info.start_time, r.info.run_id))
     children = search_runs(uri, experiment, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     return parent, children
+
+
+def running_children(uri: str, experiment: str, parent_run_id: str) -> list:
+    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'"
+    return search_runs(uri, experiment, query)
 
 
 def find_sweep(uri: str, sweep: str) -> tuple[str | None, Any]:

@@ -28,7 +28,8 @@ class ConfigError(ValueError):
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
-        self.problems = problems
+        self.problems = [" ".join(str(p).split()) for p in problems]  # one line each, whatever the parser said
+        problems = self.problems
         n = len(problems)
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"{source}: {n} problem{'s' if n != 1 else ''}; nothing was run:\n{lines}")
@@ -163,6 +164,13 @@ class SweepConfig(_Frozen):
     tune: TuneConfig | None = None
 
     @model_validator(mode="after")
+    def _tune_on_one_device(self) -> SweepConfig:
+        devices = self.train.devices
+        if self.tune is not None and devices not in (1, "1", "auto"):
+            raise ValueError(f"tune works with one device per run; train.devices is {devices!r}: set it to 1")
+        return self
+
+    @model_validator(mode="after")
     def _val_metric_needs_val(self) -> SweepConfig:
         if self.tune is not None and self.tune.metric == "val_error":
             from reslab.data.registry import DATASETS
@@ -219,9 +227,7 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     node[keys[-1]] = value
 
 
-def load_config(
-    source: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()
-) -> SweepConfig:
+def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> SweepConfig:
     """Read, override and validate a sweep config; raise ConfigError with every problem."""
     label = str(source) if not isinstance(source, dict) else "<config>"
     if isinstance(source, dict):

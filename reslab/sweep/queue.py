@@ -18,6 +18,7 @@ import os
 import socket
 import threading
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat_interval & co.
 
 CELL, SLOT = "reslab.cell", "reslab.slot"
 HOST, PID, PID_START, BEAT = "reslab.host", "reslab.pid", "reslab.pid_start", "reslab.heartbeat"
@@ -53,21 +55,31 @@ def is_rdb(url: str) -> bool:
     return "://" in url
 
 
+def node_name() -> str:
+    """The machine a lease names: $RESLAB_NODE (drills simulate several machines on one), else the hostname."""
+    return os.environ.get("RESLAB_NODE") or socket.gethostname()
+
+
 def open_storage(url: str, heartbeat_s: float = 5.0, grace_s: float = 60.0, create: bool = True) -> BaseStorage:
     """A journal file (one machine or a shared disk) or an RDB (PostgreSQL across machines, with Optuna's heartbeat).
     An unreachable database is one clear error."""
     if is_rdb(url):
-        try:
-            return RDBStorage(
-                url,
-                engine_kwargs={"pool_pre_ping": True},
-                heartbeat_interval=max(1, round(heartbeat_s)),
-                grace_period=max(2, round(grace_s)),
-                skip_table_creation=not create,
-            )
-        except Exception as exc:  # sqlalchemy's OperationalError and friends
-            cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-            raise QueueError(f"cannot open sweep storage {_redact(url)}: {cause}") from None
+        for attempt in range(3):
+            try:
+                return RDBStorage(
+                    url,
+                    engine_kwargs={"pool_pre_ping": True},
+                    heartbeat_interval=max(1, round(heartbeat_s)),
+                    grace_period=max(2, round(grace_s)),
+                    skip_table_creation=not create,
+                )
+            except Exception as exc:  # sqlalchemy's OperationalError and friends
+                cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+                if "already exists" in cause or "duplicate" in cause.lower():  # machines creating tables at once
+                    time.sleep(0.5 + attempt)
+                    continue
+                raise QueueError(f"cannot open sweep storage {_redact(url)}: {cause}") from None
+        raise QueueError(f"cannot create the tables of sweep storage {_redact(url)}: concurrent creators kept racing")
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
     path = Path(url)
@@ -160,7 +172,7 @@ def _pid_start(pid: int) -> float | None:
 def lease_lost(trial: FrozenTrial, grace_s: float, now: float | None = None) -> str | None:
     """Why a RUNNING trial's worker is gone, or None while its lease holds."""
     attrs = trial.user_attrs
-    if attrs.get(HOST) == socket.gethostname() and PID in attrs:
+    if attrs.get(HOST) == node_name() and PID in attrs:
         started = _pid_start(int(attrs[PID]))
         if started is None or abs(started - float(attrs.get(PID_START, started))) > 1.0:
             return f"worker pid {attrs[PID]} on {attrs[HOST]} is gone"
@@ -245,8 +257,8 @@ class SweepQueue:
         """Fail lost RUNNING trials, then enqueue every item that has no live trial: missing items always, lost
         ones (up to MAX_LOST times per `lost_counts`), failed ones when `retry_failed`. Returns the statuses."""
         running = {t._trial_id: t for t in self.trials((TrialState.RUNNING,))}
-        if isinstance(self.storage, RDBStorage) and self.storage.is_heartbeat_enabled():
-            optuna.storages.fail_stale_trials(self.study)  # Optuna's heartbeat: across machines
+        if isinstance(self.storage, RDBStorage):
+            optuna.storages.fail_stale_trials(self.study)  # Optuna's heartbeat, across machines
             for t in self.trials((TrialState.FAIL,)):
                 if t._trial_id in running and on_lost is not None:
                     on_lost(t, "no heartbeat within the grace period")
@@ -296,7 +308,7 @@ class SweepQueue:
                 self.storage.set_trial_state_values(t._trial_id, TrialState.PRUNED)
                 continue
             pid = os.getpid()
-            lease = {HOST: socket.gethostname(), PID: pid, PID_START: _pid_start(pid), BEAT: time.time()}
+            lease = {HOST: node_name(), PID: pid, PID_START: _pid_start(pid), BEAT: time.time()}
             for key, value in lease.items():
                 self.storage.set_trial_user_attr(t._trial_id, key, value)
             return self.storage.get_trial(t._trial_id)

@@ -27,10 +27,20 @@ from rich.table import Table
 from reslab import tracking
 from reslab.sweep.config import ConfigError, SweepConfig
 from reslab.sweep.grid import Cell
-from reslab.sweep.queue import Item, ItemStatus, QueueError, SweepQueue, is_rdb, open_storage, study_exists
+from reslab.sweep.queue import (
+    Item,
+    ItemStatus,
+    QueueError,
+    SweepQueue,
+    TrialState,
+    is_rdb,
+    open_storage,
+    study_exists,
+)
 from reslab.sweep.worker import items_of, mark_lost_run
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+MAX_RESPAWNS = 3
 #: train fields that change how fast a run goes, not what it computes: a rerun may change them.
 EXECUTION_ONLY = ("device", "devices", "strategy", "threads", "telemetry_every", "eval_batch_size", "deterministic")
 
@@ -148,6 +158,7 @@ class Coordinator:
         before = queue.reconcile(
             self.items, retry_failed=True, grace_s=config.sweep.grace_s, on_lost=mark_lost_run(self.uri)
         )
+        self._close_orphans(queue, parent)
         todo = [i for i, s in before.items() if s.state != "done"]
         plan = plan_workers(config, len(todo))
         self.console.print(
@@ -161,6 +172,15 @@ class Coordinator:
         procs = self._spawn(plan, resolved, parent)
         interrupted = self._watch(queue, procs, before)
         return self._finish(queue, parent, interrupted)
+
+    def _close_orphans(self, queue: SweepQueue, parent: str) -> None:
+        """A child run still RUNNING whose queue trial is not (Ctrl-C or a kill between creating the run and
+        recording it) can never finish: mark it KILLED so no run looks alive that is not."""
+        trials = {t.number: t.state for t in queue.trials()}
+        for run in tracking.running_children(self.uri, self.config.tracking.experiment, parent):
+            number = int(run.data.tags.get("reslab.trial", -1))
+            if trials.get(number) != TrialState.RUNNING:
+                tracking.finish_run(self.uri, run.info.run_id, "KILLED", "stopped before its worker recorded it")
 
     def _check_recipe(self, queue: SweepQueue) -> None:
         recipe = self.config.recipe()
@@ -191,42 +211,52 @@ class Coordinator:
         return path
 
     def _spawn(self, plan: WorkerPlan, resolved: Path, parent: str) -> list[subprocess.Popen]:
-        procs = []
-        for i in range(plan.workers):
-            env = dict(os.environ, PYTHONUNBUFFERED="1")
-            if plan.threads:
-                env.update(OMP_NUM_THREADS=str(plan.threads), MKL_NUM_THREADS=str(plan.threads))
-            if plan.gpus:
-                per = len(plan.gpus) // plan.workers
-                env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in plan.gpus[i * per : (i + 1) * per])
-            cmd = [sys.executable, "-m", "reslab.sweep.worker", str(resolved), "--index", str(i),
-                   "--parent-run-id", parent]  # fmt: skip
-            if plan.threads:
-                cmd += ["--threads", str(plan.threads)]
-            log = open(self.config.run_dir / f"worker-{i}.log", "a")  # noqa: SIM115 - lives as long as the worker
+        self._launch = (plan, resolved, parent)
+        return [self._spawn_one(i) for i in range(plan.workers)]
+
+    def _spawn_one(self, i: int) -> subprocess.Popen:
+        plan, resolved, parent = self._launch
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if plan.threads:
+            env.update(OMP_NUM_THREADS=str(plan.threads), MKL_NUM_THREADS=str(plan.threads))
+        if plan.gpus:
+            per = len(plan.gpus) // plan.workers
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in plan.gpus[i * per : (i + 1) * per])
+        cmd = [sys.executable, "-m", "reslab.sweep.worker", str(resolved), "--index", str(i), "--parent-run-id", parent]
+        if plan.threads:
+            cmd += ["--threads", str(plan.threads)]
+        with open(self.config.run_dir / f"worker-{i}.log", "a") as log:
             log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
             log.flush()
-            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))
-            log.close()
-        return procs
+            return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def _watch(self, queue: SweepQueue, procs: list[subprocess.Popen], before: dict[Item, ItemStatus]) -> bool:
-        """Progress from the queue until every worker has exited; True if interrupted."""
+        """Progress from the queue until every worker has exited; True if interrupted. A worker that dies (a
+        signal, the OOM killer) while work remains is started again, at most MAX_RESPAWNS times per slot."""
         reported = {i for i, s in before.items() if s.state == "done"}
+        respawns = [0] * len(procs)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("ETA"), TimeRemainingColumn())  # fmt: skip
         with Progress(*columns, console=self.console, transient=True) as progress:
             task = progress.add_task("cells", total=len(self.items), completed=len(reported))
             try:
                 while True:
-                    for item, st in queue.status(self.items).items():
+                    statuses = queue.status(self.items)
+                    for item, st in statuses.items():
                         if item in reported or st.state not in ("done", "failed"):
                             continue
-                        if st.state == "failed" and st.trial is not None and st.reason == "interrupted":
+                        if st.state == "failed" and st.reason == "interrupted":
                             continue
                         reported.add(item)
                         progress.console.print(self._result_line(item, st))
                         progress.update(task, completed=len(reported))
+                    pending = any(st.state in ("waiting", "running", "missing") for st in statuses.values())
+                    for i, proc in enumerate(procs):
+                        code = proc.poll()
+                        if code not in (None, 0, EXIT_INTERRUPTED) and pending and respawns[i] < MAX_RESPAWNS:
+                            respawns[i] += 1
+                            progress.console.print(f"[yellow]worker {i} died (exit {code}); starting it again")
+                            procs[i] = self._spawn_one(i)
                     if all(p.poll() is not None for p in procs):
                         return False
                     time.sleep(0.5)
@@ -257,6 +287,7 @@ class Coordinator:
         tracking.log_metrics(self.uri, parent, [("cells_done", done, 0), ("cells_failed", failed, 0)])
         resume = f"reslab sweep {self.source}"
         if interrupted:
+            self._close_orphans(queue, parent)
             tracking.finish_run(self.uri, parent, "KILLED", "interrupted")
             self.console.print(f"Interrupted with {done} of {len(self.items)} runs done. Resume with: {resume}")
             return EXIT_INTERRUPTED
@@ -355,4 +386,3 @@ def run_sweep(config: SweepConfig, *, dry_run: bool = False, console: Console | 
     except (QueueError, tracking.TrackingError) as exc:
         coordinator.console.print(f"reslab sweep: error: {exc}", style="red", soft_wrap=True)
         return EXIT_USAGE
-

@@ -13,6 +13,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
@@ -29,6 +30,15 @@ def items_of(config: SweepConfig) -> tuple[dict[str, Cell], list[Item]]:
     cells = {c.key: c for c in expand(config.grid)}
     slots = config.tune.trials_per_cell if config.tune else 1
     return cells, [(key, s) for key in cells for s in range(slots)]
+
+
+def item_tags(config: SweepConfig, key: str, slot: int, trial_number: int) -> dict[str, Any]:
+    return {"reslab.sweep": config.name, "reslab.cell": key, "reslab.slot": slot, "reslab.trial": trial_number}
+
+
+def multi_device(config: SweepConfig) -> bool:
+    devices = config.train.devices
+    return (isinstance(devices, int) and devices > 1) or (isinstance(devices, str) and devices not in ("1", "auto"))
 
 
 def mark_lost_run(uri: str) -> Callable[[FrozenTrial, str], None]:
@@ -48,8 +58,12 @@ def mark_lost_run(uri: str) -> Callable[[FrozenTrial, str], None]:
 
 
 class Worker:
-    def __init__(self, config: SweepConfig, parent_run_id: str | None, threads: int | None) -> None:
+    def __init__(
+        self, config: SweepConfig, parent_run_id: str | None, threads: int | None, config_path: str | None = None
+    ) -> None:
         self.config = config
+        self.config_path = config_path
+        self.threads = threads
         self.parent_run_id = parent_run_id
         self.train = config.train if threads is None else config.train.model_copy(update={"threads": threads})
         self.uri = tracking.resolve_uri(config.tracking.uri)
@@ -98,9 +112,11 @@ class Worker:
 
         key, slot = trial.user_attrs["reslab.cell"], int(trial.user_attrs.get("reslab.slot", 0))
         cell = self.cells[key]
+        if multi_device(self.config) and self.config_path:
+            self.run_item_in_process(trial, key, slot)
+            return
         train = self.train.model_copy(update={"seed": cell.seed})
-        tags = {"reslab.sweep": self.config.name, "reslab.cell": key, "reslab.slot": slot,
-                "reslab.trial": trial.number}  # fmt: skip
+        tags = item_tags(self.config, key, slot, trial.number)
         tuner = Tuner(self.config, self.storage, cell, slot) if self.config.tune else None
         if tuner is not None:
             train = tuner.suggest(train)
@@ -139,6 +155,46 @@ class Worker:
             attrs.update(tuner.attrs())
         self.queue.complete(trial, value, attrs)
         print(f"done {run_name}: train_error {result.metrics['train_error']:.4f} in {result.wall_s:.1f} s", flush=True)
+
+    def run_item_in_process(self, trial: FrozenTrial, key: str, slot: int) -> None:
+        """A multi-device (DDP) cell: its own process, so Lightning can start the other ranks from its command."""
+        import json
+        import subprocess
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            result = Path(tmp) / "result.json"
+            cmd = [
+                sys.executable,
+                "-m",
+                "reslab.sweep.cell",
+                str(self.config_path),
+                "--cell",
+                key,
+                "--slot",
+                str(slot),
+                "--trial-id",
+                str(trial._trial_id),
+                "--trial-number",
+                str(trial.number),
+                "--result",
+                str(result),
+            ]
+            if self.parent_run_id:
+                cmd += ["--parent-run-id", self.parent_run_id]
+            if self.threads:
+                cmd += ["--threads", str(self.threads)]
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=False)  # Ctrl-C reaches it through the process group
+            outcome = json.loads(result.read_text()) if result.exists() else {"error": "the cell's process died"}
+        if "error" in outcome:
+            self.queue.fail(trial, outcome["error"], {"wall_s": time.perf_counter() - t0})
+            print(f"failed {key}: {outcome['error']}", flush=True)
+            return
+        attrs: dict[str, Any] = {k: outcome["metrics"][k] for k in RESULT_KEYS if k in outcome["metrics"]}
+        attrs.update({k: outcome[k] for k in ("params", "macs", "wall_s", "epochs")})
+        self.queue.complete(trial, outcome["metrics"]["train_error"], attrs)
+        print(f"done {key} on {self.config.train.devices} devices", flush=True)
 
 
 class Tuner:
@@ -218,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     config = load_config(args.config)
     print(f"worker {args.index} of sweep {config.name} starting", flush=True)
-    return Worker(config, args.parent_run_id, args.threads).run()
+    return Worker(config, args.parent_run_id, args.threads, args.config).run()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import time
 import warnings
@@ -56,6 +57,11 @@ class RunResult:
             "wall_s": round(self.wall_s, 3),
             "device": self.device,
         }
+
+
+def is_rank_zero() -> bool:
+    """False in the processes a multi-device strategy (DDP) starts besides rank 0: they train, rank 0 records."""
+    return all(int(os.environ.get(var) or 0) == 0 for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"))
 
 
 def resolve_device(device: str) -> str:
@@ -143,8 +149,8 @@ def run_one(
     config = resolved_config(spec, data, train)
     device_desc = describe_device(device)
 
-    run_id, uri, logger = None, None, None
-    if tracking_cfg is not None:
+    run_id, uri = None, None
+    if tracking_cfg is not None and is_rank_zero():  # one MLflow run per training, however many processes
         uri = tracking.resolve_uri(tracking_cfg.uri)
         tracking.prepare_store(uri, tracking_cfg.experiment)
         tags = {
@@ -156,14 +162,15 @@ def run_one(
             uri, tracking_cfg.experiment, run_name or f"{spec.name}-s{train.seed}", tags, flat_params(config),
             parent_run_id,
         )  # fmt: skip
-        tracking.log_params(uri, run_id, {"net.params": summary.params, "net.macs": summary.macs})
-        tracking.log_text(uri, run_id, _yaml(config), "config.yaml")
-        tracking.log_text(uri, run_id, summary.table(spec.name), "model_summary.txt")
-        logger = tracking.lightning_logger(uri, run_id)
-    if on_start is not None:
-        on_start(run_id)
-
-    try:
+    try:  # from here on the run ends FINISHED, FAILED or KILLED, whatever happens
+        logger = None
+        if run_id is not None:
+            tracking.log_params(uri, run_id, {"net.params": summary.params, "net.macs": summary.macs})
+            tracking.log_text(uri, run_id, _yaml(config), "config.yaml")
+            tracking.log_text(uri, run_id, summary.table(spec.name), "model_summary.txt")
+            logger = tracking.lightning_logger(uri, run_id)
+        if on_start is not None and is_rank_zero():
+            on_start(run_id)
         probe = GradientProbe(
             train.telemetry_every, sink=(lambda rows: tracking.log_metrics(uri, run_id, rows)) if run_id else None
         )
@@ -190,6 +197,20 @@ def run_one(
                 trainer.fit(module, datamodule=dm)
         else:
             trainer.fit(module, datamodule=dm)
+        if not module.history:
+            raise RuntimeError("training ran no epoch")
+        final = {k: v for k, v in module.history[-1].items() if k != "epoch"}
+        result = RunResult(
+            run_id=run_id, spec=spec, metrics=final, history=module.history, params=summary.params,
+            macs=summary.macs, wall_s=time.perf_counter() - t_start, device=device_desc, telemetry=probe.history,
+        )  # fmt: skip
+        if run_id is not None:
+            tracking.log_json(uri, run_id, {**result.to_json(), "metrics": final}, "final_metrics.json")
+            if probe.history:  # the telemetry again as one file: reports read it in one call, not one per metric
+                lines = ["step,key,value", *(f"{step},{key},{value!r}" for key, value, step in probe.history)]
+                tracking.log_text(uri, run_id, "\n".join(lines) + "\n", "telemetry.csv")
+            tracking.finish_run(uri, run_id, "FINISHED")
+        return result
     except (KeyboardInterrupt, SystemExit) as exc:
         # Lightning turns Ctrl-C into SystemExit(1) after ignoring SIGINT: restore it and report an interrupt.
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -204,20 +225,6 @@ def run_one(
         if run_id is not None:
             tracking.finish_run(uri, run_id, "FAILED", f"{type(exc).__name__}: {exc}")
         raise
-    if not module.history:
-        raise RuntimeError("training ran no epoch")
-    final = {k: v for k, v in module.history[-1].items() if k != "epoch"}
-    result = RunResult(
-        run_id=run_id, spec=spec, metrics=final, history=module.history, params=summary.params,
-        macs=summary.macs, wall_s=time.perf_counter() - t_start, device=device_desc, telemetry=probe.history,
-    )  # fmt: skip
-    if run_id is not None:
-        tracking.log_json(uri, run_id, {**result.to_json(), "metrics": final}, "final_metrics.json")
-        if probe.history:  # the telemetry again as one file: reports read it in one call, not one per metric
-            lines = ["step,key,value", *(f"{step},{key},{value!r}" for key, value, step in probe.history)]
-            tracking.log_text(uri, run_id, "\n".join(lines) + "\n", "telemetry.csv")
-        tracking.finish_run(uri, run_id, "FINISHED")
-    return result
 
 
 def _yaml(config: dict[str, Any]) -> str:

@@ -1,0 +1,114 @@
+"""Real servers for the scale-out drills: a PostgreSQL cluster (Debian's packages; `nox -s drills` installs them
+when missing) and an `mlflow server` with a PostgreSQL backend and an artifact destination, both on 127.0.0.1,
+started once per session and stopped after. Drills run only under `nox -s drills` (RESLAB_DRILLS=1)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("RESLAB_DRILLS") == "1":
+        return
+    skip = pytest.mark.skip(reason="drills start PostgreSQL and an MLflow server: run them with `nox -s drills`")
+    for item in items:
+        if "drills" in item.keywords:
+            item.add_marker(skip)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pg_bin(name: str) -> str:
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))), None)
+    if found is None:
+        pytest.fail(f"{name} not found: install Debian's postgresql package (nox -s drills does)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """postgresql://postgres@127.0.0.1:PORT, trust auth, fsync off (a drill, not a production server). As root,
+    the server runs as the `postgres` user (it refuses root) from a folder of its own outside pytest's private tmp."""
+    root = Path(tempfile.mkdtemp(prefix="reslab-drill-pg-"))
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_postgres:
+        shutil.chown(root, "postgres")
+    data, port = root / "data", free_port()
+    subprocess.run([*as_postgres, _pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
+                   check=True, capture_output=True)  # fmt: skip
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+    subprocess.run([*as_postgres, _pg_bin("pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-o", options,
+                    "-w", "start"], check=True, capture_output=True)  # fmt: skip
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_postgres, _pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def create_database(server: str, name: str) -> str:
+    import psycopg
+
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{server}/{name}"
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(postgres: str, tmp_path_factory: pytest.TempPathFactory):
+    """http://127.0.0.1:PORT: `mlflow server` on a PostgreSQL backend store with a local artifact destination."""
+    root = tmp_path_factory.mktemp("mlflow")
+    backend = create_database(postgres, "mlflow")
+    port = free_port()
+    log = open(root / "server.log", "w")  # noqa: SIM115 - open for the server's lifetime
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination",
+         str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail(f"mlflow server did not answer on {url}: {(root / 'server.log').read_text()[-2000:]}")
+    try:
+        yield url
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+        log.close()
+
+
+def record(figures: dict) -> None:
+    """Append a drill's figures (cells, duplicates, lost, retries, wall time) to test-artifacts/drills.jsonl."""
+    out = ROOT / "test-artifacts"
+    out.mkdir(exist_ok=True)
+    with open(out / "drills.jsonl", "a") as fh:
+        fh.write(json.dumps(figures) + "\n")
+    print(json.dumps(figures))
