@@ -104,9 +104,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         track = TrackingConfig(uri=args.tracking_uri, experiment=args.experiment)
     except ValidationError as exc:
         raise UsageError("; ".join(_pydantic_messages(exc))) from None
-    from reslab.data.cifar import DataError
     from reslab.tracking import TrackingError
-    from reslab.train.run import is_rank_zero, run_one
+    from reslab.train.run import SetupError, is_rank_zero, run_one
 
     stream = sys.stderr if args.json else sys.stdout
     total = train.epochs if train.max_steps is None else None
@@ -117,7 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     try:
         result = run_one(spec, data, train, None if args.no_tracking else track, on_epoch=progress)
-    except (DataError, TrackingError) as exc:
+    except (SetupError, TrackingError) as exc:
         raise UsageError(str(exc)) from None
     if not is_rank_zero():  # a DDP helper process: rank 0 reports
         return 0
@@ -185,7 +184,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             overrides.append(f"{key}={flag}")
     try:
         config = load_config(args.config, overrides)
-        code = run_sweep(config, dry_run=args.dry_run, source=_source(args.config, args.set))
+        code = run_sweep(config, dry_run=args.dry_run, source=_source(args))
         if args.report and code == 0 and not args.dry_run:
             report_args = argparse.Namespace(sweep=config.name, tracking_uri=config.tracking.uri or args.tracking_uri,
                                              out=None, bench=None, log_scale=False)  # fmt: skip
@@ -196,9 +195,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
 
-def _source(path: str, sets: list[str] | None) -> str:
-    """The command to resume with, as the user gave it."""
-    return " ".join([path, *(f"--set {s}" for s in sets or [])])
+def _source(args: argparse.Namespace) -> str:
+    """The arguments to resume with, as the user gave them: the same queue, store and workers, or a resume would
+    start another sweep."""
+    import shlex
+
+    parts = [args.config, *(f"--set {shlex.quote(s)}" for s in args.set or [])]
+    flags = (("--workers", args.workers), ("--storage", args.storage), ("--tracking-uri", args.tracking_uri))
+    for flag, value in flags:
+        if value is not None:
+            parts.append(f"{flag} {shlex.quote(str(value))}")
+    return " ".join(parts)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -170,10 +170,16 @@ def finish_run(uri: str, run_id: str, status: str = "FINISHED", reason: str | No
 
 def lightning_logger(uri: str, run_id: str):
     """Lightning's MLFlowLogger attached to an existing run (tracking_uri always passed: its default is a file store
-    that MLflow 3 refuses)."""
+    that MLflow 3 refuses). It never ends the run: Lightning's `finalize` marks it FINISHED as soon as `fit` returns,
+    before the final metrics and telemetry are written, and a crash in between would leave a FINISHED run that a
+    resumed sweep counts as done. `finish_run` ends it once everything is recorded."""
     from lightning.pytorch.loggers import MLFlowLogger
 
-    return MLFlowLogger(tracking_uri=uri, run_id=run_id)
+    class _RunKeepingLogger(MLFlowLogger):
+        def finalize(self, status: str = "success") -> None:
+            """Leave the run's status to `finish_run`."""
+
+    return _RunKeepingLogger(tracking_uri=uri, run_id=run_id)
 
 
 @contextlib.contextmanager
@@ -199,20 +205,54 @@ def sweep_filter(sweep: str) -> str:
     return f"tags.`reslab.sweep` = '{sweep}' and tags.`reslab.role` = 'sweep'"
 
 
-def ensure_sweep_run(uri: str, experiment: str, sweep: str, config_yaml: str, tags: dict[str, str]) -> str:
-    """The sweep's parent run: found by tag, or created. Two coordinators starting at once may both create one;
-    the oldest is kept and the other deleted, so every worker attaches its children to the same parent."""
+def ensure_sweep_run(
+    uri: str,
+    experiment: str,
+    sweep: str,
+    config_yaml: str,
+    tags: dict[str, str],
+    *,
+    sweep_id: str = "",
+    known_parent: str | None = None,
+) -> tuple[str, list[str]]:
+    """The sweep's parent run and the ids of parents it supersedes.
+
+    `known_parent` is the parent the sweep's queue recorded on an earlier start: it is used as long as it exists.
+    Otherwise parents are found by tag: those of this queue incarnation (`sweep_id`) are the sweep's own (two
+    coordinators starting at once may both create one: the oldest is kept, the other deleted, so every worker
+    attaches its children to the same parent); those of another incarnation (the queue was deleted to start over,
+    or another queue was named) are kept for the record but retagged `reslab.role=superseded`, so their children
+    are never mixed with this sweep's in a report or counted as this sweep's finished cells.
+    """
+    c = client(uri)
+    if known_parent:
+        try:
+            run = c.get_run(known_parent)
+        except Exception:
+            run = None
+        if run is not None and run.info.lifecycle_stage == "active":
+            return _reopen_parent(uri, run, config_yaml), []
     runs = search_runs(uri, experiment, sweep_filter(sweep))
-    if not runs:
-        mine = start_run(uri, experiment, f"sweep-{sweep}", {"reslab.sweep": sweep, "reslab.role": "sweep", **tags})
-        runs = search_runs(uri, experiment, sweep_filter(sweep))
-        keeper = min(runs, key=lambda r: (r.info.start_time, r.info.run_id))
+    stale = [r for r in runs if r.data.tags.get("reslab.sweep_id", "") != sweep_id]
+    for run in stale:
+        set_tags(uri, run.info.run_id, {"reslab.role": "superseded", "reslab.superseded_by": sweep_id})
+    ours = [r for r in runs if r not in stale]
+    if not ours:
+        sweep_tags = {"reslab.sweep": sweep, "reslab.role": "sweep", "reslab.sweep_id": sweep_id, **tags}
+        mine = start_run(uri, experiment, f"sweep-{sweep}", sweep_tags)
+        ours = [r for r in search_runs(uri, experiment, sweep_filter(sweep))
+                if r.data.tags.get("reslab.sweep_id", "") == sweep_id]  # fmt: skip
+        keeper = min(ours, key=lambda r: (r.info.start_time, r.info.run_id))
         if keeper.info.run_id != mine:
-            client(uri).delete_run(mine)
+            c.delete_run(mine)
     else:
-        keeper = min(runs, key=lambda r: (r.info.start_time, r.info.run_id))
-    run_id = keeper.info.run_id
-    if keeper.info.status != "RUNNING":
+        keeper = min(ours, key=lambda r: (r.info.start_time, r.info.run_id))
+    return _reopen_parent(uri, keeper, config_yaml), [r.info.run_id for r in stale]
+
+
+def _reopen_parent(uri: str, run: Any, config_yaml: str) -> str:
+    run_id = run.info.run_id
+    if run.info.status != "RUNNING":
         client(uri).update_run(run_id, status="RUNNING")
     log_text(uri, run_id, config_yaml, "config.yaml")
     return run_id

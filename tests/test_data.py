@@ -197,6 +197,46 @@ def test_cifar_offline_error_names_the_file_and_where(tmp_path: Path, monkeypatc
     assert missing.md5 in message and "by hand" in message
 
 
+def test_cifar_stream_cut_mid_download_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import http.client
+
+    class CutStream(io.BytesIO):
+        def read(self, *args: object) -> bytes:
+            raise http.client.IncompleteRead(b"abc", 100)
+
+        def __enter__(self) -> CutStream:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    monkeypatch.setattr(cifar_mod.urllib.request, "urlopen", lambda *a, **k: CutStream())
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError, match=r"IncompleteRead.*by hand"):
+        load_cifar("cifar10", data_dir=cache)
+    assert not any(cache.iterdir())
+
+
+def test_cifar_stale_partial_downloads_are_removed(served_cifar: Path) -> None:
+    served_cifar.mkdir(parents=True)
+    name = cifar_mod.ARCHIVES["cifar10"].filename
+    dead = served_cifar / f".{name}.999999999.part"  # no such pid
+    dead.write_bytes(b"half")
+    load_cifar("cifar10", data_dir=served_cifar)
+    assert not dead.exists()
+
+
+def test_cifar_bad_file_placed_by_hand_is_named_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = dataclasses.replace(cifar_mod.ARCHIVES["cifar10"], url=(tmp_path / "nowhere.tar.gz").as_uri())
+    monkeypatch.setitem(cifar_mod.ARCHIVES, "cifar10", missing)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / missing.filename).write_bytes(b"not the archive")
+    with pytest.raises(DataError, match=r"had md5 .*not .*was removed; cannot download"):
+        load_cifar("cifar10", data_dir=cache)
+    assert not any(cache.iterdir())
+
+
 def test_cifar_val_split_and_augmentation(served_cifar: Path) -> None:
     splits = load_cifar("cifar10", val_size=10, data_dir=served_cifar)
     assert len(splits.train) == 50 and len(splits.val) == 10

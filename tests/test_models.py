@@ -99,6 +99,10 @@ def test_seed001_shapes() -> None:
     assert tuple(x.shape[1:]) == (32, 30, 30)
     assert tuple(block(x).shape[1:]) == (64, 15, 15)
     assert tuple(block.shortcut(x).shape[1:]) == (64, 15, 15)
+    # Without pooling only the filters change: a 1x1 projection, 30x30x64 (the notebook's first example).
+    same_size = pooled_block(spec, ops, 32, 64, pool=False)
+    assert tuple(same_size(x).shape[1:]) == (64, 30, 30)
+    assert isinstance(same_size.shortcut, nn.Conv2d) and same_size.shortcut.kernel_size == (1, 1)
 
 
 def _specs() -> list[NetSpec]:
@@ -116,6 +120,9 @@ def test_output_shape_and_gradient_on_every_parameter(spec: NetSpec, dims: str) 
     for name, p in net.named_parameters():
         assert p.grad is not None, f"{name} got no gradient"
         assert torch.isfinite(p.grad).all(), name
+        # Every parameter learns from the first step, but a rezero branch: its gate a = 0 silences it at init.
+        in_silenced_branch = spec.block == "rezero" and ".branch." in name
+        assert bool(p.grad.any()) != in_silenced_branch, f"{name}: gradient {'zero' if not p.grad.any() else 'nonzero'}"
     blocks = [m for m in net.modules() if isinstance(m, Block)]
     assert blocks and all(b.kind == spec.block for b in blocks)
     assert (spec.block == "plain") == all(b.shortcut is None for b in blocks)

@@ -168,7 +168,7 @@ def test_collect_lists_failed_and_missing_cells(tmp_path, monkeypatch) -> None:
     tracking.prepare_store(uri, "p")
     config = {"name": "p", "dataset": {"name": "mnist1d"},
               "grid": {"family": "resnet", "blocks": ["plain", "residual"], "depths": [8], "widths": [4]}}  # fmt: skip
-    parent = tracking.ensure_sweep_run(uri, "p", "p", yaml.safe_dump(config), {})
+    parent, _ = tracking.ensure_sweep_run(uri, "p", "p", yaml.safe_dump(config), {})
     for name, block, status in (("plain-8-w4-s0", "plain", "FINISHED"), ("residual-8-w4-s0", "residual", "FAILED")):
         tags = {"family": "resnet", "block": block, "depth": 8, "width": 4, "shortcut": "A", "norm": "batch",
                 "seed": 0, "reslab.cell": f"resnet-{block}-8-w4-A-batch-s0"}  # fmt: skip
@@ -180,7 +180,7 @@ def test_collect_lists_failed_and_missing_cells(tmp_path, monkeypatch) -> None:
     assert by_name == {"plain-8-w4-s0": "FINISHED", "residual-8-w4-s0": "FAILED"}
     assert len(data.epochs) == 2 and data.epochs["train_error"].tolist() == [0.5, 0.25]
     config["grid"]["depths"] = [8, 14]
-    tracking.ensure_sweep_run(uri, "p", "p", yaml.safe_dump(config), {})
+    assert tracking.ensure_sweep_run(uri, "p", "p", yaml.safe_dump(config), {}) == (parent, [])
     cells = collect(uri, "p").cells
     assert sorted(cells.loc[cells["status"] == "missing", "name"]) == ["plain-14-w4-s0", "residual-14-w4-s0"]
     assert cells.loc[cells["name"] == "residual-8-w4-s0", "failure"].item() == "DivergedError: nan"

@@ -51,7 +51,6 @@ BAD_CONFIGS = [
     ({**GOOD, "grid": {"depths": [8], "blocks": []}}, ["grid.blocks: List should have at least 1 item"]),
     ({**GOOD, "dataset": {"name": "imagenet"}}, ["dataset: unknown dataset 'imagenet'; valid: mnist1d"]),
     ({**GOOD, "sweep": {"storage": "redis://localhost"}}, ["sweep.storage: storage scheme 'redis' is not supported"]),
-    ({**GOOD, "sweep": {"storage": "postgresql://"}}, []),  # a valid URL: accepted (the server is checked later)
     ({**GOOD, "grid": {"family": "vgg", "depths": [8]}}, ["grid.family: unknown family 'vgg'; valid: resnet, mlp"]),
     ({**GOOD, "name": "my sweep"}, ["name: 'my sweep' must be letters, digits"]),
     ({**GOOD, "tune": {"trials_per_cell": 2}}, ["tune.metric val_error needs a validation split"]),
@@ -64,10 +63,7 @@ def test_bad_configs_exit_2_with_every_problem_and_create_nothing(
     in_tmp: Path, data: dict, messages: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = _write(in_tmp / "bad.yaml", data)
-    if not messages:
-        load_config(path)
-        return
-    code = main(["sweep", str(path), "--dry-run"])
+    code = main(["sweep", str(path)])  # a real run, not --dry-run: it must still create nothing
     err = capsys.readouterr().err
     assert code == 2
     assert f"{path}:" in err and "nothing was run" in err
@@ -75,6 +71,19 @@ def test_bad_configs_exit_2_with_every_problem_and_create_nothing(
         assert message in err
     assert "Traceback" not in err
     assert not (in_tmp / "mlflow.db").exists() and not (in_tmp / "runs").exists()
+
+
+def test_unreachable_queue_database_exits_2_and_creates_nothing(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A valid URL whose server is not there (port 1 refuses at once): one clear error, no tracking store made."""
+    path = _write(in_tmp / "ok.yaml", {**GOOD, "sweep": {"storage": "postgresql://reslab:secret@127.0.0.1:1/none"}})
+    assert main(["sweep", str(path)]) == 2
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "cannot open sweep storage postgresql://reslab:***@127.0.0.1:1/none" in text
+    assert "secret" not in text and "Traceback" not in text
+    assert not (in_tmp / "mlflow.db").exists()
 
 
 def test_all_problems_are_reported_together(in_tmp: Path) -> None:
@@ -190,6 +199,36 @@ def test_a_dead_workers_item_is_lost_and_retried(journal: str) -> None:
     status = queue.reconcile(ITEMS[:1], retry_failed=False, grace_s=60, on_lost=lambda t, why: lost.append(why))
     assert status[ITEMS[0]].state == "waiting"
     assert lost == [f"worker pid {child.pid} on {os.uname().nodename} is gone"]
+
+
+def test_a_finished_run_the_queue_never_heard_of_is_recovered_not_trained_again(journal: str, tmp_path: Path) -> None:
+    """A worker killed after its run FINISHED but before it told the queue: the next reconcile completes the item
+    from the run's final metrics, so the cell keeps exactly one finished run. A run that failed is run again."""
+    from reslab import tracking
+    from reslab.sweep.worker import recover_finished_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.prepare_store(uri, "t")
+    finished, failed = tracking.start_run(uri, "t", "a", {}), tracking.start_run(uri, "t", "b", {})
+    metrics = {"train_error": 0.125, "test_error": 0.25}
+    final = {"params": 10, "macs": 20, "wall_s": 1.5, "epochs": 2, "metrics": metrics}
+    tracking.log_json(uri, finished, final, "final_metrics.json")
+    tracking.finish_run(uri, finished, "FINISHED")
+    tracking.finish_run(uri, failed, "FAILED", "boom")
+    queue = q.SweepQueue(q.open_storage(journal), "s")
+    queue.reconcile(ITEMS[:2], retry_failed=True, grace_s=60)
+    for run_id in (finished, failed):
+        trial = queue.claim()
+        queue.set_attrs(trial, {q.RUN_ID: run_id})
+        queue.fail(trial, "interrupted")
+    recover = recover_finished_run(uri, load_config(GOOD))
+    status = queue.reconcile(ITEMS[:2], retry_failed=True, grace_s=60, recover=recover)
+    done = status[ITEMS[0]]
+    assert done.state == "done" and done.trial.value == 0.125
+    attrs = done.trial.user_attrs
+    assert attrs[q.RUN_ID] == finished and attrs["test_error"] == 0.25 and attrs["params"] == 10
+    assert status[ITEMS[1]].state == "waiting"
+    assert q.item_of(queue.claim()) == ITEMS[1] and queue.claim() is None
 
 
 def test_stale_heartbeat_from_another_host_is_lost(journal: str) -> None:

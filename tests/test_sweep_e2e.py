@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 import yaml
 
 from reslab.sweep import queue as q
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -112,18 +112,6 @@ def test_two_workers_run_every_cell_exactly_once_and_a_rerun_runs_nothing(workdi
     assert {r.data.tags["mlflow.parentRunId"] for r in children(workdir)} == parents
 
 
-def _wait_until(predicate, timeout: float = 120.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if predicate():
-                return
-        except Exception:
-            pass
-        time.sleep(0.3)
-    raise AssertionError("timed out waiting for the sweep to get there")
-
-
 def _one_done_one_running(workdir: Path) -> bool:
     trials = study(workdir).trials()
     done = [t for t in trials if t.state == q.TrialState.COMPLETE]
@@ -140,7 +128,7 @@ def _start(workdir: Path, config: Path) -> subprocess.Popen:
 def test_sigkill_mid_run_then_rerun_completes_with_one_finished_run_per_cell(workdir: Path) -> None:
     config = write_config(workdir, train__epochs=12)
     proc = _start(workdir, config)
-    _wait_until(lambda: _one_done_one_running(workdir))
+    wait_until(lambda: _one_done_one_running(workdir))
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     killed = [t for t in study(workdir).trials() if t.state == q.TrialState.RUNNING]
@@ -163,7 +151,7 @@ def test_sigkill_mid_run_then_rerun_completes_with_one_finished_run_per_cell(wor
 def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(workdir: Path) -> None:
     config = write_config(workdir, train__epochs=12)
     proc = _start(workdir, config)
-    _wait_until(lambda: _one_done_one_running(workdir))
+    wait_until(lambda: _one_done_one_running(workdir))
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     out, _ = proc.communicate(timeout=90)
     assert proc.returncode == 130, out

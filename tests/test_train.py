@@ -135,6 +135,11 @@ def test_run_is_recorded_in_mlflow_and_reads_back(store: str) -> None:
     assert params["net.depth"] == "8" and params["net.block"] == "rezero" and params["train.lr"] == "0.1"
     assert params["data.name"] == "synthetic" and params["data.val_size"] == "64"
     assert params["net.params"] == str(result.params)
+    from reslab.train.run import flat_params, resolved_config
+
+    resolved = flat_params(resolved_config(spec, data, train))  # every default too, dataset options included
+    assert {"data.num_classes", "data.seed", "train.momentum", "train.schedule", "net.shortcut"} <= set(resolved)
+    assert set(resolved) <= set(params)
     per_epoch = ["train_error", "train_loss", "val_error", "val_loss", "test_error", "test_loss", "lr",
                  "epoch_time_s", "train_images_per_s"]  # fmt: skip
     for key in per_epoch:
@@ -156,6 +161,20 @@ def test_run_is_recorded_in_mlflow_and_reads_back(store: str) -> None:
     assert final["metrics"]["test_error"] == pytest.approx(result.metrics["test_error"])
 
 
+@pytest.mark.slow
+def test_same_command_twice_gives_the_same_final_metrics(tmp_path: Path) -> None:
+    """The issue's determinism check, as a user would run it: the same `reslab train` command in two processes."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "reslab.cli", "train", "--dataset", "mnist1d", "--depth", "8", "--width", "4",
+           "--epochs", "2", "--json", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]  # fmt: skip
+    outs = [json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=tmp_path).stdout)
+            for _ in range(2)]  # fmt: skip
+    assert outs[0]["run_id"] != outs[1]["run_id"]
+    for key in ("train_error", "train_loss", "test_error", "test_loss"):
+        assert outs[0][key] == pytest.approx(outs[1][key], abs=1e-6), key
+
+
 def test_same_run_twice_gives_the_same_metrics() -> None:
     from reslab.train.run import run_one
 
@@ -165,6 +184,59 @@ def test_same_run_twice_gives_the_same_metrics() -> None:
     for key in ("train_error", "train_loss", "test_error", "test_loss"):
         assert a.metrics[key] == pytest.approx(b.metrics[key], abs=1e-6)
     assert len(a.history) == 2
+
+
+def test_run_restores_the_thread_count() -> None:
+    from reslab.train.run import run_one
+
+    before = torch.get_num_threads()
+    run_one(NetSpec("mlp", "residual", 4, 8), SYNTH, TINY.model_copy(update={"threads": before + 1}), None)
+    assert torch.get_num_threads() == before
+
+
+def test_max_steps_ending_mid_epoch_still_evaluates() -> None:
+    """He et al. stop at 64k iterations, mid-epoch: the last epoch must still carry its test error."""
+    from reslab.train.run import run_one
+
+    steps_per_epoch = 256 // 64
+    train = TINY.model_copy(update={"max_steps": 2 * steps_per_epoch + 1})
+    result = run_one(NetSpec("mlp", "residual", 4, 8), SYNTH, train, None)
+    assert len(result.history) == 3
+    assert all("test_error" in epoch for epoch in result.history)
+    assert result.to_json()["test_error"] is not None
+
+
+def test_epoch_time_counts_training_batches_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """epoch_time_s and train_images_per_s measure training; evaluation (here made slow on purpose) is not in them."""
+    import time
+
+    from reslab.train.module import ResLabModule
+    from reslab.train.run import run_one
+
+    evaluate = ResLabModule.validation_step
+
+    def slow_evaluation(self, *args, **kwargs):
+        time.sleep(0.25)
+        return evaluate(self, *args, **kwargs)
+
+    monkeypatch.setattr(ResLabModule, "validation_step", slow_evaluation)
+    data = DataConfig(name="synthetic", options={"shape": [1, 16], "train_size": 64, "test_size": 400})
+    train = TINY.model_copy(update={"epochs": 1, "eval_batch_size": 100})  # 1 training step, 4 slow eval batches
+    t0 = time.perf_counter()
+    result = run_one(NetSpec("mlp", "residual", 4, 8), data, train, None)
+    assert time.perf_counter() - t0 > 1.0
+    assert result.metrics["epoch_time_s"] < 0.5
+    assert result.metrics["train_images_per_s"] == pytest.approx(64 / result.metrics["epoch_time_s"])
+
+
+def test_lightning_does_not_end_the_run_before_reslab_does(store: str) -> None:
+    """The run stays RUNNING until its final metrics are written: a crash in between must not look finished."""
+    from reslab import tracking
+
+    tracking.prepare_store(store, "finalize")
+    run_id = tracking.start_run(store, "finalize", "r", {})
+    tracking.lightning_logger(store, run_id).finalize("success")
+    assert tracking.get_run(store, run_id).info.status == "RUNNING"
 
 
 def test_divergence_fails_the_run_with_its_reason(store: str) -> None:
@@ -198,6 +270,9 @@ def test_train_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
         (["--data-option", "size"], "expected KEY=VALUE"),
         (["--data-option", "size=3"], "unknown option(s) size for dataset 'mnist1d'"),
         (["--depth", "21"], "nearest valid depths: 20 or 26"),
+        (["--dataset", "synthetic", "--data-option", "num_classes=1"], "num_classes must be at least 2"),
+        (["--dataset", "synthetic", "--strategy", "warp-drive"], "warp-drive"),
+        *([(["--device", "cuda"], "no CUDA device")] if not torch.cuda.is_available() else []),
     ],
 )
 def test_train_cli_bad_input(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

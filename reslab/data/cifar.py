@@ -72,33 +72,57 @@ def md5sum(path: Path) -> str:
 
 
 def fetch(archive: Archive, directory: Path, timeout: float = 60.0) -> Path:
-    """The verified archive in `directory`, downloading it if missing or corrupt."""
+    """The verified archive in `directory`, downloading it if missing or corrupt. The download goes to a temporary
+    file renamed into place only once its MD5 matches, so the cache never holds a partial or corrupt archive."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / archive.filename
+    _remove_stale_parts(directory, archive.filename)
+    found_corrupt = ""
     if path.exists():
-        if md5sum(path) == archive.md5:
+        got = md5sum(path)
+        if got == archive.md5:
             return path
-        path.unlink()  # partial or corrupt: fetch again
+        path.unlink(missing_ok=True)  # partial or corrupt (another process may have removed it already)
+        found_corrupt = f"the file at {path} had md5 {got}, not {archive.md5}, and was removed; "
     tmp = directory / f".{archive.filename}.{os.getpid()}.part"
     try:
-        with urllib.request.urlopen(archive.url, timeout=timeout) as response, open(tmp, "wb") as out:
-            shutil.copyfileobj(response, out, 1 << 20)
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        tmp.unlink(missing_ok=True)
-        reason = getattr(exc, "reason", exc)
-        raise DataError(
-            f"cannot download {archive.url} ({reason}); download it by hand and place it at {path} "
-            f"(md5 {archive.md5}), or point --data-dir / RESLAB_DATA_DIR at a folder that holds it"
-        ) from None
-    got = md5sum(tmp)
-    if got != archive.md5:
-        tmp.unlink(missing_ok=True)
-        raise DataError(
-            f"checksum mismatch for {archive.url}: md5 {got}, expected {archive.md5}; nothing was kept, "
-            f"try again or place a good copy at {path}"
-        )
-    os.replace(tmp, path)
+        try:
+            with urllib.request.urlopen(archive.url, timeout=timeout) as response, open(tmp, "wb") as out:
+                shutil.copyfileobj(response, out, 1 << 20)
+        except Exception as exc:  # URLError, OSError, timeouts, http.client.IncompleteRead mid-stream, ...
+            reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+            raise DataError(
+                f"{found_corrupt}cannot download {archive.url} ({reason}); download it by hand and place it at {path} "
+                f"(md5 {archive.md5}), or point --data-dir / RESLAB_DATA_DIR at a folder that holds it"
+            ) from None
+        got = md5sum(tmp)
+        if got != archive.md5:
+            raise DataError(
+                f"checksum mismatch for {archive.url}: md5 {got}, expected {archive.md5}; nothing was kept, "
+                f"try again or place a good copy at {path}"
+            )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # whatever happened, no partial file stays behind
     return path
+
+
+def _remove_stale_parts(directory: Path, filename: str) -> None:
+    """Temporary downloads left by processes that were killed mid-download (the pid is in the name)."""
+    for part in directory.glob(f".{filename}.*.part"):
+        pid = part.name.removeprefix(f".{filename}.").removesuffix(".part")
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            part.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def parse(path: Path, archive: Archive) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -18,6 +18,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -35,6 +36,8 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 CELL, SLOT = "reslab.cell", "reslab.slot"
 HOST, PID, PID_START, BEAT = "reslab.host", "reslab.pid", "reslab.pid_start", "reslab.heartbeat"
 FAILURE, LOST, DUPLICATE_OF, RUN_ID = "reslab.failure", "reslab.lost", "reslab.duplicate_of", "reslab.mlflow_run_id"
+RECOVERED = "reslab.recovered_from"
+SWEEP_ID, PARENT_RUN = "reslab.sweep_id", "reslab.parent_run_id"
 MAX_LOST = 3
 LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
 
@@ -105,13 +108,16 @@ def study_exists(storage: BaseStorage, name: str) -> bool:
 
 
 def open_study(storage: BaseStorage, name: str, create: bool = True) -> optuna.Study:
-    """The study `name`, created by whoever comes first (a concurrent creator's study is loaded instead)."""
+    """The study `name`, created by whoever comes first (a concurrent creator's study is loaded instead). Its
+    creator gives it a random SWEEP_ID: the identity of this incarnation of the queue, which MLflow parents carry."""
     if study_exists(storage, name) or not create:
         return optuna.load_study(study_name=name, storage=storage)
     try:
-        return optuna.create_study(study_name=name, storage=storage, direction="minimize")
+        study = optuna.create_study(study_name=name, storage=storage, direction="minimize")
     except optuna.exceptions.DuplicatedStudyError:
         return optuna.load_study(study_name=name, storage=storage)
+    study.set_user_attr(SWEEP_ID, uuid.uuid4().hex)
+    return study
 
 
 def group_by_item(trials: Iterable[FrozenTrial]) -> dict[Item, list[FrozenTrial]]:
@@ -238,6 +244,19 @@ class SweepQueue:
         self.study = open_study(storage, name, create)
         self.study_id = storage.get_study_id_from_name(name)
 
+    def sweep_id(self, wait_s: float = 10.0) -> str:
+        """This queue's SWEEP_ID. A coordinator that lost the race to create the study waits for the winner to
+        write it; a study from before SWEEP_IDs existed gets one now."""
+        deadline = time.time() + wait_s
+        while True:
+            found = self.storage.get_study_user_attrs(self.study_id).get(SWEEP_ID)
+            if found:
+                return str(found)
+            if time.time() > deadline:
+                self.study.set_user_attr(SWEEP_ID, uuid.uuid4().hex)
+                deadline = time.time() + wait_s  # read back whichever id was written last
+            time.sleep(0.2)
+
     def trials(self, states: tuple[TrialState, ...] | None = None) -> list[FrozenTrial]:
         return self.storage.get_all_trials(self.study_id, deepcopy=False, states=states)
 
@@ -253,9 +272,13 @@ class SweepQueue:
         grace_s: float,
         on_lost: Callable[[FrozenTrial, str], None] | None = None,
         lost_counts: dict[Item, int] | None = None,
+        recover: Callable[[FrozenTrial], tuple[float, dict[str, Any]] | None] | None = None,
     ) -> dict[Item, ItemStatus]:
         """Fail lost RUNNING trials, then enqueue every item that has no live trial: missing items always, lost
-        ones (up to MAX_LOST times per `lost_counts`), failed ones when `retry_failed`. Returns the statuses."""
+        ones (up to MAX_LOST times per `lost_counts`), failed ones when `retry_failed`. Before an item is run
+        again, `recover` may return (value, attrs) of a result its last trial did produce (a worker killed after
+        its run finished, before it told the queue): the item is then completed with it, not trained twice.
+        Returns the statuses."""
         running = {t._trial_id: t for t in self.trials((TrialState.RUNNING,))}
         if isinstance(self.storage, RDBStorage):
             optuna.storages.fail_stale_trials(self.study)  # Optuna's heartbeat, across machines
@@ -286,6 +309,12 @@ class SweepQueue:
                         continue
                     lost_counts[item] = lost_counts.get(item, 0) + 1
                 elif not retry_failed:
+                    continue
+                found = recover(trials[-1]) if recover is not None else None
+                if found is not None:
+                    value, attrs = found
+                    attrs = {**attrs, CELL: item[0], SLOT: item[1], RECOVERED: trials[-1].number}
+                    self.study.add_trial(optuna.trial.create_trial(value=value, user_attrs=attrs))
                     continue
             self.study.enqueue_trial({}, user_attrs={CELL: item[0], SLOT: item[1]})
         return self.status(items)

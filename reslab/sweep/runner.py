@@ -28,6 +28,7 @@ from reslab import tracking
 from reslab.sweep.config import ConfigError, SweepConfig
 from reslab.sweep.grid import Cell
 from reslab.sweep.queue import (
+    PARENT_RUN,
     Item,
     ItemStatus,
     QueueError,
@@ -37,7 +38,7 @@ from reslab.sweep.queue import (
     open_storage,
     study_exists,
 )
-from reslab.sweep.worker import items_of, mark_lost_run
+from reslab.sweep.worker import items_of, mark_lost_run, recover_finished_run
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 MAX_RESPAWNS = 3
@@ -73,6 +74,15 @@ def plan_workers(config: SweepConfig, n_items: int) -> WorkerPlan:
     n = max(1, min(cores, n_items, 8)) if requested == "auto" else int(requested)
     threads = config.train.threads or max(1, cores // n)
     return WorkerPlan(n, threads, [])
+
+
+def gpus_of_worker(plan: WorkerPlan, i: int) -> list[int]:
+    """Worker i's GPUs: an equal share when there are at least as many GPUs as workers, else one GPU shared
+    round-robin (never none: a worker without a GPU would silently train on the CPU)."""
+    per = len(plan.gpus) // plan.workers
+    if per == 0:
+        return [plan.gpus[i % len(plan.gpus)]]
+    return plan.gpus[i * per : (i + 1) * per]
 
 
 def recipe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -146,18 +156,27 @@ class Coordinator:
     # -- the real thing --------------------------------------------------------------------------------------------
     def run(self) -> int:
         config = self.config
-        tracking.prepare_store(self.uri, config.tracking.experiment)
+        # The queue first: an unreachable database must not leave a tracking store or experiment behind.
         storage = open_storage(self.storage_url, config.sweep.heartbeat_s, config.sweep.grace_s)
+        tracking.prepare_store(self.uri, config.tracking.experiment)
         queue = SweepQueue(storage, config.name)
         self._check_recipe(queue)
-        parent = tracking.ensure_sweep_run(
+        parent, superseded = tracking.ensure_sweep_run(
             self.uri, config.tracking.experiment, config.name, yaml.safe_dump(config.resolved(), sort_keys=False),
             {"reslab.git_commit": tracking.git_commit(), "reslab.config": self.source},
+            sweep_id=queue.sweep_id(), known_parent=queue.study.user_attrs.get(PARENT_RUN),
         )  # fmt: skip
-        queue.study.set_user_attr("reslab.parent_run_id", parent)
+        queue.study.set_user_attr(PARENT_RUN, parent)
+        if superseded:
+            self.console.print(
+                f"[yellow]note[/]: MLflow already held sweep {config.name!r} from another queue (parent run "
+                f"{', '.join(superseded)}); it is kept, tagged reslab.role=superseded, and this queue records under "
+                f"a new parent run"
+            )
         before = queue.reconcile(
-            self.items, retry_failed=True, grace_s=config.sweep.grace_s, on_lost=mark_lost_run(self.uri)
-        )
+            self.items, retry_failed=True, grace_s=config.sweep.grace_s, on_lost=mark_lost_run(self.uri),
+            recover=recover_finished_run(self.uri, config),
+        )  # fmt: skip
         self._close_orphans(queue, parent)
         todo = [i for i, s in before.items() if s.state != "done"]
         plan = plan_workers(config, len(todo))
@@ -195,9 +214,14 @@ class Coordinator:
                 [
                     f"sweep {self.config.name!r} already has results from another recipe ({'; '.join(changes)}): "
                     f"they would not be comparable. Give this sweep a new name (--set name={self.config.name}-2) "
-                    f"or delete {self.config.run_dir} to start it over"
+                    f"or start it over: {self._start_over()} (its MLflow runs are kept, tagged superseded)"
                 ],
             )
+
+    def _start_over(self) -> str:
+        if is_rdb(self.storage_url):
+            return f"optuna delete-study --study-name {self.config.name} --storage <the --storage URL>"
+        return f"delete {self.config.run_dir}"
 
     def _write_resolved(self) -> Path:
         data = self.config.resolved()
@@ -220,8 +244,7 @@ class Coordinator:
         if plan.threads:
             env.update(OMP_NUM_THREADS=str(plan.threads), MKL_NUM_THREADS=str(plan.threads))
         if plan.gpus:
-            per = len(plan.gpus) // plan.workers
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in plan.gpus[i * per : (i + 1) * per])
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus_of_worker(plan, i))
         cmd = [sys.executable, "-m", "reslab.sweep.worker", str(resolved), "--index", str(i), "--parent-run-id", parent]
         if plan.threads:
             cmd += ["--threads", str(plan.threads)]

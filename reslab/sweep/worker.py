@@ -57,6 +57,33 @@ def mark_lost_run(uri: str) -> Callable[[FrozenTrial, str], None]:
     return on_lost
 
 
+def recover_finished_run(uri: str, config: SweepConfig) -> Callable[[FrozenTrial], tuple[float, dict] | None]:
+    """The result of a trial whose MLflow run FINISHED although the queue never heard of it (the worker was killed
+    or interrupted between the two), read back from the run's final_metrics.json, so that the cell keeps its one
+    finished run instead of being trained again."""
+    import json
+
+    metric = config.tune.metric if config.tune else "train_error"
+
+    def recover(trial: FrozenTrial) -> tuple[float, dict] | None:
+        run_id = trial.user_attrs.get(RUN_ID)
+        if not run_id:
+            return None
+        try:
+            if tracking.get_run(uri, run_id).info.status != "FINISHED":
+                return None
+            final = json.loads(tracking.read_artifact_text(uri, run_id, "final_metrics.json") or "null")
+        except Exception:  # the store may be briefly unavailable: run the cell again rather than guess
+            return None
+        if not final or metric not in final.get("metrics", {}):
+            return None
+        attrs: dict[str, Any] = {k: final["metrics"][k] for k in RESULT_KEYS if k in final["metrics"]}
+        attrs.update({k: final[k] for k in ("params", "macs", "wall_s", "epochs") if k in final})
+        return final["metrics"][metric], {**attrs, RUN_ID: run_id}
+
+    return recover
+
+
 class Worker:
     def __init__(
         self, config: SweepConfig, parent_run_id: str | None, threads: int | None, config_path: str | None = None
@@ -98,6 +125,7 @@ class Worker:
         statuses = self.queue.reconcile(
             self.items, retry_failed=False, grace_s=self.config.sweep.grace_s,
             on_lost=mark_lost_run(self.uri), lost_counts=self.lost_counts,
+            recover=recover_finished_run(self.uri, self.config),
         )  # fmt: skip
         states = {s.state for s in statuses.values()}
         if "waiting" in states:

@@ -72,9 +72,18 @@ class ResLabModule(pl.LightningModule):
         self._accumulate(self._train_sums, loss, wrong, y.shape[0])
         return loss
 
+    def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
+        # He et al. count iterations (64k), which rarely end on an epoch boundary; Lightning evaluates only at the
+        # end of an epoch, so a run stopped by max_steps mid-epoch would have no final test error. Asking it to stop
+        # makes it evaluate first.
+        if self.cfg.max_steps is not None and self.trainer.global_step >= self.cfg.max_steps:
+            self.trainer.should_stop = True
+
     def on_validation_epoch_start(self) -> None:
-        if self.trainer.training and not self._t_train:
-            self._t_train = time.perf_counter() - self._t0  # training time of this epoch ends where evaluation starts
+        # Evaluation runs inside the training epoch, after its last batch (the trainer's stage is VALIDATING by now,
+        # so `trainer.training` cannot tell): the epoch's training time ends where evaluation starts.
+        if not self._t_train:
+            self._t_train = time.perf_counter() - self._t0
 
     def validation_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0

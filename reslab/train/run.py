@@ -20,11 +20,16 @@ from typing import Any
 import torch
 
 from reslab import tracking
-from reslab.data.registry import load_dataset
+from reslab.data.registry import DATASETS, load_dataset
 from reslab.models import FAMILIES, NetSpec, build_net, summarize
 from reslab.train.config import DataConfig, TrackingConfig, TrainConfig
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+class SetupError(ValueError):
+    """The run cannot start as asked (no such device, a dataset option out of range, a strategy Lightning does not
+    know, ...): raised before any MLflow run is created or any step is taken. The message says what is wrong."""
 
 
 class StopRun(Exception):
@@ -99,7 +104,10 @@ def output_units(spec: NetSpec, num_classes: int) -> int:
 
 
 def resolved_config(spec: NetSpec, data: DataConfig, train: TrainConfig) -> dict[str, Any]:
-    return json.loads(json.dumps({"net": asdict(spec), "data": data.model_dump(), "train": train.model_dump()}))
+    """Spec, data and recipe with every default filled in (dataset options too), as logged and as YAML."""
+    data_dump = data.model_dump()
+    data_dump["options"] = {**DATASETS[data.name].options(), **data.options}
+    return json.loads(json.dumps({"net": asdict(spec), "data": data_dump, "train": train.model_dump()}))
 
 
 def flat_params(config: dict[str, Any]) -> dict[str, Any]:
@@ -128,19 +136,71 @@ def run_one(
     """Train `spec` on `data` with `train`, recorded in MLflow as `tracking_cfg` says (None: not recorded). A
     failure marks the run FAILED (reason in tag `reslab.failure`), an interrupt KILLED, and is raised again."""
     import lightning.pytorch as pl
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from reslab.data.datamodule import TensorDataModule
-    from reslab.train.module import ResLabModule
     from reslab.train.telemetry import GradientProbe
 
     t_start = time.perf_counter()
     quiet_lightning()
-    device = resolve_device(train.device)
-    if train.threads:
-        torch.set_num_threads(train.threads)
-    pl.seed_everything(train.seed, workers=False, verbose=False)
-    splits = load_dataset(data.name, data.options, data.data_dir)
-    net = build_net(spec, splits.input_shape, output_units(spec, splits.num_classes))
+    threads_before = torch.get_num_threads()
+    try:
+        # Everything that can be wrong with the request fails here, before an MLflow run exists or a step is taken.
+        try:
+            device = resolve_device(train.device)
+            if train.threads:
+                torch.set_num_threads(train.threads)
+            pl.seed_everything(train.seed, workers=False, verbose=False)  # before the net is built: same init
+            splits = load_dataset(data.name, data.options, data.data_dir)
+            net = build_net(spec, splits.input_shape, output_units(spec, splits.num_classes))
+            accelerator = {"cuda": "gpu"}.get(device, device)
+            probe = GradientProbe(train.telemetry_every)
+            trainer = pl.Trainer(
+                accelerator=accelerator,
+                devices=train.devices,
+                strategy=train.strategy,
+                precision=train.precision,
+                max_epochs=-1 if train.max_steps else train.epochs,
+                max_steps=train.max_steps or -1,
+                logger=False,  # attached below, once the MLflow run exists
+                callbacks=[probe],
+                enable_checkpointing=False,
+                enable_model_summary=False,
+                enable_progress_bar=False,
+                num_sanity_val_steps=0,
+                deterministic=train.deterministic if train.deterministic is not None else accelerator == "cpu",
+                default_root_dir=None,
+            )
+        except (ValueError, RuntimeError, MisconfigurationException) as exc:
+            raise SetupError(f"cannot set up {spec.name} on {data.name}: {exc}") from exc
+        return _fit(spec, data, train, tracking_cfg, net, splits, trainer, probe, device, t_start,
+                    run_name=run_name, parent_run_id=parent_run_id, extra_tags=extra_tags, on_epoch=on_epoch,
+                    on_start=on_start)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads_before)  # a run's thread count must not leak into the next one in the process
+
+
+def _fit(
+    spec: NetSpec,
+    data: DataConfig,
+    train: TrainConfig,
+    tracking_cfg: TrackingConfig | None,
+    net: torch.nn.Module,
+    splits: Any,
+    trainer: Any,
+    probe: Any,
+    device: str,
+    t_start: float,
+    *,
+    run_name: str | None,
+    parent_run_id: str | None,
+    extra_tags: dict[str, str] | None,
+    on_epoch: EpochCallback | None,
+    on_start: Callable[[str | None], None] | None,
+) -> RunResult:
+    """The recorded part of `run_one`: the MLflow run, the fit, the final artifacts, the run's terminal status."""
+    from reslab.data.datamodule import TensorDataModule
+    from reslab.train.module import ResLabModule
+
     summary = summarize(net, splits.input_shape)
     dm = TensorDataModule(
         splits, train.batch_size, eval_batch_size=train.eval_batch_size, seed=train.seed,
@@ -163,35 +223,15 @@ def run_one(
             parent_run_id,
         )  # fmt: skip
     try:  # from here on the run ends FINISHED, FAILED or KILLED, whatever happens
-        logger = None
         if run_id is not None:
             tracking.log_params(uri, run_id, {"net.params": summary.params, "net.macs": summary.macs})
             tracking.log_text(uri, run_id, _yaml(config), "config.yaml")
             tracking.log_text(uri, run_id, summary.table(spec.name), "model_summary.txt")
-            logger = tracking.lightning_logger(uri, run_id)
+            trainer.logger = tracking.lightning_logger(uri, run_id)
+            probe.sink = lambda rows: tracking.log_metrics(uri, run_id, rows)
         if on_start is not None and is_rank_zero():
             on_start(run_id)
-        probe = GradientProbe(
-            train.telemetry_every, sink=(lambda rows: tracking.log_metrics(uri, run_id, rows)) if run_id else None
-        )
         module = ResLabModule(net, train, dm.eval_names, on_epoch=on_epoch)
-        accelerator = {"cuda": "gpu"}.get(device, device)
-        trainer = pl.Trainer(
-            accelerator=accelerator,
-            devices=train.devices,
-            strategy=train.strategy,
-            precision=train.precision,
-            max_epochs=-1 if train.max_steps else train.epochs,
-            max_steps=train.max_steps or -1,
-            logger=logger if logger is not None else False,
-            callbacks=[probe],
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            enable_progress_bar=False,
-            num_sanity_val_steps=0,
-            deterministic=train.deterministic if train.deterministic is not None else accelerator == "cpu",
-            default_root_dir=None,
-        )
         if run_id is not None and tracking_cfg.system_metrics:
             with tracking.system_metrics(uri, run_id, tracking_cfg.system_metrics_interval_s):
                 trainer.fit(module, datamodule=dm)

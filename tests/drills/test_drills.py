@@ -17,6 +17,7 @@ import yaml
 
 from reslab.sweep import queue as q
 from tests.drills.conftest import create_database, free_port, record
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.drills
 
@@ -82,18 +83,6 @@ def figures(drill: str, storage: str, tracking: str, name: str, wall_s: float) -
     }
 
 
-def wait_for(predicate, timeout: float = 180.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if predicate():
-                return
-        except Exception:
-            pass
-        time.sleep(0.3)
-    raise AssertionError("timed out")
-
-
 def test_two_machines_share_one_study_and_run_every_cell_once(tmp_path, postgres, mlflow_server) -> None:
     name = "drill-two"
     storage = create_database(postgres, "drill_two")
@@ -124,7 +113,7 @@ def test_a_machine_dies_mid_cell_and_the_other_retries_it(tmp_path, postgres, ml
         running = queue(storage, name).trials((q.TrialState.RUNNING,))
         return any(t.user_attrs.get(q.HOST) == "machine-a" and q.RUN_ID in t.user_attrs for t in running)
 
-    wait_for(a_is_mid_cell)
+    wait_until(a_is_mid_cell)
     victim = next(t for t in queue(storage, name).trials((q.TrialState.RUNNING,))
                   if t.user_attrs.get(q.HOST) == "machine-a" and q.RUN_ID in t.user_attrs)  # fmt: skip
     os.killpg(a.pid, signal.SIGKILL)  # machine A is gone: its coordinator and worker die mid-cell
@@ -179,7 +168,7 @@ def test_sigint_stops_the_sweep_cleanly_and_a_rerun_completes(tmp_path, postgres
         done = [t for t in trials if t.state == q.TrialState.COMPLETE]
         return bool(done) and any(t.state == q.TrialState.RUNNING and q.RUN_ID in t.user_attrs for t in trials)
 
-    wait_for(one_done_one_running)
+    wait_until(one_done_one_running)
     os.killpg(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Resume with: reslab sweep" in out, out
