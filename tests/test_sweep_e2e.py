@@ -78,6 +78,24 @@ def children(workdir: Path, experiment: str = "tiny") -> list:
     return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
 
 
+def sweep_parents(workdir: Path, experiment: str = "tiny") -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], "tags.`reslab.role` = 'sweep'")
+
+
+def assert_one_parent(workdir: Path) -> None:
+    """One parent run for the sweep, holding the config, and every child attached to it."""
+    from mlflow.tracking import MlflowClient
+
+    (parent,) = sweep_parents(workdir)
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    assert "config.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {r.data.tags["mlflow.parentRunId"] for r in children(workdir)} == {parent.info.run_id}
+
+
 def finished_per_cell(workdir: Path) -> Counter:
     return Counter(r.info.run_name for r in children(workdir) if r.info.status == "FINISHED")
 
@@ -146,6 +164,7 @@ def test_sigkill_mid_run_then_rerun_completes_with_one_finished_run_per_cell(wor
     for run_id in killed_runs:
         assert by_id[run_id].info.status == "FAILED"  # the killed attempt, never FINISHED nor left RUNNING
         assert by_id[run_id].data.tags["reslab.failure"].startswith("worker lost")
+    assert_one_parent(workdir)
 
 
 def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(workdir: Path) -> None:
@@ -165,6 +184,27 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(workdir: Path) -> None:
     rerun = run_sweep(workdir, config)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert finished_per_cell(workdir) == Counter({cell: 1 for cell in CELLS})
+    assert_one_parent(workdir)
+
+
+def test_starting_over_supersedes_the_old_parent_instead_of_mixing(workdir: Path) -> None:
+    """Deleting the queue (runs/<name>) starts the sweep over: the old MLflow parent and its children are kept but
+    marked superseded, and the new cells get a parent of their own, so no cell has two finished runs in a sweep."""
+    config = write_config(workdir, grid__depths=[8])
+    assert run_sweep(workdir, config).returncode == 0
+    (old,) = sweep_parents(workdir)
+    shutil.rmtree(workdir / "runs")
+    again = run_sweep(workdir, config)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "tagged reslab.role=superseded" in again.stdout
+    (new,) = sweep_parents(workdir)
+    assert new.info.run_id != old.info.run_id
+    mine = [r for r in children(workdir) if r.data.tags["mlflow.parentRunId"] == new.info.run_id]
+    assert sorted(r.info.run_name for r in mine if r.info.status == "FINISHED") == ["plain-8-w4-s0", "residual-8-w4-s0"]
+    from reslab.report import collect
+
+    data = collect(f"sqlite:///{workdir / 'mlflow.db'}", "tiny")
+    assert len(data.cells) == 2 and set(data.cells["status"]) == {"FINISHED"}
 
 
 def test_failed_cells_are_recorded_with_their_reason_and_the_sweep_goes_on(workdir: Path) -> None:
