@@ -184,3 +184,10 @@ def test_collect_lists_failed_and_missing_cells(tmp_path, monkeypatch) -> None:
     cells = collect(uri, "p").cells
     assert sorted(cells.loc[cells["status"] == "missing", "name"]) == ["plain-14-w4-s0", "residual-14-w4-s0"]
     assert cells.loc[cells["name"] == "residual-8-w4-s0", "failure"].item() == "DivergedError: nan"
+    # a partial sweep renders: the failed and the missing cells are listed, with the failure's reason
+    from reslab.report.render import write_report
+
+    paths = write_report(collect(uri, "p"), tmp_path / "report", log_to_mlflow=False)
+    page, markdown = paths.html.read_text(), paths.markdown.read_text()
+    assert "<b>plain-14-w4-s0</b>: missing</li>" in page and "DivergedError: nan" in page
+    assert "- **residual-14-w4-s0**: missing" in markdown

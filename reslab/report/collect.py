@@ -146,7 +146,7 @@ def _cells_frame(runs: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
     present = set(cells["cell"])
     missing = [c for c in _grid_cells(config) if c["cell"] not in present]
     if missing:
-        filler = pd.DataFrame([{**c, "status": "missing", "attempts": 0} for c in missing])
+        filler = pd.DataFrame([{**c, "status": "missing", "failure": "", "attempts": 0} for c in missing])
         cells = pd.concat([cells, filler], ignore_index=True) if not cells.empty else filler
     if cells.empty:
         return pd.DataFrame(columns=[*runs.columns, "attempts"])

@@ -147,7 +147,8 @@ def write_report(
 def _context(data: SweepData, v: Verdict, table: pd.DataFrame, bench_path: str | Path | None) -> dict:
     cells = data.cells
     unfinished = cells[cells["status"] != "FINISHED"]
-    problems = [(r["name"], r["status"].lower(), r.get("failure") or "") for _, r in unfinished.iterrows()]
+    problems = [(r["name"], r["status"].lower(), "" if pd.isna(r.get("failure")) else str(r.get("failure")))
+                for _, r in unfinished.iterrows()]  # fmt: skip
     provenance = {
         "sweep": data.name,
         "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
