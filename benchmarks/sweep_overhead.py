@@ -1,12 +1,15 @@
 """The default sweep vs the same trainings in a plain PyTorch loop, in one run, and the ratio between them.
 
     python benchmarks/sweep_overhead.py                 # configs/default.yaml, all 16 cells
+    python benchmarks/sweep_overhead.py --check         # ... and exit 1 unless issue 4's targets hold
     python benchmarks/sweep_overhead.py --set grid.depths=[8,20]
 
 The floor is one process, all CPU threads, no Lightning, no MLflow, no Optuna: for each cell, build the net, then
 per epoch a shuffled pass with SGD + warm-up/cosine per iteration and an evaluation of the test set (what the sweep
 records). The sweep is `reslab sweep` as a user runs it, from a fresh store: start-up, orchestration, Lightning,
-MLflow logging and telemetry included. Target (issue 4): sweep / floor <= 1.25 and the sweep under 6 minutes.
+MLflow logging and telemetry included. Targets (issue 4): sweep / floor <= 1.25, the sweep under 6 minutes, and
+in its MLflow runs (mean over seeds) plain-56 minus plain-20 train_error >= 0.20 and residual-56 <= residual-20 +
+0.01. `--check` tests all four and exits 1 if any fails.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ def main() -> None:
     p.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
     p.add_argument("--set", action="append", default=[], help="config override, as for reslab sweep")
     p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--check", action="store_true", help="exit 1 unless every target of issue 4 holds")
     args = p.parse_args()
 
     from reslab.sweep.config import load_config
@@ -83,15 +87,41 @@ def main() -> None:
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
         sweep_s = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.exit(f"the sweep failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        if proc.returncode != 0:
+            sys.exit(f"the sweep failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        errors = final_train_errors(f"sqlite:///{Path(tmp) / 'mlflow.db'}", config.name)
     ratio = sweep_s / floor_s
     print(f"reslab sweep (fresh store, all included):     {sweep_s:.1f} s")
     print(f"ratio sweep / floor: {ratio:.2f}  (target <= 1.25; sweep target <= 360 s)")
+    checks = {
+        "sweep <= 360 s": sweep_s <= 360,
+        "sweep / floor <= 1.25": ratio <= 1.25,
+    }
+    if {("plain", 20), ("plain", 56), ("residual", 20), ("residual", 56)} <= set(errors):
+        gap = errors["plain", 56] - errors["plain", 20]
+        print(f"MLflow, mean over seeds: plain-56 - plain-20 train_error = {gap:+.4f} (target >= 0.20); "
+              f"residual-56 {errors['residual', 56]:.4f} vs residual-20 {errors['residual', 20]:.4f} (target <= +0.01)")
+        checks["plain-56 - plain-20 >= 0.20"] = gap >= 0.20
+        checks["residual-56 <= residual-20 + 0.01"] = errors["residual", 56] <= errors["residual", 20] + 0.01
     if args.json:
-        Path(args.json).write_text(
-            json.dumps({"floor_s": floor_s, "sweep_s": sweep_s, "ratio": ratio, "floor": floor_results}, indent=2)
-        )
+        Path(args.json).write_text(json.dumps(
+            {"floor_s": floor_s, "sweep_s": sweep_s, "ratio": ratio, "floor": floor_results,
+             "sweep_train_error": {f"{b}-{d}": e for (b, d), e in errors.items()},
+             "checks": checks}, indent=2))  # fmt: skip
+    failed = [name for name, ok in checks.items() if not ok]
+    print("checks: " + ", ".join(f"{name} {'ok' if ok else 'FAILED'}" for name, ok in checks.items()))
+    if args.check and failed:
+        sys.exit(1)
+
+
+def final_train_errors(uri: str, sweep: str) -> dict[tuple[str, int], float]:
+    """(block, depth) -> final train_error, mean over seeds, read back from the sweep's MLflow runs."""
+    from reslab.report import collect
+
+    cells = collect(uri, sweep).cells
+    done = cells[cells["status"] == "FINISHED"]
+    means = done.groupby(["block", "depth"])["train_error"].mean()
+    return {(str(b), int(d)): float(v) for (b, d), v in means.items()}
 
 
 if __name__ == "__main__":

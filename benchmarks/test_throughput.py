@@ -105,6 +105,14 @@ def test_resnet(benchmark, block: str, depth: int, phase: str, variant: str, dev
     _run(benchmark, NetSpec("resnet", block, depth, 16), (3, 32, 32), 10, phase, variant, device, rounds)
 
 
+@pytest.mark.skipif(cuda(), reason="on a GPU test_resnet runs every variant")
+@pytest.mark.parametrize("phase", PHASES)
+def test_resnet_variants_on_cpu(benchmark, phase: str, device: str, rounds: int) -> None:
+    """The bf16-autocast and channels_last code of the GPU variants, run where there is no GPU so it cannot rot
+    (on this CPU bf16 is slower than fp32 for such small nets: FACTS.md). torch.compile is left to the GPU."""
+    _run(benchmark, NetSpec("resnet", "residual", 20, 16), (3, 32, 32), 10, phase, "bf16-channels_last", device, rounds)
+
+
 @pytest.mark.parametrize("depth", [10, 34, 98])
 @pytest.mark.parametrize("block", ["plain", "residual"])
 @pytest.mark.parametrize("phase", PHASES)

@@ -214,13 +214,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from reslab.report import ReportError, collect
     from reslab.report.bench import latest_benchmark
     from reslab.report.render import write_report
-    from reslab.tracking import resolve_uri
+    from reslab.tracking import TrackingError, check_server, resolve_uri
 
     t0 = time.perf_counter()
     uri = resolve_uri(args.tracking_uri)
     try:
+        check_server(uri, timeout=10.0)  # a dead server is one line, not minutes of MLflow's HTTP retries
         data = collect(uri, args.sweep)
-    except ReportError as exc:
+    except (ReportError, TrackingError) as exc:
         raise UsageError(str(exc)) from None
     bench = args.bench or latest_benchmark()
     paths = write_report(data, args.out or f"reports/{args.sweep}", bench, log_scale=args.log_scale)

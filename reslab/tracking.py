@@ -63,8 +63,7 @@ def client(uri: str):
 def prepare_store(uri: str, experiment: str = DEFAULT_EXPERIMENT, timeout: float = 30.0) -> str:
     """Create (or open) the store and the experiment; return the experiment id. Call once before workers start.
     An unreachable server is one clear error here, before any training."""
-    if uri.startswith(("http://", "https://")):
-        _check_server(uri, timeout)
+    check_server(uri, timeout)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -73,7 +72,10 @@ def prepare_store(uri: str, experiment: str = DEFAULT_EXPERIMENT, timeout: float
         raise TrackingError(f"cannot use tracking store {uri}: {exc}") from exc
 
 
-def _check_server(uri: str, timeout: float) -> None:
+def check_server(uri: str, timeout: float = 30.0) -> None:
+    """An http(s) tracking URI must answer /health: otherwise one clear TrackingError (other stores: nothing)."""
+    if not uri.startswith(("http://", "https://")):
+        return
     import urllib.error
     import urllib.request
 

@@ -125,6 +125,17 @@ def test_benchmark_figure() -> None:
     assert len([line for line in fig.axes[0].get_lines() if len(line.get_xdata()) == 2]) == 4
 
 
+def test_benchmark_figure_draws_fp32_resnets_only_when_the_run_has_them() -> None:
+    from reslab.report.bench import throughput_for_figure
+
+    rows = [{"family": f, "variant": v, "block": "residual", "depth": d}
+            for f, v, d in [("resnet", "fp32", 20), ("resnet", "bf16", 20), ("mlp", "fp32", 10)]]  # fmt: skip
+    df = pd.DataFrame(rows)
+    assert throughput_for_figure(df)[["family", "variant"]].values.tolist() == [["resnet", "fp32"]]
+    only_mlp = df[df["family"] == "mlp"]
+    assert throughput_for_figure(only_mlp).equals(only_mlp)
+
+
 def test_verdict_when_the_effect_is_present() -> None:
     v = verdict(cells_frame())
     assert v.reproduced is True
@@ -153,6 +164,9 @@ def test_anchors() -> None:
     table6 = anchors_for("cifar10", ["residual"])
     assert dict(zip(table6["depth"], table6["test_error"], strict=True))[56] == 6.97
     assert anchors_for("mnist1d").empty
+    in_sweep = anchors_for("cifar10", ["residual", "preact"], [20, 110, 164])
+    assert sorted(zip(in_sweep["block"], in_sweep["depth"], in_sweep["test_error"], strict=True)) == [
+        ("preact", 164, 5.46), ("residual", 20, 8.75), ("residual", 110, 6.43), ("residual", 164, 5.93)]
     assert set(anchors_for("cifar10")["source"]) == {"He et al. 2015, Table 6", "He et al. 2016, Table 3"}
 
 
@@ -191,3 +205,11 @@ def test_collect_lists_failed_and_missing_cells(tmp_path, monkeypatch) -> None:
     page, markdown = paths.html.read_text(), paths.markdown.read_text()
     assert "<b>plain-14-w4-s0</b>: missing</li>" in page and "DivergedError: nan" in page
     assert "- **residual-14-w4-s0**: missing" in markdown
+
+
+def test_report_on_an_unreachable_tracking_server_is_one_line(capsys) -> None:
+    from reslab.cli import main
+
+    assert main(["report", "default", "--tracking-uri", "http://127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert "MLflow tracking server http://127.0.0.1:1 is unreachable" in err and len(err.strip().splitlines()) == 1

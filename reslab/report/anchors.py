@@ -21,6 +21,8 @@ ANCHORS: dict[tuple[str, str, int], tuple[float, float | None, str]] = {
     ("cifar10", "residual", 56): (6.97, 0.85e6, HE2015),
     ("cifar10", "residual", 110): (6.43, 1.7e6, HE2015),
     ("cifar10", "residual", 1202): (7.93, 19.4e6, HE2015),
+    ("cifar10", "residual", 164): (5.93, 1.7e6, HE2016),
+    ("cifar10", "residual", 1001): (7.61, 10.2e6, HE2016),
     ("cifar10", "preact", 164): (5.46, 1.7e6, HE2016),
     ("cifar10", "preact", 1001): (4.92, 10.2e6, HE2016),
     ("cifar100", "residual", 164): (25.16, 1.7e6, HE2016),
@@ -30,11 +32,12 @@ ANCHORS: dict[tuple[str, str, int], tuple[float, float | None, str]] = {
 }
 
 
-def anchors_for(dataset: str, blocks: list[str] | None = None) -> pd.DataFrame:
-    """Rows (block, depth, test_error %, params, source) of the papers' numbers for `dataset` (empty off CIFAR)."""
+def anchors_for(dataset: str, blocks: list[str] | None = None, depths: list[int] | None = None) -> pd.DataFrame:
+    """Rows (block, depth, test_error %, params, source) of the papers' numbers for `dataset` (empty off CIFAR),
+    limited to the sweep's blocks and depths when given (a 1202 star would stretch a 20..110 axis)."""
     rows = [
         {"block": b, "depth": d, "test_error": e, "params": p, "source": s}
         for (ds, b, d), (e, p, s) in ANCHORS.items()
-        if ds == dataset and (blocks is None or b in blocks)
+        if ds == dataset and (blocks is None or b in blocks) and (depths is None or d in depths)
     ]
     return pd.DataFrame(rows, columns=["block", "depth", "test_error", "params", "source"])

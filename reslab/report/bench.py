@@ -25,6 +25,13 @@ def load_benchmark(path: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(THROUGHPUT_KEYS))
 
 
+def throughput_for_figure(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows the throughput-vs-depth figure draws: He's ResNets in fp32 (other families and the bf16/compile
+    variants have their own depths and would zig-zag the lines), or everything when the run has no such rows."""
+    resnet = df[(df["family"] == "resnet") & (df["variant"] == "fp32")]
+    return resnet if not resnet.empty else df
+
+
 def load_depth_scaling(path: str | Path) -> dict | None:
     """The depth-scaling benchmark's points and fits, or None if the JSON has none."""
     for b in json.loads(Path(path).read_text()).get("benchmarks", []):
@@ -48,9 +55,7 @@ def render_benchmark(path: str | Path, out_dir: str | Path | None = None) -> lis
     throughput = load_benchmark(path)
     figures = []
     if not throughput.empty:
-        resnet = throughput[throughput["family"] == "resnet"]
-        base = resnet[resnet["variant"].isin(["fp32"])] if not resnet.empty else throughput
-        figures.append(("throughput", F.benchmark_figure(base)))
+        figures.append(("throughput", F.benchmark_figure(throughput_for_figure(throughput))))
     scaling = load_depth_scaling(path)
     if scaling is not None:
         points = pd.DataFrame(scaling["depth_scaling"])

@@ -20,7 +20,7 @@ import yaml
 from reslab import tracking
 from reslab.report import figures as F
 from reslab.report.anchors import anchors_for
-from reslab.report.bench import load_benchmark
+from reslab.report.bench import load_benchmark, throughput_for_figure
 from reslab.report.collect import SweepData
 from reslab.report.verdict import Verdict, verdict
 
@@ -78,7 +78,7 @@ def build_figures(data: SweepData, bench: pd.DataFrame | None = None, log_scale:
                     "He et al. 2015 Fig. 6 style: solid = training error, dashed = test error, one line per depth "
                     "(mean over seeds), one panel per block.", F.curves_figure(data.epochs, log_scale)))  # fmt: skip
     if not finished.empty:
-        anchors = anchors_for(dataset, list(finished["block"].unique()))
+        anchors = anchors_for(dataset, list(finished["block"].unique()), [int(d) for d in finished["depth"].unique()])
         anchor_note = f" Stars: {', '.join(sorted(anchors['source'].unique()))}." if not anchors.empty else ""
         out.append(("depth", "Final error vs depth",
                     "The depth-scaling curve: final training and test error, mean with 95 % CI over seeds."
@@ -105,7 +105,7 @@ def build_figures(data: SweepData, bench: pd.DataFrame | None = None, log_scale:
     if bench is not None and not bench.empty:
         out.append(("benchmark", "Benchmarked throughput vs depth",
                     "pytest-benchmark (nox -s bench): forward and forward+backward images/s and achieved TFLOP/s.",
-                    F.benchmark_figure(bench)))  # fmt: skip
+                    F.benchmark_figure(throughput_for_figure(bench))))  # fmt: skip
     rendered = []
     for slug, title, caption, fig in out:
         if fig is None:
