@@ -220,6 +220,22 @@ def test_failed_cells_are_recorded_with_their_reason_and_the_sweep_goes_on(workd
     assert all(r.data.tags["reslab.failure"].startswith("DivergedError") for r in runs)
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_cell_that_cannot_start_is_failed_in_optuna_and_in_mlflow(workdir: Path) -> None:
+    """A cell whose setup fails (here: CUDA asked for on a machine without it) never trains, but the failure is
+    recorded with its reason in the queue and as a FAILED child run, and the sweep goes on."""
+    config = write_config(workdir, grid__depths=[8], train__device="cuda")
+    result = run_sweep(workdir, config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 failed" in result.stdout
+    trials = study(workdir).trials()
+    assert len(trials) == 2 and all("no CUDA device" in t.user_attrs[q.FAILURE] for t in trials)
+    runs = children(workdir)
+    assert sorted(r.info.run_name for r in runs) == ["plain-8-w4-s0", "residual-8-w4-s0"]
+    assert all(r.info.status == "FAILED" and "SetupError" in r.data.tags["reslab.failure"] for r in runs)
+    assert {r.data.tags["block"] for r in runs} == {"plain", "residual"}
+
+
 def test_tuning_gives_every_cell_the_same_trial_budget(workdir: Path) -> None:
     config = write_config(
         workdir,

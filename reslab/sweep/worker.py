@@ -10,6 +10,7 @@ about training in `reslab.train.run`.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -114,6 +115,7 @@ class Worker:
                 heartbeat.hold(None)
                 trial = None
         except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # this process is ending: let it record why, uninterrupted
             if trial is not None and self.storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
                 self.queue.fail(trial, "interrupted")  # the next `reslab sweep` runs it again
             return 130
@@ -136,7 +138,7 @@ class Worker:
         return False
 
     def run_item(self, trial: FrozenTrial) -> None:
-        from reslab.train.run import StopRun, run_one
+        from reslab.train.run import SetupError, StopRun, run_one
 
         key, slot = trial.user_attrs["reslab.cell"], int(trial.user_attrs.get("reslab.slot", 0))
         cell = self.cells[key]
@@ -170,6 +172,8 @@ class Worker:
         except Exception as exc:
             if tuner is not None:
                 tuner.abandon()
+            if isinstance(exc, SetupError):  # failed before run_one created an MLflow run: record one, FAILED
+                self._record_setup_failure(cell, run_name, tags, exc)
             self.queue.fail(trial, f"{type(exc).__name__}: {exc}", {"wall_s": time.perf_counter() - t0})
             print(f"failed {run_name}: {type(exc).__name__}: {exc}", flush=True)
             _free_device_memory()
@@ -183,6 +187,19 @@ class Worker:
             attrs.update(tuner.attrs())
         self.queue.complete(trial, value, attrs)
         print(f"done {run_name}: train_error {result.metrics['train_error']:.4f} in {result.wall_s:.1f} s", flush=True)
+
+    def _record_setup_failure(self, cell: Cell, run_name: str, tags: dict[str, Any], exc: Exception) -> None:
+        """A cell that cannot even start (its device is missing on this machine, ...) still gets its child run in
+        MLflow, FAILED with the reason, so the sweep's MLflow view shows every failure the queue knows of."""
+        from reslab.train.run import run_tags
+
+        cell_tags = run_tags(cell.spec(), cell.seed, self.config.dataset.name)
+        try:
+            run_id = tracking.start_run(self.uri, self.config.tracking.experiment, run_name, {**cell_tags, **tags},
+                                        parent_run_id=self.parent_run_id)  # fmt: skip
+            tracking.finish_run(self.uri, run_id, "FAILED", f"{type(exc).__name__}: {exc}")
+        except Exception as err:  # the queue still records the failure
+            print(f"could not record the failure of {run_name} in MLflow: {err}", file=sys.stderr)
 
     def run_item_in_process(self, trial: FrozenTrial, key: str, slot: int) -> None:
         """A multi-device (DDP) cell: its own process, so Lightning can start the other ranks from its command."""

@@ -110,6 +110,12 @@ def resolved_config(spec: NetSpec, data: DataConfig, train: TrainConfig) -> dict
     return json.loads(json.dumps({"net": asdict(spec), "data": data_dump, "train": train.model_dump()}))
 
 
+def run_tags(spec: NetSpec, seed: int, dataset: str) -> dict[str, Any]:
+    """The tags every training run carries, so MLflow searches and reports can slice runs by them."""
+    return {"family": spec.family, "block": spec.block, "depth": spec.depth, "width": spec.width,
+            "shortcut": spec.shortcut, "norm": spec.norm, "seed": seed, "dataset": dataset}  # fmt: skip
+
+
 def flat_params(config: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for section, values in config.items():
@@ -213,11 +219,7 @@ def _fit(
     if tracking_cfg is not None and is_rank_zero():  # one MLflow run per training, however many processes
         uri = tracking.resolve_uri(tracking_cfg.uri)
         tracking.prepare_store(uri, tracking_cfg.experiment)
-        tags = {
-            "family": spec.family, "block": spec.block, "depth": spec.depth, "width": spec.width,
-            "shortcut": spec.shortcut, "norm": spec.norm, "seed": train.seed, "dataset": data.name,
-            **tracking.provenance_tags(device_desc), **(extra_tags or {}),
-        }  # fmt: skip
+        tags = {**run_tags(spec, train.seed, data.name), **tracking.provenance_tags(device_desc), **(extra_tags or {})}
         run_id = tracking.start_run(
             uri, tracking_cfg.experiment, run_name or f"{spec.name}-s{train.seed}", tags, flat_params(config),
             parent_run_id,
@@ -252,10 +254,15 @@ def _fit(
             tracking.finish_run(uri, run_id, "FINISHED")
         return result
     except (KeyboardInterrupt, SystemExit) as exc:
-        # Lightning turns Ctrl-C into SystemExit(1) after ignoring SIGINT: restore it and report an interrupt.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        if run_id is not None:
-            tracking.finish_run(uri, run_id, "KILLED", "interrupted")
+        # Lightning turns Ctrl-C into SystemExit(1). A second Ctrl-C (an impatient user, or a coordinator
+        # interrupting its workers again) must not cut the run's bookkeeping short: SIGINT waits until the run is
+        # marked KILLED, then its default handler is back and the interrupt goes on up.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            if run_id is not None:
+                tracking.finish_run(uri, run_id, "KILLED", "interrupted")
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         raise KeyboardInterrupt from exc
     except StopRun as exc:
         if run_id is not None:
