@@ -268,3 +268,14 @@ def test_config_text_roundtrip(tmp_path: Path) -> None:
     config = load_config(_write(tmp_path / "rt.yaml", text))
     again = load_config(config.resolved())
     assert again == config
+
+
+def test_where_to_look_next_names_the_sweeps_own_store(in_tmp: Path) -> None:
+    from reslab.sweep.runner import Coordinator
+
+    server = Coordinator(load_config(GOOD, ["tracking.uri=http://127.0.0.1:5000"]))._next_steps()
+    assert "open http://127.0.0.1:5000 in a browser" in server
+    assert "reslab report t --tracking-uri http://127.0.0.1:5000" in server
+    local = Coordinator(load_config(GOOD))._next_steps()
+    assert f"mlflow ui --backend-store-uri sqlite:///{in_tmp / 'mlflow.db'}" in local
+    assert "reslab report t    ->" in local

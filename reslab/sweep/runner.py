@@ -325,12 +325,21 @@ class Coordinator:
         if failed:
             names = ", ".join(self.label(i) for i, s in statuses.items() if s.state == "failed")
             self.console.print(f"[red]{failed} failed[/] ({names}); `{resume}` retries them.")
-        self.console.print(
-            f"All {len(self.items)} runs have results. Next:\n"
-            f"  mlflow ui --backend-store-uri {self.uri}    (or: nox -s ui)\n"
-            f"  reslab report {self.config.name}    -> reports/{self.config.name}/index.html"
-        )
+        self.console.print(f"All {len(self.items)} runs have results. Next:\n{self._next_steps()}")
         return EXIT_OK
+
+
+    def _next_steps(self) -> str:
+        """Where to look: the MLflow UI on this store, and the report command that reads the same store."""
+        name = self.config.name
+        report = f"reslab report {name}"
+        if self.uri != tracking.resolve_uri(None):  # not the store `reslab report` finds by itself
+            report += f" --tracking-uri {self.uri}"
+        if self.uri.startswith(("http://", "https://")):
+            ui = f"open {self.uri} in a browser    (the MLflow server's UI)"
+        else:
+            ui = f"mlflow ui --backend-store-uri {self.uri}    (or: nox -s ui)"
+        return f"  {ui}\n  {report}    -> reports/{name}/index.html"
 
 
 def make_console() -> Console:
