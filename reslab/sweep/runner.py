@@ -328,7 +328,6 @@ class Coordinator:
         self.console.print(f"All {len(self.items)} runs have results. Next:\n{self._next_steps()}")
         return EXIT_OK
 
-
     def _next_steps(self) -> str:
         """Where to look: the MLflow UI on this store, and the report command that reads the same store."""
         name = self.config.name
