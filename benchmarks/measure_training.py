@@ -21,13 +21,14 @@ from reslab.data.cifar import Normalize
 from reslab.data.registry import load_dataset
 from reslab.data.tensors import Split
 from reslab.models import NetSpec
-from reslab.perf import data_path_images_per_s, lightning_step_times, plain_loop_step_times
+from reslab.perf import data_path_images_per_s, lightning_over_plain, lightning_step_times, plain_loop_step_times
 from reslab.train.config import TrainConfig
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=30, help="timed steps per measurement (after 3 warm-up steps)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating plain/Lightning rounds; the best of each counts")
     p.add_argument("--depth", type=int, default=20)
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=128)
@@ -40,8 +41,7 @@ def main() -> None:
     images = load_dataset("synthetic", {"shape": [3, 32, 32], "train_size": 20 * args.batch_size, "test_size": 128})
     out: dict[str, float] = {}
 
-    plain = plain_loop_step_times(spec, images, cfg, args.steps, device=args.device)
-    light = lightning_step_times(spec, images, cfg, args.steps)
+    plain, light = lightning_over_plain(spec, images, cfg, args.steps, rounds=args.rounds, device=args.device)
     out["plain_step_s"], out["lightning_step_s"] = plain.median_s, light.median_s
     out["lightning_over_plain"] = light.median_s / plain.median_s
     print(f"{spec.name} batch {args.batch_size} on {args.device}, {torch.get_num_threads()} threads")

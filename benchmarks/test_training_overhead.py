@@ -9,7 +9,7 @@ from reslab.data.cifar import Normalize
 from reslab.data.registry import load_dataset
 from reslab.data.tensors import Split
 from reslab.models import NetSpec
-from reslab.perf import data_path_images_per_s, device_name, lightning_step_times, plain_loop_step_times
+from reslab.perf import data_path_images_per_s, device_name, lightning_over_plain
 from reslab.train.config import TrainConfig
 
 
@@ -22,8 +22,7 @@ def test_lightning_vs_plain_step(benchmark, device: str, smoke: bool) -> None:
     result: dict[str, float] = {}
 
     def measure() -> None:
-        plain = plain_loop_step_times(spec, images, cfg, steps, device=device)
-        light = lightning_step_times(spec, images, cfg, steps)
+        plain, light = lightning_over_plain(spec, images, cfg, steps, rounds=1 if smoke else 3, device=device)
         result.update(plain_step_s=plain.median_s, lightning_step_s=light.median_s,
                       ratio=light.median_s / plain.median_s, model_images_per_s=plain.images_per_s)  # fmt: skip
 

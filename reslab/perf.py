@@ -110,6 +110,19 @@ def lightning_step_times(
     return _timing(timer.ends, warmup, steps, cfg.batch_size)
 
 
+def lightning_over_plain(
+    spec: NetSpec, splits: Splits, cfg: TrainConfig, steps: int, rounds: int = 3, device: str = "cpu"
+) -> tuple[StepTiming, StepTiming]:
+    """(plain, Lightning) step timings, best of `rounds` alternating measurements: on a shared, noisy machine the
+    load drifts between two back-to-back measurements, and alternating them with the best of each (timeit's rule)
+    compares the two loops rather than two moments of the machine."""
+    plain, light = [], []
+    for _ in range(rounds):
+        plain.append(plain_loop_step_times(spec, splits, cfg, steps, device=device))
+        light.append(lightning_step_times(spec, splits, cfg, steps))
+    return min(plain, key=lambda t: t.median_s), min(light, key=lambda t: t.median_s)
+
+
 class _BatchTimer:
     """A Lightning callback that stamps the end of each training batch (fit start is the first stamp)."""
 
