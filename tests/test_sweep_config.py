@@ -279,3 +279,19 @@ def test_where_to_look_next_names_the_sweeps_own_store(in_tmp: Path) -> None:
     local = Coordinator(load_config(GOOD))._next_steps()
     assert f"mlflow ui --backend-store-uri sqlite:///{in_tmp / 'mlflow.db'}" in local
     assert "reslab report t    ->" in local
+
+
+def test_more_workers_than_gpus_share_them_and_none_is_left_without() -> None:
+    from reslab.sweep.runner import WorkerPlan, gpus_of_worker
+
+    assert [gpus_of_worker(WorkerPlan(2, None, [0, 1, 2, 3]), i) for i in range(2)] == [[0, 1], [2, 3]]
+    assert [gpus_of_worker(WorkerPlan(3, None, [0, 1]), i) for i in range(3)] == [[0], [1], [0]]
+
+
+def test_the_resume_command_keeps_the_queue_store_and_workers() -> None:
+    from reslab.cli import _source, build_parser
+
+    args = build_parser().parse_args(["sweep", "c.yaml", "--set", "train.epochs=5", "--workers", "2", "--storage",
+                                      "postgresql://u:p@h/db", "--tracking-uri", "http://h:5000"])  # fmt: skip
+    assert _source(args) == ("c.yaml --set train.epochs=5 --workers 2 --storage postgresql://u:p@h/db "
+                             "--tracking-uri http://h:5000")  # fmt: skip
