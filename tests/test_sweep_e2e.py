@@ -69,30 +69,29 @@ def run_sweep(workdir: Path, config: Path, *extra: str, timeout: float = 300) ->
                           timeout=timeout)  # fmt: skip
 
 
-def children(workdir: Path, experiment: str = "tiny") -> list:
+def client(workdir: Path):
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
 
 
-def sweep_parents(workdir: Path, experiment: str = "tiny") -> list:
-    from mlflow.tracking import MlflowClient
+def search(workdir: Path, filter_string: str = "", experiment: str = "tiny") -> list:
+    c = client(workdir)
+    return c.search_runs([c.get_experiment_by_name(experiment).experiment_id], filter_string, max_results=1000)
 
-    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    exp = client.get_experiment_by_name(experiment)
-    return client.search_runs([exp.experiment_id], "tags.`reslab.role` = 'sweep'")
+
+def children(workdir: Path) -> list:
+    return [r for r in search(workdir) if "mlflow.parentRunId" in r.data.tags]
+
+
+def sweep_parents(workdir: Path) -> list:
+    return search(workdir, "tags.`reslab.role` = 'sweep'")
 
 
 def assert_one_parent(workdir: Path) -> None:
     """One parent run for the sweep, holding the config, and every child attached to it."""
-    from mlflow.tracking import MlflowClient
-
     (parent,) = sweep_parents(workdir)
-    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    assert "config.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "config.yaml" in {a.path for a in client(workdir).list_artifacts(parent.info.run_id)}
     assert {r.data.tags["mlflow.parentRunId"] for r in children(workdir)} == {parent.info.run_id}
 
 
