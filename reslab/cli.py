@@ -185,10 +185,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, overrides)
         code = run_sweep(config, dry_run=args.dry_run, source=_source(args))
-        if args.report and code == 0 and not args.dry_run:
+        if args.report and code in (0, 1) and not args.dry_run:  # failed cells are listed in the report too
             report_args = argparse.Namespace(sweep=config.name, tracking_uri=config.tracking.uri or args.tracking_uri,
                                              out=None, bench=None, log_scale=False)  # fmt: skip
-            return cmd_report(report_args)
+            return cmd_report(report_args) or code
         return code
     except ConfigError as exc:
         print(f"reslab sweep: error: {exc}", file=sys.stderr)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import pickle
+import stat
 import tarfile
 from pathlib import Path
 
@@ -178,13 +180,33 @@ def test_cifar_checksum_mismatch_is_refused_and_nothing_is_cached(
     assert not any(served_cifar.iterdir())
 
 
-def test_cifar_corrupt_cached_file_is_fetched_again(served_cifar: Path) -> None:
+@pytest.mark.parametrize("corruption", ["garbage", "empty", "truncated"])
+def test_cifar_corrupt_cached_file_is_fetched_again(served_cifar: Path, corruption: str) -> None:
     served_cifar.mkdir(parents=True)
     target = served_cifar / cifar_mod.ARCHIVES["cifar10"].filename
-    target.write_bytes(b"partial download")
+    good = Path(cifar_mod.ARCHIVES["cifar10"].url.removeprefix("file://")).read_bytes()
+    target.write_bytes({"garbage": b"partial download", "empty": b"", "truncated": good[: len(good) // 2]}[corruption])
     splits = load_cifar("cifar10", data_dir=served_cifar)
     assert len(splits.train) == 60
     assert md5sum(target) == cifar_mod.ARCHIVES["cifar10"].md5
+
+
+def test_cifar_download_is_fsynced_before_the_rename(served_cifar: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        real_fsync(fd)
+
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        events.append("replace")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    load_cifar("cifar10", data_dir=served_cifar)
+    assert events == ["fsync file", "replace", "fsync dir"]
 
 
 def test_cifar_offline_error_names_the_file_and_where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

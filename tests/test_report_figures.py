@@ -213,3 +213,37 @@ def test_report_on_an_unreachable_tracking_server_is_one_line(capsys) -> None:
     assert main(["report", "default", "--tracking-uri", "http://127.0.0.1:1"]) == 2
     err = capsys.readouterr().err
     assert "MLflow tracking server http://127.0.0.1:1 is unreachable" in err and len(err.strip().splitlines()) == 1
+
+
+def test_report_shows_diverged_cells_and_ignores_superseded_runs(tmp_path, monkeypatch) -> None:
+    """A diverged run is a finished result, listed as diverged; a run superseded by a retry is no attempt at all."""
+    import yaml
+
+    from reslab import tracking
+    from reslab.report import collect
+    from reslab.report.render import write_report
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.prepare_store(uri, "d")
+    config = {"name": "d", "dataset": {"name": "mnist1d"},
+              "grid": {"family": "resnet", "blocks": ["plain"], "depths": [8], "widths": [4]}}  # fmt: skip
+    parent, _ = tracking.ensure_sweep_run(uri, "d", "d", yaml.safe_dump(config), {})
+    tags = {"family": "resnet", "block": "plain", "depth": 8, "width": 4, "shortcut": "A", "norm": "batch",
+            "seed": 0, "reslab.cell": "resnet-plain-8-w4-A-batch-s0"}  # fmt: skip
+    stale = tracking.start_run(uri, "d", "plain-8-w4-s0", {**tags, "reslab.superseded": "its lease was lost"},
+                               parent_run_id=parent)  # fmt: skip
+    tracking.finish_run(uri, stale, "KILLED", "its lease was lost")
+    diverged = {"reslab.attempt": 2, "reslab.diverged": "training loss became nan in epoch 3"}
+    run = tracking.start_run(uri, "d", "plain-8-w4-s0", {**tags, **diverged}, parent_run_id=parent)
+    tracking.log_metrics(uri, run, [("train_error", 0.9, 3)])
+    tracking.finish_run(uri, run, "FINISHED")
+    data = collect(uri, "d")
+    assert data.runs["run_id"].tolist() == [run]
+    (cell,) = data.cells.to_dict("records")
+    assert cell["status"] == "FINISHED" and cell["attempts"] == 1 and cell["diverged"].startswith("training loss")
+    paths = write_report(data, tmp_path / "report", log_to_mlflow=False)
+    page, markdown = paths.html.read_text(), paths.markdown.read_text()
+    assert "<h2>Diverged</h2>" in page and "<b>plain-8-w4-s0</b>: training loss became nan in epoch 3" in page
+    assert "- **plain-8-w4-s0**: training loss became nan in epoch 3" in markdown
+    assert "1/1 (1 diverged)" in page

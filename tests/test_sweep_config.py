@@ -143,6 +143,29 @@ def test_dry_run_lists_and_creates_nothing(in_tmp: Path, capsys: pytest.CaptureF
     assert not (in_tmp / "runs").exists() and not (in_tmp / "mlflow.db").exists()
 
 
+def test_dry_run_of_a_started_sweep_shows_state_lease_and_attempts(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from reslab.sweep.worker import items_of
+
+    path = _write(in_tmp / "ok.yaml", GOOD)
+    config = load_config(path)
+    cells, items = items_of(config)
+    queue = q.SweepQueue(q.open_storage(config.storage_url), config.name)
+    queue.reconcile(items, retry_failed=True, grace_s=60)
+    first = queue.claim(items)
+    queue.fail_lost(first, "no heartbeat")
+    queue.reconcile(items, retry_failed=False, grace_s=60)  # the lost item goes back to the queue...
+    while queue.claim(items) is not None:  # ...and a worker on this machine takes all: the lost one's 2nd attempt
+        pass
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if f" {cells[q.item_of(first)[0]].name} " in line)
+    assert "running" in row and f"{os.uname().nodename} pid {os.getpid()}" in row and " 2 " in row
+    assert "0 of 4 done" in out
+
+
 # -- the queue ---------------------------------------------------------------------------------------------------------
 
 ITEMS = [("cell-a", 0), ("cell-b", 0), ("cell-c", 0)]
@@ -201,44 +224,130 @@ def test_a_dead_workers_item_is_lost_and_retried(journal: str) -> None:
     assert lost == [f"worker pid {child.pid} on {os.uname().nodename} is gone"]
 
 
-def test_a_finished_run_the_queue_never_heard_of_is_recovered_not_trained_again(journal: str, tmp_path: Path) -> None:
-    """A worker killed after its run FINISHED but before it told the queue: the next reconcile completes the item
-    from the run's final metrics, so the cell keeps exactly one finished run. A run that failed is run again."""
+def test_a_committed_run_left_running_is_finished_and_an_orphan_killed(journal: str, tmp_path: Path) -> None:
+    """A worker killed between its commit (trial COMPLETE) and marking its run FINISHED: the coordinator's next
+    reconcile finishes the run, so the cell keeps its one result; a run whose trial is no longer RUNNING and never
+    committed is KILLED, so no run looks alive that is not."""
     from reslab import tracking
-    from reslab.sweep.worker import recover_finished_run
+    from reslab.sweep.runs import settle_orphans
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracking.prepare_store(uri, "t")
-    finished, failed = tracking.start_run(uri, "t", "a", {}), tracking.start_run(uri, "t", "b", {})
-    metrics = {"train_error": 0.125, "test_error": 0.25}
-    final = {"params": 10, "macs": 20, "wall_s": 1.5, "epochs": 2, "metrics": metrics}
-    tracking.log_json(uri, finished, final, "final_metrics.json")
-    tracking.finish_run(uri, finished, "FINISHED")
-    tracking.finish_run(uri, failed, "FAILED", "boom")
+    parent = tracking.start_run(uri, "t", "sweep", {})
     queue = q.SweepQueue(q.open_storage(journal), "s")
-    queue.reconcile(ITEMS[:2], retry_failed=True, grace_s=60)
-    for run_id in (finished, failed):
-        trial = queue.claim()
-        queue.set_attrs(trial, {q.RUN_ID: run_id})
-        queue.fail(trial, "interrupted")
-    recover = recover_finished_run(uri, load_config(GOOD))
-    status = queue.reconcile(ITEMS[:2], retry_failed=True, grace_s=60, recover=recover)
-    done = status[ITEMS[0]]
-    assert done.state == "done" and done.trial.value == 0.125
-    attrs = done.trial.user_attrs
-    assert attrs[q.RUN_ID] == finished and attrs["test_error"] == 0.25 and attrs["params"] == 10
-    assert status[ITEMS[1]].state == "waiting"
-    assert q.item_of(queue.claim()) == ITEMS[1] and queue.claim() is None
+    queue.reconcile(ITEMS[:3], retry_failed=True, grace_s=60)
+    committed, orphan, live = queue.claim(), queue.claim(), queue.claim()
+    runs = {}
+    for trial in (committed, orphan, live):
+        runs[trial.number] = tracking.start_run(uri, "t", str(trial.number), {"reslab.trial": trial.number},
+                                                parent_run_id=parent)  # fmt: skip
+        queue.set_attrs(trial, {q.RUN_ID: runs[trial.number]})
+    assert queue.complete(committed, 0.125, {"train_error": 0.125})
+    queue.fail(orphan, "interrupted")
+    assert settle_orphans(uri, "t", parent, queue) == (1, 1)
+    status = {n: tracking.get_run(uri, r).info.status for n, r in runs.items()}
+    assert status == {committed.number: "FINISHED", orphan.number: "KILLED", live.number: "RUNNING"}
 
 
-def test_stale_heartbeat_from_another_host_is_lost(journal: str) -> None:
+def test_a_live_lease_on_a_machine_whose_clock_is_off_is_never_lost(journal: str) -> None:
+    """Another node's worker beats with a clock 10 minutes behind (or ahead): its beat changes, so it holds."""
+    checker = q.SweepQueue(q.open_storage(journal), "s")
+    checker.reconcile(ITEMS[:2], retry_failed=True, grace_s=5)
+    behind, ahead = checker.claim(), checker.claim()
+    for _ in range(3):
+        for trial, offset in ((behind, -600), (ahead, 600)):
+            checker.set_attrs(trial, {q.HOST: "elsewhere", q.PID: 1, q.BEAT: time.time() + offset})
+        status = checker.reconcile(ITEMS[:2], retry_failed=False, grace_s=5)
+        assert {s.state for s in status.values()} == {"running"}
+        time.sleep(0.2)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_dead_lease_is_lost_after_grace_on_the_checkers_own_clock(journal: str) -> None:
     queue = q.SweepQueue(q.open_storage(journal), "s")
     queue.reconcile(ITEMS[:1], retry_failed=True, grace_s=60)
     trial = queue.claim()
-    queue.set_attrs(trial, {q.HOST: "elsewhere", q.BEAT: time.time() - 120})
-    trial = queue.trials()[0]
-    assert q.lease_lost(trial, grace_s=60).startswith("no heartbeat from elsewhere for 1")
-    assert q.lease_lost(trial, grace_s=600) is None
+    queue.set_attrs(trial, {q.HOST: "elsewhere", q.PID: 1, q.BEAT: time.time() + 3600})  # a clock far ahead
+    clock = FakeClock()
+    queue.leases = q.LeaseJudge(60, clock)
+    for step in range(0, 61, 20):  # read every 20 s: beat unchanged, lost once 60 s have passed
+        clock.now = 1000.0 + step
+        lost = queue.find_lost(60)
+        assert bool(lost) == (step >= 60), step
+    assert lost[0][1].startswith("no heartbeat from elsewhere for 60 s")
+
+
+def test_a_storage_outage_does_not_make_every_lease_look_stale(journal: str) -> None:
+    """While the storage cannot be read, no worker can beat either: when it is back, leases get grace_s again."""
+    queue = q.SweepQueue(q.open_storage(journal), "s")
+    queue.reconcile(ITEMS[:1], retry_failed=True, grace_s=60)
+    trial = queue.claim()
+    queue.set_attrs(trial, {q.HOST: "elsewhere", q.PID: 1, q.BEAT: 1.0})
+    clock = FakeClock()
+    queue.leases = q.LeaseJudge(60, clock)
+    assert queue.find_lost(60) == []
+    clock.now += 10
+    queue.leases.read_failed()  # the storage went away for 5 minutes
+    clock.now += 300
+    for _ in range(3):  # reads every 20 s after the outage: the window starts at the first of them
+        assert queue.find_lost(60) == []
+        clock.now += 20
+    assert len(queue.find_lost(60)) == 1
+
+
+def test_a_failed_item_whose_last_trial_is_a_pruned_duplicate_is_not_rerun(journal: str) -> None:
+    """Two coordinators enqueued the item; the duplicate was pruned at claim; the item then failed for real: it
+    stays failed within this sweep (not taken for lost because the duplicate is its newest trial)."""
+    one, two = q.SweepQueue(q.open_storage(journal), "s"), q.SweepQueue(q.open_storage(journal), "s")
+    for coordinator in (one, two):
+        coordinator.study.enqueue_trial({}, user_attrs={q.CELL: ITEMS[0][0], q.SLOT: 0})
+    trial = one.claim()
+    assert two.claim() is None  # the duplicate, pruned
+    one.fail(trial, "OSError: disk full")
+    assert one.reconcile(ITEMS[:1], retry_failed=False, grace_s=60)[ITEMS[0]].state == "failed"
+    assert one.trials((q.TrialState.WAITING,)) == []
+
+
+def test_a_waiting_trial_of_an_item_already_complete_is_not_run(journal: str) -> None:
+    """A waiting trial enqueued by one coordinator while another's trial of the same item completed: never run."""
+    one, two = q.SweepQueue(q.open_storage(journal), "s"), q.SweepQueue(q.open_storage(journal), "s")
+    one.study.enqueue_trial({}, user_attrs={q.CELL: ITEMS[0][0], q.SLOT: 0})
+    two.study.enqueue_trial({}, user_attrs={q.CELL: ITEMS[0][0], q.SLOT: 0})
+    waiting = sorted(one.trials((q.TrialState.WAITING,)), key=lambda t: t.number)
+    two.storage.set_trial_state_values(waiting[1]._trial_id, q.TrialState.RUNNING)  # the newer one runs first
+    assert two.complete(two.storage.get_trial(waiting[1]._trial_id), 0.5, {})
+    assert one.claim() is None
+    assert one.storage.get_trial(waiting[0]._trial_id).state == q.TrialState.PRUNED
+
+
+def test_a_shrunk_grid_prunes_stale_waiting_items_instead_of_crashing(journal: str) -> None:
+    queue = q.SweepQueue(q.open_storage(journal), "s")
+    queue.reconcile(ITEMS, retry_failed=True, grace_s=60)
+    kept = ITEMS[:2]
+    claimed = [queue.claim(kept), queue.claim(kept), queue.claim(kept)]
+    assert sorted(q.item_of(t) for t in claimed if t is not None) == kept and claimed[2] is None
+    stale = queue.trials((q.TrialState.PRUNED,))
+    assert len(stale) == 1 and q.STALE in stale[0].user_attrs
+
+
+def test_the_commit_is_fenced_by_the_queue(journal: str) -> None:
+    """A worker whose trial another process failed as lost cannot commit, set attributes, or fail it: each says
+    so (False) instead of raising, and the item keeps the other worker's result."""
+    mine, theirs = q.SweepQueue(q.open_storage(journal), "s"), q.SweepQueue(q.open_storage(journal), "s")
+    mine.reconcile(ITEMS[:1], retry_failed=True, grace_s=60)
+    trial = mine.claim()
+    assert theirs.fail_lost(theirs.trials()[0], "no heartbeat")
+    assert not mine.set_attrs(trial, {q.RUN_ID: "r"})
+    assert not mine.complete(trial, 0.1, {"train_error": 0.1})
+    assert not mine.fail(trial, "interrupted")
+    assert theirs.storage.get_trial(trial._trial_id).state == q.TrialState.FAIL
 
 
 def test_shipped_default_config_is_the_issue_grid() -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reslab.atomic import fsync_dir, fsync_file
 from reslab.data.cache import resolve_data_dir
 from reslab.data.tensors import Split, Splits, pad_crop_flip
 
@@ -73,7 +74,8 @@ def md5sum(path: Path) -> str:
 
 def fetch(archive: Archive, directory: Path, timeout: float = 60.0) -> Path:
     """The verified archive in `directory`, downloading it if missing or corrupt. The download goes to a temporary
-    file renamed into place only once its MD5 matches, so the cache never holds a partial or corrupt archive."""
+    file, fsynced and renamed into place only once its MD5 matches, so the cache never holds a partial or corrupt
+    archive, even after a machine crash."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / archive.filename
     _remove_stale_parts(directory, archive.filename)
@@ -89,6 +91,7 @@ def fetch(archive: Archive, directory: Path, timeout: float = 60.0) -> Path:
         try:
             with urllib.request.urlopen(archive.url, timeout=timeout) as response, open(tmp, "wb") as out:
                 shutil.copyfileobj(response, out, 1 << 20)
+                fsync_file(out)  # on disk before the rename, so a machine crash cannot leave an empty archive
         except Exception as exc:  # URLError, OSError, timeouts, http.client.IncompleteRead mid-stream, ...
             reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
             raise DataError(
@@ -102,6 +105,7 @@ def fetch(archive: Archive, directory: Path, timeout: float = 60.0) -> Path:
                 f"try again or place a good copy at {path}"
             )
         os.replace(tmp, path)
+        fsync_dir(directory)
     finally:
         tmp.unlink(missing_ok=True)  # whatever happened, no partial file stays behind
     return path

@@ -1,6 +1,7 @@
 """MNIST-1D (Greydanus 2020): ten 1-D digit templates, shifted, scaled, sheared and noised into length-40
 sequences. Generated offline by the `mnist1d` package, small enough that the degradation problem shows in minutes
-on a CPU, and hard enough that depth matters. Cached as .npz: generation takes seconds, loading milliseconds."""
+on a CPU, and hard enough that depth matters. Cached as .npz: generation takes seconds, loading milliseconds; a
+cache file that cannot be read is generated again."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reslab.data.cache import resolve_data_dir, save_npz_atomic
+from reslab.data.cache import load_npz, resolve_data_dir, save_npz_atomic
 from reslab.data.tensors import Split, Splits
 
 
@@ -25,14 +26,13 @@ def load_mnist1d(
     args.update(num_samples=int(num_samples), train_split=float(train_split), seed=int(seed))
     key = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:12]
     path = resolve_data_dir(data_dir) / f"mnist1d-{key}.npz"
-    if path.exists():
-        with np.load(path) as f:
-            arrays = {k: f[k] for k in ("x", "y", "x_test", "y_test")}
-    else:
+    keys = ("x", "y", "x_test", "y_test")
+    arrays = load_npz(path, keys)
+    if arrays is None:  # not cached yet, or the cached file was unreadable and has been removed
         from mnist1d.data import make_dataset
 
         raw = make_dataset(_ObjectView(args))
-        arrays = {k: np.asarray(raw[k]) for k in ("x", "y", "x_test", "y_test")}
+        arrays = {k: np.asarray(raw[k]) for k in keys}
         save_npz_atomic(path, **arrays)
 
     def split(x: np.ndarray, y: np.ndarray) -> Split:

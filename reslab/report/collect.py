@@ -1,6 +1,7 @@
 """Collect: a sweep's MLflow runs as tidy pandas tables. Never trains; works on partial sweeps.
 
-- `runs`: one row per child run (every attempt), with its status and failure reason;
+- `runs`: one row per child run (every attempt), with its status, failure reason and, for a FINISHED run whose
+  loss became NaN, why it diverged; runs superseded by a retry (their worker lost its lease) are left out;
 - `cells`: one row per grid cell: the finished run (the best trial when tuned), else the last attempt, else
   `missing` for cells of the sweep's config that have no run yet;
 - `epochs`: one row per finished cell x epoch (train/val/test error and loss, lr, epoch time), from MLflow's metric
@@ -96,6 +97,8 @@ def _runs_frame(children: list) -> pd.DataFrame:
     rows = []
     for run in children:
         tags, params, metrics, info = run.data.tags, run.data.params, run.data.metrics, run.info
+        if "reslab.superseded" in tags:
+            continue
         row: dict[str, Any] = {
             "run_id": info.run_id,
             "cell": tags.get("reslab.cell"),
@@ -110,6 +113,8 @@ def _runs_frame(children: list) -> pd.DataFrame:
             "slot": _int(tags.get("reslab.slot", "0")),
             "status": info.status,
             "failure": tags.get("reslab.failure", ""),
+            "diverged": tags.get("reslab.diverged", ""),
+            "attempt": _int(tags.get("reslab.attempt", "1")),
             "params": _int(params.get("net.params")),
             "macs": _int(params.get("net.macs")),
             "lr": _float(params.get("train.lr")),
@@ -121,8 +126,9 @@ def _runs_frame(children: list) -> pd.DataFrame:
         for key in (*FINAL_KEYS, "epoch_time_s", "train_images_per_s"):
             row[key] = metrics.get(key)
         rows.append(row)
-    columns = ["run_id", *CELL_COLUMNS, "slot", "status", "failure", "params", "macs", "lr", "weight_decay",
-               "tune_metric", "start_time", "wall_s", *FINAL_KEYS, "epoch_time_s", "train_images_per_s"]  # fmt: skip
+    columns = ["run_id", *CELL_COLUMNS, "slot", "status", "failure", "diverged", "attempt", "params", "macs", "lr",
+               "weight_decay", "tune_metric", "start_time", "wall_s", *FINAL_KEYS, "epoch_time_s",
+               "train_images_per_s"]  # fmt: skip
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -146,7 +152,8 @@ def _cells_frame(runs: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
     present = set(cells["cell"])
     missing = [c for c in _grid_cells(config) if c["cell"] not in present]
     if missing:
-        filler = pd.DataFrame([{**c, "status": "missing", "failure": "", "attempts": 0} for c in missing])
+        filler = pd.DataFrame([{**c, "status": "missing", "failure": "", "diverged": "", "attempts": 0}
+                               for c in missing])  # fmt: skip
         cells = pd.concat([cells, filler], ignore_index=True) if not cells.empty else filler
     if cells.empty:
         return pd.DataFrame(columns=[*runs.columns, "attempts"])

@@ -65,6 +65,9 @@ def cell_table(data: SweepData) -> pd.DataFrame:
         times = done["epoch_time_s"].dropna()
         row["epoch time"] = f"{times.mean():.2f} s" if len(times) else "-"
         row["seeds"] = f"{len(done)}/{len(group)}"
+        diverged = int((done["diverged"].fillna("") != "").sum()) if "diverged" in done else 0
+        if diverged:
+            row["seeds"] += f" ({diverged} diverged)"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -149,6 +152,8 @@ def _context(data: SweepData, v: Verdict, table: pd.DataFrame, bench_path: str |
     unfinished = cells[cells["status"] != "FINISHED"]
     problems = [(r["name"], r["status"].lower(), "" if pd.isna(r.get("failure")) else str(r.get("failure")))
                 for _, r in unfinished.iterrows()]  # fmt: skip
+    marked = cells[(cells["status"] == "FINISHED") & (cells.get("diverged", pd.Series(dtype=str)).fillna("") != "")]
+    diverged = [(r["name"], str(r["diverged"])) for _, r in marked.iterrows()]
     provenance = {
         "sweep": data.name,
         "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -168,6 +173,7 @@ def _context(data: SweepData, v: Verdict, table: pd.DataFrame, bench_path: str |
         "progress": f"{n_done} of {len(cells)} cells finished",
         "table": table,
         "problems": problems,
+        "diverged": diverged,
         "config": yaml.safe_dump(data.config, sort_keys=False) if data.config else "(no config recorded)",
         "provenance": provenance,
     }
@@ -204,6 +210,11 @@ def _html(ctx: dict, figures: list[Rendered]) -> str:
                      f"<img alt='{e(fig.title)}' src='data:image/png;base64,{data}'>"
                      f"<figcaption>{e(fig.caption)}</figcaption></figure>")  # fmt: skip
     parts.append("<h2>Cells</h2>" + _html_table(ctx["table"]))
+    if ctx["diverged"]:
+        parts.append("<h2>Diverged</h2><p>Finished runs whose training loss became NaN or infinite: a result of the "
+                     "recipe at this depth, not a failure.</p><ul>")
+        parts += [f"<li><b>{e(n)}</b>: {e(r)}</li>" for n, r in ctx["diverged"]]
+        parts.append("</ul>")
     if ctx["problems"]:
         parts.append("<h2>Not finished</h2><ul>")
         parts += [f"<li><b>{e(n)}</b>: {e(s)}{(' — ' + e(r)) if r else ''}</li>" for n, s, r in ctx["problems"]]
@@ -235,6 +246,10 @@ def _markdown(ctx: dict, figures: list[Rendered]) -> str:
     for fig in figures:
         lines += [f"## {fig.title}", "", f"![{fig.title}](figures/{fig.slug}.png)", "", fig.caption, ""]
     lines += ["## Cells", "", _md_table(ctx["table"]), ""]
+    if ctx["diverged"]:
+        lines += ["## Diverged", "", "Finished runs whose training loss became NaN or infinite: a result of the recipe "
+                  "at this depth, not a failure.", ""] + [f"- **{n}**: {r}" for n, r in ctx["diverged"]]
+        lines.append("")
     if ctx["problems"]:
         lines += ["## Not finished", ""] + [f"- **{n}**: {s}{(' — ' + r) if r else ''}" for n, s, r in ctx["problems"]]
         lines.append("")

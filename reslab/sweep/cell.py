@@ -2,7 +2,9 @@
 
 Lightning's DDP launcher starts the other ranks by running this process's command again, so that command must
 train exactly this cell, not loop over the queue as a worker does: the worker runs this module for such cells and
-reads back the result file that rank 0 writes. Ranks other than 0 train and record nothing.
+reads back the result file that rank 0 writes. Ranks other than 0 train and record nothing. Rank 0 commits the
+cell's result to the queue itself, fenced as a worker does (a refused commit ends the run KILLED, superseded), and
+every rank dies with the process that started it, so a killed worker leaves no cell training on behind it.
 
     python -m reslab.sweep.cell runs/<sweep>/config.resolved.yaml --cell KEY --slot 0 --trial-id 7 --result out.json
 """
@@ -11,17 +13,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from pathlib import Path
 
 from reslab import tracking
+from reslab.atomic import write_atomic
 from reslab.sweep.config import load_config
-from reslab.sweep.queue import RUN_ID, open_storage
+from reslab.sweep.lifeline import die_with_parent
+from reslab.sweep.queue import open_storage
 
 
 def main(argv: list[str] | None = None) -> int:
-    from reslab.sweep.worker import item_tags, items_of
-    from reslab.train.run import is_rank_zero, run_one
+    expected = os.environ.get("RESLAB_PARENT_PID")
+    die_with_parent(int(expected) if expected else None)
+    os.environ["RESLAB_PARENT_PID"] = str(os.getpid())  # the DDP ranks this process starts watch it in turn
+
+    from reslab.sweep.worker import fenced_callbacks, item_tags, items_of
+    from reslab.train.run import Superseded, is_rank_zero, run_one
 
     p = argparse.ArgumentParser(prog="python -m reslab.sweep.cell", description=__doc__)
     p.add_argument("config")
@@ -29,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slot", type=int, default=0)
     p.add_argument("--trial-id", type=int, required=True)
     p.add_argument("--trial-number", type=int, required=True)
+    p.add_argument("--attempt", type=int, default=1)
     p.add_argument("--parent-run-id")
     p.add_argument("--threads", type=int)
     p.add_argument("--result", required=True)
@@ -39,21 +48,26 @@ def main(argv: list[str] | None = None) -> int:
     train = config.train.model_copy(update={"seed": cell.seed, **({"threads": args.threads} if args.threads else {})})
     uri = tracking.resolve_uri(config.tracking.uri)
     storage = open_storage(config.storage_url, config.sweep.heartbeat_s, config.sweep.grace_s)
+    on_start, on_commit = fenced_callbacks(storage, args.trial_id, "train_error")
     try:
         result = run_one(
             cell.spec(), config.dataset, train, config.tracking.model_copy(update={"uri": uri}),
             run_name=cell.name, parent_run_id=args.parent_run_id,
-            extra_tags=item_tags(config, args.cell, args.slot, args.trial_number),
-            on_start=lambda run_id: storage.set_trial_user_attr(args.trial_id, RUN_ID, run_id) if run_id else None,
+            extra_tags=item_tags(config, args.cell, args.slot, args.trial_number, args.attempt),
+            on_start=on_start, commit=on_commit,
         )  # fmt: skip
+    except Superseded as lost:
+        if is_rank_zero():
+            write_atomic(args.result, json.dumps({"superseded": str(lost)}))
+        return 0
     except Exception as exc:
         if is_rank_zero():
-            Path(args.result).write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+            write_atomic(args.result, json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
         return 1
     if is_rank_zero():
         outcome = {"metrics": result.metrics, "params": result.params, "macs": result.macs, "wall_s": result.wall_s,
                    "epochs": len(result.history)}  # fmt: skip
-        Path(args.result).write_text(json.dumps(outcome))
+        write_atomic(args.result, json.dumps(outcome))
     return 0
 
 

@@ -25,10 +25,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from reslab import tracking
+from reslab.atomic import write_atomic
 from reslab.sweep.config import ConfigError, SweepConfig
 from reslab.sweep.grid import Cell
 from reslab.sweep.queue import (
+    CELL,
     PARENT_RUN,
+    PID,
     Item,
     ItemStatus,
     QueueError,
@@ -38,7 +41,8 @@ from reslab.sweep.queue import (
     open_storage,
     study_exists,
 )
-from reslab.sweep.worker import items_of, mark_lost_run, recover_finished_run
+from reslab.sweep.runs import mark_lost_run, settle_orphans
+from reslab.sweep.worker import describe_exit, items_of
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 MAX_RESPAWNS = 3
@@ -108,6 +112,7 @@ class Coordinator:
         self.console = console or make_console()
         self.source = source or config.name
         self.cells, self.items = items_of(config)
+        self.lost_counts: dict[Item, int] = {}
         self.storage_url = _absolute_storage(config.storage_url)
         self.uri = tracking.resolve_uri(config.tracking.uri)
 
@@ -131,8 +136,8 @@ class Coordinator:
         from reslab.train.run import output_units
 
         table = Table(title=f"sweep {self.config.name}: {len(self.items)} runs ({self._plan_line()})")
-        for col in ("run", "params", "MACs", "status"):
-            table.add_column(col, justify="right" if col in ("params", "MACs") else "left")
+        for col in ("run", "params", "MACs", "status", "attempts", "lease"):
+            table.add_column(col, justify="right" if col in ("params", "MACs", "attempts") else "left")
         sizes: dict[Any, Any] = {}
         for item in self.items:
             cell = self.cells[item[0]]
@@ -144,7 +149,8 @@ class Coordinator:
             state = st.state if st else "missing"
             if st is not None and st.state == "failed":
                 state = f"failed: {st.reason}"
-            table.add_row(self.label(item), f"{s.params:,}", f"{s.macs / 1e6:,.2f} M", state)
+            table.add_row(self.label(item), f"{s.params:,}", f"{s.macs / 1e6:,.2f} M", state,
+                          str(st.attempts if st else 0), st.lease() if st else "")  # fmt: skip
         self.console.print(table)
         done = sum(1 for st in statuses.values() if st.state == "done")
         self.console.print(f"{done} of {len(self.items)} done; `reslab sweep {self.source}` runs the rest.")
@@ -173,9 +179,10 @@ class Coordinator:
                 f"{', '.join(superseded)}); it is kept, tagged reslab.role=superseded, and this queue records under "
                 f"a new parent run"
             )
+        self._report_grid_change(queue)
         before = queue.reconcile(
             self.items, retry_failed=True, grace_s=config.sweep.grace_s, on_lost=mark_lost_run(self.uri),
-            recover=recover_finished_run(self.uri, config),
+            lost_counts=self.lost_counts,
         )  # fmt: skip
         self._close_orphans(queue, parent)
         todo = [i for i, s in before.items() if s.state != "done"]
@@ -193,13 +200,23 @@ class Coordinator:
         return self._finish(queue, parent, interrupted)
 
     def _close_orphans(self, queue: SweepQueue, parent: str) -> None:
-        """A child run still RUNNING whose queue trial is not (Ctrl-C or a kill between creating the run and
-        recording it) can never finish: mark it KILLED so no run looks alive that is not."""
-        trials = {t.number: t.state for t in queue.trials()}
-        for run in tracking.running_children(self.uri, self.config.tracking.experiment, parent):
-            number = int(run.data.tags.get("reslab.trial", -1))
-            if trials.get(number) != TrialState.RUNNING:
-                tracking.finish_run(self.uri, run.info.run_id, "KILLED", "stopped before its worker recorded it")
+        """Child runs still RUNNING whose worker is gone: FINISHED if their trial committed, else KILLED."""
+        finished, _ = settle_orphans(self.uri, self.config.tracking.experiment, parent, queue)
+        if finished:
+            self.console.print(f"{finished} committed run{'s' * (finished > 1)} marked FINISHED (worker gone)")
+
+    def _report_grid_change(self, queue: SweepQueue) -> None:
+        """Items the queue holds that the grid no longer has (it shrank): their waiting trials are pruned as stale,
+        their results stay in MLflow but not in this sweep's counts; a grid that grew just runs the new cells."""
+        known = {i for i in (q.user_attrs.get(CELL) for q in queue.trials()) if i}
+        gone = sorted(known - set(self.cells))
+        queue.prune_stale(self.items)
+        if gone:
+            shown = ", ".join(gone[:6]) + (f" and {len(gone) - 6} more" if len(gone) > 6 else "")
+            self.console.print(
+                f"[yellow]note[/]: the grid changed: {len(gone)} cell(s) of this sweep's queue are no longer in it "
+                f"({shown}); they are skipped and left out of this sweep's summary"
+            )
 
     def _check_recipe(self, queue: SweepQueue) -> None:
         recipe = self.config.recipe()
@@ -229,9 +246,7 @@ class Coordinator:
         data["sweep"]["storage"] = self.storage_url
         path = self.config.run_dir / "config.resolved.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-        os.replace(tmp, path)
+        write_atomic(path, yaml.safe_dump(data, sort_keys=False))
         return path
 
     def _spawn(self, plan: WorkerPlan, resolved: Path, parent: str) -> list[subprocess.Popen]:
@@ -258,6 +273,7 @@ class Coordinator:
         signal, the OOM killer) while work remains is started again, at most MAX_RESPAWNS times per slot."""
         reported = {i for i, s in before.items() if s.state == "done"}
         respawns = [0] * len(procs)
+        killed: dict[int, str] = {}  # worker pid -> why it died, for the cells it held
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("ETA"), TimeRemainingColumn())  # fmt: skip
         with Progress(*columns, console=self.console, transient=True) as progress:
@@ -276,9 +292,15 @@ class Coordinator:
                     pending = any(st.state in ("waiting", "running", "missing") for st in statuses.values())
                     for i, proc in enumerate(procs):
                         code = proc.poll()
-                        if code not in (None, 0, EXIT_INTERRUPTED) and pending and respawns[i] < MAX_RESPAWNS:
+                        if code in (None, 0, EXIT_INTERRUPTED):
+                            continue
+                        if proc.pid not in killed:
+                            killed[proc.pid] = f"worker {describe_exit(code)}"
+                            self._fail_cells_of(queue, proc.pid, killed)
+                        if pending and respawns[i] < MAX_RESPAWNS:
                             respawns[i] += 1
-                            progress.console.print(f"[yellow]worker {i} died (exit {code}); starting it again")
+                            why = describe_exit(code)
+                            progress.console.print(f"[yellow]worker {i} died ({why}); starting it again")
                             procs[i] = self._spawn_one(i)
                     if all(p.poll() is not None for p in procs):
                         return False
@@ -288,10 +310,21 @@ class Coordinator:
                 _stop(procs)
                 return True
 
+    def _fail_cells_of(self, queue: SweepQueue, pid: int, reasons: dict[int, str]) -> None:
+        """A worker this coordinator started has died: its cells are lost now (no need to wait for a judge), with
+        the reason the exit code gives, and go back to the queue up to the lost-retry limit."""
+        mine = [t for t in queue.trials((TrialState.RUNNING,)) if int(t.user_attrs.get(PID, -1)) == pid]
+        if mine:
+            queue.reconcile(self.items, retry_failed=False, grace_s=self.config.sweep.grace_s,
+                            on_lost=mark_lost_run(self.uri), lost_counts=self.lost_counts,
+                            lost_reasons=reasons)  # fmt: skip
+
     def _result_line(self, item: Item, st: ItemStatus) -> str:
         attrs = st.trial.user_attrs if st.trial is not None else {}
         if st.state == "failed":
             return f"[red]✗[/] {self.label(item):<24} failed: {st.reason}"
+        if "reslab.diverged" in attrs:
+            return f"[yellow]~[/] {self.label(item):<24} diverged: {attrs['reslab.diverged']}"
         parts = [f"train {100 * attrs.get('train_error', float('nan')):6.2f} %",
                  f"test {100 * attrs.get('test_error', float('nan')):6.2f} %"]  # fmt: skip
         if "reslab.pruned" in attrs:
@@ -308,6 +341,7 @@ class Coordinator:
         if done:
             self.console.print(summary_table(self.config, self.cells, statuses))
         tracking.log_metrics(self.uri, parent, [("cells_done", done, 0), ("cells_failed", failed, 0)])
+        tracking.set_tags(self.uri, parent, {"reslab.cells_done": done, "reslab.cells_failed": failed})
         resume = f"reslab sweep {self.source}"
         if interrupted:
             self._close_orphans(queue, parent)
@@ -323,8 +357,12 @@ class Coordinator:
             return EXIT_INCOMPLETE
         tracking.finish_run(self.uri, parent, "FINISHED")
         if failed:
-            names = ", ".join(self.label(i) for i, s in statuses.items() if s.state == "failed")
-            self.console.print(f"[red]{failed} failed[/] ({names}); `{resume}` retries them.")
+            self.console.print(f"[red]{failed} of {len(self.items)} runs failed[/]; `{resume}` retries them:")
+            for item, st in statuses.items():
+                if st.state == "failed":
+                    self.console.print(f"  {self.label(item)}: {st.reason}", soft_wrap=True)
+            self.console.print(f"Next:\n{self._next_steps()}")
+            return EXIT_INCOMPLETE
         self.console.print(f"All {len(self.items)} runs have results. Next:\n{self._next_steps()}")
         return EXIT_OK
 

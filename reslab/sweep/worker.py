@@ -10,6 +10,7 @@ about training in `reslab.train.run`.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -22,9 +23,8 @@ from optuna.trial import FrozenTrial, TrialState
 from reslab import tracking
 from reslab.sweep.config import SweepConfig, load_config
 from reslab.sweep.grid import Cell, expand
-from reslab.sweep.queue import RUN_ID, Heartbeat, Item, SweepQueue, open_storage
-
-RESULT_KEYS = ("train_error", "test_error", "val_error", "train_loss", "test_loss", "val_loss")
+from reslab.sweep.queue import RUN_ID, Heartbeat, Item, SweepQueue, commit, open_storage, set_attrs_if_running
+from reslab.sweep.runs import mark_lost_run, result_attrs
 
 
 def items_of(config: SweepConfig) -> tuple[dict[str, Cell], list[Item]]:
@@ -33,8 +33,9 @@ def items_of(config: SweepConfig) -> tuple[dict[str, Cell], list[Item]]:
     return cells, [(key, s) for key in cells for s in range(slots)]
 
 
-def item_tags(config: SweepConfig, key: str, slot: int, trial_number: int) -> dict[str, Any]:
-    return {"reslab.sweep": config.name, "reslab.cell": key, "reslab.slot": slot, "reslab.trial": trial_number}
+def item_tags(config: SweepConfig, key: str, slot: int, trial_number: int, attempt: int = 1) -> dict[str, Any]:
+    return {"reslab.sweep": config.name, "reslab.cell": key, "reslab.slot": slot, "reslab.trial": trial_number,
+            "reslab.attempt": attempt}  # fmt: skip
 
 
 def multi_device(config: SweepConfig) -> bool:
@@ -42,47 +43,26 @@ def multi_device(config: SweepConfig) -> bool:
     return (isinstance(devices, int) and devices > 1) or (isinstance(devices, str) and devices not in ("1", "auto"))
 
 
-def mark_lost_run(uri: str) -> Callable[[FrozenTrial, str], None]:
-    """What to do with the MLflow run of a lost item: FAILED, with why (so it never looks finished)."""
+def fenced_callbacks(storage, trial_id: int, metric: str, extra_attrs: Callable[[], dict[str, Any]] | None = None):
+    """`on_start` and `commit` for `run_one` on a leased trial: record the run id, then commit the result. Either
+    raises `Superseded` when the queue says the trial is no longer this worker's (it was failed as lost while this
+    process was paused or cut off): the run then ends KILLED, tagged superseded, and nothing is recorded twice."""
+    from reslab.train.run import Superseded
 
-    def on_lost(trial: FrozenTrial, why: str) -> None:
-        run_id = trial.user_attrs.get(RUN_ID)
-        if not run_id:
-            return
-        try:
-            if tracking.get_run(uri, run_id).info.status == "RUNNING":
-                tracking.finish_run(uri, run_id, "FAILED", f"worker lost: {why}")
-        except Exception as exc:  # the store may be briefly unavailable; the report lists the cell as failed anyway
-            print(f"could not mark MLflow run {run_id} failed: {exc}", file=sys.stderr)
+    lost = "its lease was lost (the cell was given to another worker)"
 
-    return on_lost
+    def on_start(run_id: str | None) -> None:
+        if run_id and not set_attrs_if_running(storage, trial_id, {RUN_ID: run_id}):
+            raise Superseded(lost)
 
+    def on_commit(result) -> None:
+        attrs = result_attrs(result.metrics, result.params, result.macs, result.wall_s, len(result.history),
+                             result.diverged)  # fmt: skip
+        attrs.update(extra_attrs() if extra_attrs is not None else {})
+        if not commit(storage, trial_id, result.metrics[metric], attrs):
+            raise Superseded(lost)
 
-def recover_finished_run(uri: str, config: SweepConfig) -> Callable[[FrozenTrial], tuple[float, dict] | None]:
-    """The result of a trial whose MLflow run FINISHED although the queue never heard of it (the worker was killed
-    or interrupted between the two), read back from the run's final_metrics.json, so that the cell keeps its one
-    finished run instead of being trained again."""
-    import json
-
-    metric = config.tune.metric if config.tune else "train_error"
-
-    def recover(trial: FrozenTrial) -> tuple[float, dict] | None:
-        run_id = trial.user_attrs.get(RUN_ID)
-        if not run_id:
-            return None
-        try:
-            if tracking.get_run(uri, run_id).info.status != "FINISHED":
-                return None
-            final = json.loads(tracking.read_artifact_text(uri, run_id, "final_metrics.json") or "null")
-        except Exception:  # the store may be briefly unavailable: run the cell again rather than guess
-            return None
-        if not final or metric not in final.get("metrics", {}):
-            return None
-        attrs: dict[str, Any] = {k: final["metrics"][k] for k in RESULT_KEYS if k in final["metrics"]}
-        attrs.update({k: final[k] for k in ("params", "macs", "wall_s", "epochs") if k in final})
-        return final["metrics"][metric], {**attrs, RUN_ID: run_id}
-
-    return recover
+    return on_start, on_commit
 
 
 class Worker:
@@ -105,7 +85,7 @@ class Worker:
         trial = None
         try:
             while True:
-                trial = self.queue.claim()
+                trial = self.queue.claim(self.items)
                 if trial is None:
                     if not self._wait_for_work():
                         return 0
@@ -117,7 +97,7 @@ class Worker:
         except KeyboardInterrupt:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # this process is ending: let it record why, uninterrupted
             if trial is not None and self.storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
-                self.queue.fail(trial, "interrupted")  # the next `reslab sweep` runs it again
+                self.queue.fail(trial, "interrupted")  # the next `reslab sweep` runs it again (if still ours)
             return 130
         finally:
             heartbeat.stop()
@@ -127,7 +107,6 @@ class Worker:
         statuses = self.queue.reconcile(
             self.items, retry_failed=False, grace_s=self.config.sweep.grace_s,
             on_lost=mark_lost_run(self.uri), lost_counts=self.lost_counts,
-            recover=recover_finished_run(self.uri, self.config),
         )  # fmt: skip
         states = {s.state for s in statuses.values()}
         if "waiting" in states:
@@ -138,32 +117,46 @@ class Worker:
         return False
 
     def run_item(self, trial: FrozenTrial) -> None:
-        from reslab.train.run import SetupError, StopRun, run_one
+        from reslab.train.run import StopRun, Superseded, run_one
 
         key, slot = trial.user_attrs["reslab.cell"], int(trial.user_attrs.get("reslab.slot", 0))
         cell = self.cells[key]
+        attempt = self.queue.attempt(trial)
         if multi_device(self.config) and self.config_path:
-            self.run_item_in_process(trial, key, slot)
+            self.run_item_in_process(trial, key, slot, attempt)
             return
         train = self.train.model_copy(update={"seed": cell.seed})
-        tags = item_tags(self.config, key, slot, trial.number)
+        tags = item_tags(self.config, key, slot, trial.number, attempt)
         tuner = Tuner(self.config, self.storage, cell, slot) if self.config.tune else None
         if tuner is not None:
             train = tuner.suggest(train)
             tags.update(tuner.tags())
         run_name = cell.name if tuner is None else f"{cell.name}-t{slot}"
+        metric = self.config.tune.metric if tuner is not None else "train_error"
+        on_start, on_commit = fenced_callbacks(self.storage, trial._trial_id, metric,
+                                               tuner.attrs if tuner is not None else None)  # fmt: skip
+        started: list[str | None] = []
+
+        def on_run_start(run_id: str | None) -> None:
+            started.append(run_id)
+            on_start(run_id)
+
         t0 = time.perf_counter()
         try:
             result = run_one(
                 cell.spec(), self.config.dataset, train, self.config.tracking.model_copy(update={"uri": self.uri}),
-                run_name=run_name, parent_run_id=self.parent_run_id, extra_tags=tags,
-                on_start=lambda run_id: self.queue.set_attrs(trial, {RUN_ID: run_id}) if run_id else None,
-                on_epoch=tuner.on_epoch if tuner is not None else None,
+                run_name=run_name, parent_run_id=self.parent_run_id, extra_tags=tags, on_start=on_run_start,
+                on_epoch=tuner.on_epoch if tuner is not None else None, commit=on_commit,
             )  # fmt: skip
         except KeyboardInterrupt:
             if tuner is not None:
                 tuner.abandon()
             raise
+        except Superseded as lost:
+            if tuner is not None:
+                tuner.abandon()
+            print(f"superseded {run_name}: {lost}; its run is KILLED and tagged reslab.superseded", flush=True)
+            return
         except StopRun as stop:  # pruned by the tuner: the item is done, its trial pruned
             tuner.pruned()
             self.queue.complete(trial, tuner.last_value, {"reslab.pruned": str(stop), **tuner.attrs()})
@@ -172,21 +165,17 @@ class Worker:
         except Exception as exc:
             if tuner is not None:
                 tuner.abandon()
-            if isinstance(exc, SetupError):  # failed before run_one created an MLflow run: record one, FAILED
+            if not started:  # failed before run_one created an MLflow run (SetupError, a corrupt dataset, ...)
                 self._record_setup_failure(cell, run_name, tags, exc)
             self.queue.fail(trial, f"{type(exc).__name__}: {exc}", {"wall_s": time.perf_counter() - t0})
             print(f"failed {run_name}: {type(exc).__name__}: {exc}", flush=True)
             _free_device_memory()
             return
-        attrs: dict[str, Any] = {k: result.metrics[k] for k in RESULT_KEYS if k in result.metrics}
-        attrs.update(params=result.params, macs=result.macs, wall_s=result.wall_s, epochs=len(result.history))
-        value = result.metrics["train_error"]
         if tuner is not None:
-            value = result.metrics[self.config.tune.metric]
-            tuner.done(value)
-            attrs.update(tuner.attrs())
-        self.queue.complete(trial, value, attrs)
-        print(f"done {run_name}: train_error {result.metrics['train_error']:.4f} in {result.wall_s:.1f} s", flush=True)
+            tuner.done(result.metrics[metric])
+        outcome = f"train_error {result.metrics['train_error']:.4f}"
+        print(f"done {run_name}: {f'diverged, {outcome}' if result.diverged else outcome} in {result.wall_s:.1f} s",
+              flush=True)  # fmt: skip
 
     def _record_setup_failure(self, cell: Cell, run_name: str, tags: dict[str, Any], exc: Exception) -> None:
         """A cell that cannot even start (its device is missing on this machine, ...) still gets its child run in
@@ -201,7 +190,7 @@ class Worker:
         except Exception as err:  # the queue still records the failure
             print(f"could not record the failure of {run_name} in MLflow: {err}", file=sys.stderr)
 
-    def run_item_in_process(self, trial: FrozenTrial, key: str, slot: int) -> None:
+    def run_item_in_process(self, trial: FrozenTrial, key: str, slot: int, attempt: int) -> None:
         """A multi-device (DDP) cell: its own process, so Lightning can start the other ranks from its command."""
         import json
         import subprocess
@@ -222,6 +211,8 @@ class Worker:
                 str(trial._trial_id),
                 "--trial-number",
                 str(trial.number),
+                "--attempt",
+                str(attempt),
                 "--result",
                 str(result),
             ]
@@ -230,16 +221,18 @@ class Worker:
             if self.threads:
                 cmd += ["--threads", str(self.threads)]
             t0 = time.perf_counter()
-            subprocess.run(cmd, check=False)  # Ctrl-C reaches it through the process group
-            outcome = json.loads(result.read_text()) if result.exists() else {"error": "the cell's process died"}
-        if "error" in outcome:
-            self.queue.fail(trial, outcome["error"], {"wall_s": time.perf_counter() - t0})
-            print(f"failed {key}: {outcome['error']}", flush=True)
-            return
-        attrs: dict[str, Any] = {k: outcome["metrics"][k] for k in RESULT_KEYS if k in outcome["metrics"]}
-        attrs.update({k: outcome[k] for k in ("params", "macs", "wall_s", "epochs")})
-        self.queue.complete(trial, outcome["metrics"]["train_error"], attrs)
-        print(f"done {key} on {self.config.train.devices} devices", flush=True)
+            # The cell's process commits the result itself (fenced, as here) and dies with this worker. Ctrl-C
+            # reaches it through the process group.
+            proc = subprocess.run(cmd, check=False, env=dict(os.environ, RESLAB_PARENT_PID=str(os.getpid())))
+            outcome = json.loads(result.read_text()) if result.exists() else {}
+        if "error" in outcome or not outcome:
+            why = outcome.get("error") or f"the cell's process died ({describe_exit(proc.returncode)})"
+            self.queue.fail(trial, why, {"wall_s": time.perf_counter() - t0})
+            print(f"failed {key}: {why}", flush=True)
+        elif outcome.get("superseded"):
+            print(f"superseded {key}: {outcome['superseded']}", flush=True)
+        else:
+            print(f"done {key} on {self.config.train.devices} devices", flush=True)
 
 
 class Tuner:
@@ -301,6 +294,14 @@ class Tuner:
         import optuna
 
         self.study.tell(self.trial, state=optuna.trial.TrialState.FAIL)
+
+
+def describe_exit(code: int) -> str:
+    """'exit 1', or 'killed by SIGKILL (out of memory?)' for a process a signal ended (the OOM killer sends SIGKILL)."""
+    if code >= 0:
+        return f"exit {code}"
+    name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+    return f"killed by {name}" + (" (out of memory?)" if -code == signal.SIGKILL else "")
 
 
 def _free_device_memory() -> None:

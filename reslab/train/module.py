@@ -20,10 +20,6 @@ from reslab.train.config import TrainConfig
 from reslab.train.schedule import lr_lambda
 
 
-class DivergedError(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-
 class ResLabModule(pl.LightningModule):
     """Cross-entropy over `num_outputs` classes, or BCE when the head has one output (the seed's sigmoid convnet).
     `eval_names` name the evaluation loaders in order (e.g. ["val", "test"]); `on_epoch` gets each epoch's
@@ -42,6 +38,7 @@ class ResLabModule(pl.LightningModule):
         self.eval_names = eval_names
         self.on_epoch = on_epoch
         self.history: list[dict[str, float]] = []
+        self.diverged: str | None = None
         self._train_sums = torch.zeros(3)  # loss x n, wrong, n
         self._eval_sums = torch.zeros(len(eval_names), 3)
         self._t0 = self._t_train = 0.0
@@ -96,8 +93,9 @@ class ResLabModule(pl.LightningModule):
         train_s = self._t_train or (time.perf_counter() - self._t0)
         sums = self.trainer.strategy.reduce(self._train_sums, reduce_op="sum")  # all ranks' batches under DDP
         loss_sum, wrong, n = sums.tolist()
-        if not math.isfinite(loss_sum):
-            raise DivergedError(f"training loss became {loss_sum / max(n, 1)} in epoch {self.current_epoch + 1}")
+        if not math.isfinite(loss_sum):  # a result, not a failure: record this epoch and stop training
+            self.diverged = f"training loss became {loss_sum / max(n, 1)} in epoch {self.current_epoch + 1}"
+            self.trainer.should_stop = True
         metrics = {
             "train_loss": loss_sum / n,
             "train_error": wrong / n,

@@ -37,6 +37,12 @@ class StopRun(Exception):
     with this message as the reason."""
 
 
+class Superseded(Exception):
+    """Raised by a run's `on_start` or `commit` callback when the work item the run belongs to was taken over by
+    another worker (its lease was lost while this process was paused or cut off from the queue): the run ends
+    KILLED, tagged `reslab.superseded`, and its result counts for nothing."""
+
+
 @dataclass
 class RunResult:
     run_id: str | None
@@ -48,6 +54,7 @@ class RunResult:
     wall_s: float
     device: str
     telemetry: list[tuple[str, float, int]] = field(default_factory=list, repr=False)
+    diverged: str | None = None  # why, when the training loss became NaN or infinite (the run still counts)
 
     def to_json(self) -> dict[str, Any]:
         """The object `reslab train --json` prints."""
@@ -61,6 +68,7 @@ class RunResult:
             "macs": self.macs,
             "wall_s": round(self.wall_s, 3),
             "device": self.device,
+            "diverged": self.diverged,
         }
 
 
@@ -138,9 +146,16 @@ def run_one(
     extra_tags: dict[str, str] | None = None,
     on_epoch: EpochCallback | None = None,
     on_start: Callable[[str | None], None] | None = None,
+    commit: Callable[[RunResult], None] | None = None,
 ) -> RunResult:
     """Train `spec` on `data` with `train`, recorded in MLflow as `tracking_cfg` says (None: not recorded). A
-    failure marks the run FAILED (reason in tag `reslab.failure`), an interrupt KILLED, and is raised again."""
+    failure marks the run FAILED (reason in tag `reslab.failure`), an interrupt KILLED, and is raised again.
+
+    A loss that becomes NaN or infinite ends training early but is a result (He et al.'s deep plain nets do this
+    at high learning rates): the run is FINISHED and tagged `reslab.diverged`. `commit` is called with the result
+    once every artifact is written and before the run is marked FINISHED: a sweep records the item's result there
+    (its commit point) and raises `Superseded` if the queue refuses it, so no run looks finished whose result
+    the queue does not hold."""
     import lightning.pytorch as pl
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
@@ -180,7 +195,7 @@ def run_one(
             raise SetupError(f"cannot set up {spec.name} on {data.name}: {exc}") from exc
         return _fit(spec, data, train, tracking_cfg, net, splits, trainer, probe, device, t_start,
                     run_name=run_name, parent_run_id=parent_run_id, extra_tags=extra_tags, on_epoch=on_epoch,
-                    on_start=on_start)  # fmt: skip
+                    on_start=on_start, commit=commit)  # fmt: skip
     finally:
         torch.set_num_threads(threads_before)  # a run's thread count must not leak into the next one in the process
 
@@ -202,6 +217,7 @@ def _fit(
     extra_tags: dict[str, str] | None,
     on_epoch: EpochCallback | None,
     on_start: Callable[[str | None], None] | None,
+    commit: Callable[[RunResult], None] | None,
 ) -> RunResult:
     """The recorded part of `run_one`: the MLflow run, the fit, the final artifacts, the run's terminal status."""
     from reslab.data.datamodule import TensorDataModule
@@ -245,12 +261,18 @@ def _fit(
         result = RunResult(
             run_id=run_id, spec=spec, metrics=final, history=module.history, params=summary.params,
             macs=summary.macs, wall_s=time.perf_counter() - t_start, device=device_desc, telemetry=probe.history,
+            diverged=module.diverged,
         )  # fmt: skip
         if run_id is not None:
+            if result.diverged:
+                tracking.set_tags(uri, run_id, {"reslab.diverged": result.diverged})
             tracking.log_json(uri, run_id, {**result.to_json(), "metrics": final}, "final_metrics.json")
             if probe.history:  # the telemetry again as one file: reports read it in one call, not one per metric
                 lines = ["step,key,value", *(f"{step},{key},{value!r}" for key, value, step in probe.history)]
                 tracking.log_text(uri, run_id, "\n".join(lines) + "\n", "telemetry.csv")
+        if commit is not None and is_rank_zero():
+            commit(result)
+        if run_id is not None:
             tracking.finish_run(uri, run_id, "FINISHED")
         return result
     except (KeyboardInterrupt, SystemExit) as exc:
@@ -264,6 +286,11 @@ def _fit(
         finally:
             signal.signal(signal.SIGINT, signal.default_int_handler)
         raise KeyboardInterrupt from exc
+    except Superseded as exc:
+        if run_id is not None:
+            tracking.set_tags(uri, run_id, {"reslab.superseded": str(exc)})
+            tracking.finish_run(uri, run_id, "KILLED", str(exc))
+        raise
     except StopRun as exc:
         if run_id is not None:
             tracking.finish_run(uri, run_id, "KILLED", str(exc))

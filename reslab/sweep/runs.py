@@ -1,0 +1,66 @@
+"""What a sweep records about its cells' MLflow runs, beside the queue: the result attributes a trial carries, the
+run of a lost item marked FAILED, runs whose worker vanished settled by the coordinator.
+
+The queue's COMPLETE transition is the commit point of a cell; MLflow follows it. So a run may be left RUNNING in
+two ways, and the coordinator settles both whenever it reconciles: its trial is COMPLETE (the worker was killed
+between the commit and marking the run FINISHED; every artifact was written before the commit) -> FINISHED; its
+trial is not RUNNING any more (lost, failed, interrupted) -> KILLED.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from reslab import tracking
+from reslab.sweep.queue import RUN_ID, SweepQueue
+
+RESULT_KEYS = ("train_error", "test_error", "val_error", "train_loss", "test_loss", "val_loss")
+
+
+def result_attrs(
+    metrics: dict[str, float], params: int, macs: int, wall_s: float, epochs: int, diverged: str | None = None
+) -> dict[str, Any]:
+    """The attributes a completed trial carries: final metrics, size, wall time (and why it diverged, if it did)."""
+    attrs: dict[str, Any] = {k: metrics[k] for k in RESULT_KEYS if k in metrics}
+    attrs.update(params=params, macs=macs, wall_s=wall_s, epochs=epochs)
+    if diverged:
+        attrs["reslab.diverged"] = diverged
+    return attrs
+
+
+def mark_lost_run(uri: str) -> Callable[[FrozenTrial, str], None]:
+    """What to do with the MLflow run of a lost item: FAILED, with why (so it never looks finished)."""
+
+    def on_lost(trial: FrozenTrial, why: str) -> None:
+        run_id = trial.user_attrs.get(RUN_ID)
+        if not run_id:
+            return
+        try:
+            if tracking.get_run(uri, run_id).info.status == "RUNNING":
+                tracking.finish_run(uri, run_id, "FAILED", f"worker lost: {why}")
+        except Exception as exc:  # the store may be briefly unavailable; the report lists the cell as failed anyway
+            print(f"could not mark MLflow run {run_id} failed: {exc}", file=sys.stderr)
+
+    return on_lost
+
+
+def settle_orphans(uri: str, experiment: str, parent: str, queue: SweepQueue) -> tuple[int, int]:
+    """Child runs still RUNNING whose worker is gone: FINISHED when their trial committed, KILLED when it is no
+    longer RUNNING. Returns (finished, killed)."""
+    trials = {t.number: t for t in queue.trials()}
+    finished = killed = 0
+    for run in tracking.running_children(uri, experiment, parent):
+        trial = trials.get(int(run.data.tags.get("reslab.trial", -1)))
+        if trial is not None and trial.state == TrialState.RUNNING:
+            continue
+        if trial is not None and trial.state == TrialState.COMPLETE and trial.user_attrs.get(RUN_ID) == run.info.run_id:
+            tracking.finish_run(uri, run.info.run_id, "FINISHED")
+            finished += 1
+        else:
+            tracking.finish_run(uri, run.info.run_id, "KILLED", "stopped before its worker recorded it")
+            killed += 1
+    return finished, killed
