@@ -132,3 +132,17 @@ def drills(session: nox.Session) -> None:
     install(session)
     ensure_postgres(session)
     session.run("pytest", "tests/drills", "-p", "no:cacheprovider", *session.posargs, env={"RESLAB_DRILLS": "1"})
+
+
+@nox.session
+def chaos(session: nox.Session) -> None:
+    """The randomized fault drill: sweeps on the journal and on PostgreSQL + `mlflow server` under a seeded schedule
+    of faults (killed and paused workers and coordinators, a killed DDP cell, a database restart, a torn journal
+    line, a second machine with a skewed clock); fails on any duplicate, lost cell or changed result. `-- N SEED`
+    sets the faults per backend (default 20) and the seed (default 7). Figures go to test-artifacts/chaos.jsonl."""
+    install(session)
+    ensure_postgres(session)
+    faults = session.posargs[0] if session.posargs else "20"
+    seed = session.posargs[1] if len(session.posargs) > 1 else "7"
+    env = {"RESLAB_DRILLS": "1", "RESLAB_CHAOS_FAULTS": faults, "RESLAB_CHAOS_SEED": seed}
+    session.run("pytest", "tests/drills/test_chaos.py", "-p", "no:cacheprovider", "-s", env=env)

@@ -43,25 +43,52 @@ def _pg_bin(name: str) -> str:
     return found
 
 
+class PgServer:
+    """A throwaway PostgreSQL cluster: postgresql://postgres@127.0.0.1:PORT, trust auth, fsync off (a drill, not a
+    production server). As root, the server runs as the `postgres` user (it refuses root) from a folder of its own
+    outside pytest's private tmp."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="reslab-drill-pg-"))
+        self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_postgres:
+            shutil.chown(self.root, "postgres")
+        self.data, self.port = self.root / "data", free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}"
+        subprocess.run([*self.as_postgres, _pg_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
+                        "--no-sync"], check=True, capture_output=True)  # fmt: skip
+
+    def _ctl(self, *args: str) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"
+        subprocess.run([*self.as_postgres, _pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"),
+                        "-o", options, "-w", *args], check=True, capture_output=True)  # fmt: skip
+
+    def start(self) -> None:
+        self._ctl("start")
+
+    def restart(self) -> None:
+        """What a database failover or an upgrade does to its clients: every connection is cut."""
+        self._ctl("-m", "fast", "restart")
+
+    def stop(self) -> None:
+        subprocess.run([*self.as_postgres, _pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "stop"],
+                       capture_output=True)  # fmt: skip
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def postgres():
-    """postgresql://postgres@127.0.0.1:PORT, trust auth, fsync off (a drill, not a production server). As root,
-    the server runs as the `postgres` user (it refuses root) from a folder of its own outside pytest's private tmp."""
-    root = Path(tempfile.mkdtemp(prefix="reslab-drill-pg-"))
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_postgres:
-        shutil.chown(root, "postgres")
-    data, port = root / "data", free_port()
-    subprocess.run([*as_postgres, _pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
-                   check=True, capture_output=True)  # fmt: skip
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    subprocess.run([*as_postgres, _pg_bin("pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-o", options,
-                    "-w", "start"], check=True, capture_output=True)  # fmt: skip
+def pg_server():
+    server = PgServer()
+    server.start()
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}"
+        yield server
     finally:
-        subprocess.run([*as_postgres, _pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(pg_server: PgServer) -> str:
+    return pg_server.url
 
 
 def create_database(server: str, name: str) -> str:
