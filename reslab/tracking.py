@@ -1,5 +1,10 @@
 """Every MLflow call in reslab lives here: one place that states the tracking contract.
 
+A `Store` is one tracking URI: every read and write of runs, metrics and artifacts is one of its methods.
+`store(uri)` returns the shared one for a URI (one MlflowClient per URI per process). The tag names are constants
+in `reslab.tags`; the sweep's parent run (find, create, supersede, reopen; its children) is built on a Store in
+`reslab.sweep.parent`.
+
 The contract (what the sweep, the report and users' own queries may rely on):
 - store: `--tracking-uri`, else $MLFLOW_TRACKING_URI, else `sqlite:///<cwd>/mlflow.db` (MLflow 3's own default,
   so a bare `mlflow ui` in that folder shows the runs);
@@ -12,7 +17,7 @@ The contract (what the sweep, the report and users' own queries may rely on):
 - sweeps: a parent run tagged `reslab.sweep=<name>` and children tagged `mlflow.parentRunId`, `reslab.cell`.
 
 FACTS measured here: one `log_batch` of 1000 metrics costs what ~16 single `log_metric` calls do, so everything is
-logged per epoch or in batches; two processes creating one fresh sqlite DB corrupt it, so `prepare_store` creates
+logged per epoch or in batches; two processes creating one fresh sqlite DB corrupt it, so `Store.prepare` creates
 it once before workers start.
 """
 
@@ -30,6 +35,8 @@ from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from reslab.tags import Tag
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no tqdm bars per artifact read
 warnings.filterwarnings("ignore", message=".*noload.*")  # SQLAlchemy deprecation printed by sqlite stores
@@ -53,25 +60,6 @@ def resolve_uri(uri: str | None = None) -> str:
     return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-@functools.lru_cache(maxsize=8)
-def client(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
-
-
-def prepare_store(uri: str, experiment: str = DEFAULT_EXPERIMENT, timeout: float = 30.0) -> str:
-    """Create (or open) the store and the experiment; return the experiment id. Call once before workers start.
-    An unreachable server is one clear error here, before any training."""
-    check_server(uri, timeout)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return experiment_id(uri, experiment)
-    except Exception as exc:  # MLflow raises many kinds; the user needs the URI and the cause
-        raise TrackingError(f"cannot use tracking store {uri}: {exc}") from exc
-
-
 def check_server(uri: str, timeout: float = 30.0) -> None:
     """An http(s) tracking URI must answer /health: otherwise one clear TrackingError (other stores: nothing)."""
     if not uri.startswith(("http://", "https://")):
@@ -90,199 +78,197 @@ def check_server(uri: str, timeout: float = 30.0) -> None:
         ) from None
 
 
-def experiment_id(uri: str, name: str) -> str:
-    """Id of experiment `name`, created if missing (race-safe: a concurrent creator wins, we read its id)."""
-    c = client(uri)
-    found = c.get_experiment_by_name(name)
-    if found is not None:
-        if found.lifecycle_stage == "deleted":
-            c.restore_experiment(found.experiment_id)
-        return found.experiment_id
-    try:
-        return c.create_experiment(name)
-    except Exception:
+@functools.lru_cache(maxsize=8)
+def store(uri: str) -> Store:
+    """The Store of `uri`, shared by every caller in this process (one MlflowClient, one connection pool)."""
+    return Store(uri)
+
+
+class Store:
+    """One MLflow tracking store: runs, params, tags, metrics and artifacts, by run id. MLflow itself is imported on
+    first use, so tools that only resolve a URI (a dry run, the CLI's checks) do not pay for it."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    @functools.cached_property
+    def _client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri)
+
+    # --- the store and its experiments ----------------------------------------------------------------------------
+
+    def prepare(self, experiment: str = DEFAULT_EXPERIMENT, timeout: float = 30.0) -> str:
+        """Create (or open) the store and the experiment; return the experiment id. Call once before workers start.
+        An unreachable server is one clear error here, before any training."""
+        check_server(self.uri, timeout)
+        if self.uri.startswith("sqlite:///"):
+            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return self.experiment_id(experiment)
+        except Exception as exc:  # MLflow raises many kinds; the user needs the URI and the cause
+            raise TrackingError(f"cannot use tracking store {self.uri}: {exc}") from exc
+
+    def experiment_id(self, name: str) -> str:
+        """Id of experiment `name`, created if missing (race-safe: a concurrent creator wins, we read its id)."""
+        c = self._client
         found = c.get_experiment_by_name(name)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                c.restore_experiment(found.experiment_id)
+            return found.experiment_id
+        try:
+            return c.create_experiment(name)
+        except Exception:
+            found = c.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def experiment_names(self) -> list[str]:
+        """The store's active experiments, newest first."""
+        experiments = sorted(self._client.search_experiments(), key=lambda e: e.creation_time or 0, reverse=True)
+        return [e.name for e in experiments]
+
+    # --- writing a run --------------------------------------------------------------------------------------------
+
+    def start_run(
+        self,
+        experiment: str,
+        run_name: str,
+        tags: dict[str, Any],
+        params: dict[str, Any] | None = None,
+        parent_run_id: str | None = None,
+    ) -> str:
+        """Create a RUNNING run with its tags and params in two calls; return its id."""
+        all_tags = {k: str(v) for k, v in tags.items()}
+        if parent_run_id:
+            all_tags[Tag.PARENT_RUN] = parent_run_id
+        run = self._client.create_run(self.experiment_id(experiment), tags=all_tags, run_name=run_name)
+        if params:
+            self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self._client.log_batch(run_id, params=items[i : i + 100])
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self._client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, run_id: str, rows: Iterable[tuple[str, float, int]]) -> None:
+        """Log (key, value, step) rows in batches of 1000 (one call each)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, int(s)) for k, v, s in rows]
+        for i in range(0, len(metrics), _BATCH):
+            self._client.log_batch(run_id, metrics=metrics[i : i + _BATCH])
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self._client.log_text(run_id, text, artifact_file)
+
+    def log_json(self, run_id: str, data: Any, artifact_file: str) -> None:
+        self._client.log_text(run_id, json.dumps(data, indent=2, sort_keys=True, default=str), artifact_file)
+
+    def log_artifact_dir(self, run_id: str, directory: str | Path, artifact_path: str) -> None:
+        self._client.log_artifacts(run_id, str(directory), artifact_path)
+
+    def finish_run(self, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
+        """Mark a run FINISHED, FAILED or KILLED; a failure's reason goes to tag `reslab.failure`."""
+        if reason:
+            self.set_tags(run_id, {Tag.FAILURE: reason[:5000]})
+        self._client.set_terminated(run_id, status)
+
+    def reopen_run(self, run_id: str) -> None:
+        """Mark an ended run RUNNING again (a resumed sweep's parent)."""
+        self._client.update_run(run_id, status="RUNNING")
+
+    def delete_run(self, run_id: str) -> None:
+        self._client.delete_run(run_id)
+
+    def lightning_logger(self, run_id: str):
+        """Lightning's MLFlowLogger attached to an existing run (tracking_uri always passed: its default is a file
+        store that MLflow 3 refuses). It never ends the run: Lightning's `finalize` marks it FINISHED as soon as `fit`
+        returns, before the final metrics and telemetry are written, and a crash in between would leave a FINISHED
+        run that a resumed sweep counts as done. `finish_run` ends it once everything is recorded."""
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        class _RunKeepingLogger(MLFlowLogger):
+            def finalize(self, status: str = "success") -> None:
+                """Leave the run's status to `finish_run`."""
+
+        return _RunKeepingLogger(tracking_uri=self.uri, run_id=run_id)
+
+    @contextlib.contextmanager
+    def system_metrics(self, run_id: str, interval_s: float = 1.0, samples_per_log: int = 1) -> Iterator[None]:
+        """MLflow system metrics (CPU, memory, disk, network; GPU when nvidia-ml-py is present) for the block's
+        duration. A sample still being taken when the block ends is dropped, so runs shorter than `interval_s` log
+        none."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(
+            run_id, sampling_interval=interval_s, samples_before_logging=samples_per_log, tracking_uri=self.uri
+        )
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
+
+    # --- reading back (sweeps resume from it, reports are built from it) -------------------------------------------
+
+    def search_runs(self, experiment: str, filter_string: str = "", max_results: int = 50_000) -> list:
+        """Runs of `experiment` matching an MLflow filter (all pages)."""
+        c = self._client
+        found = c.get_experiment_by_name(experiment)
         if found is None:
-            raise
-        return found.experiment_id
+            return []
+        runs, token = [], None
+        while True:
+            page = c.search_runs(
+                [found.experiment_id], filter_string=filter_string, max_results=min(max_results, 1000),
+                page_token=token,
+            )  # fmt: skip
+            runs.extend(page)
+            token = page.token
+            if not token or len(runs) >= max_results:
+                return runs
 
+    def get_run(self, run_id: str):
+        return self._client.get_run(run_id)
 
-def start_run(
-    uri: str,
-    experiment: str,
-    run_name: str,
-    tags: dict[str, Any],
-    params: dict[str, Any] | None = None,
-    parent_run_id: str | None = None,
-) -> str:
-    """Create a RUNNING run with its tags and params in two calls; return its id."""
-    all_tags = {k: str(v) for k, v in tags.items()}
-    if parent_run_id:
-        all_tags["mlflow.parentRunId"] = parent_run_id
-    run = client(uri).create_run(experiment_id(uri, experiment), tags=all_tags, run_name=run_name)
-    if params:
-        log_params(uri, run.info.run_id, params)
-    return run.info.run_id
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """(step, value) pairs of one metric, in step order."""
+        return sorted((m.step, m.value) for m in self._client.get_metric_history(run_id, key))
 
+    def download_artifact(self, run_id: str, path: str, dst: str | Path) -> Path:
+        return Path(self._client.download_artifacts(run_id, path, str(dst)))
 
-def log_params(uri: str, run_id: str, params: dict[str, Any]) -> None:
-    from mlflow.entities import Param
+    def read_artifact_text(self, run_id: str, path: str) -> str | None:
+        """The text of one artifact, or None if the run has no such artifact."""
+        import tempfile
 
-    items = [Param(k, _param_value(v)) for k, v in params.items()]
-    for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-        client(uri).log_batch(run_id, params=items[i : i + 100])
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                return self.download_artifact(run_id, path, tmp).read_text()
+            except Exception:
+                return None
+
+    def list_artifacts(self, run_id: str, path: str | None = None) -> list[str]:
+        return [a.path for a in self._client.list_artifacts(run_id, path)]
 
 
 def _param_value(value: Any) -> str:
     if isinstance(value, (list, tuple, dict)):
         return json.dumps(value)
     return str(value)
-
-
-def set_tags(uri: str, run_id: str, tags: dict[str, Any]) -> None:
-    from mlflow.entities import RunTag
-
-    client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
-
-def log_metrics(uri: str, run_id: str, rows: Iterable[tuple[str, float, int]]) -> None:
-    """Log (key, value, step) rows in batches of 1000 (one call each)."""
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    metrics = [Metric(k, float(v), now, int(s)) for k, v, s in rows]
-    for i in range(0, len(metrics), _BATCH):
-        client(uri).log_batch(run_id, metrics=metrics[i : i + _BATCH])
-
-
-def log_text(uri: str, run_id: str, text: str, artifact_file: str) -> None:
-    client(uri).log_text(run_id, text, artifact_file)
-
-
-def log_json(uri: str, run_id: str, data: Any, artifact_file: str) -> None:
-    client(uri).log_text(run_id, json.dumps(data, indent=2, sort_keys=True, default=str), artifact_file)
-
-
-def finish_run(uri: str, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
-    """Mark a run FINISHED, FAILED or KILLED; a failure's reason goes to tag `reslab.failure`."""
-    if reason:
-        set_tags(uri, run_id, {"reslab.failure": reason[:5000]})
-    client(uri).set_terminated(run_id, status)
-
-
-def lightning_logger(uri: str, run_id: str):
-    """Lightning's MLFlowLogger attached to an existing run (tracking_uri always passed: its default is a file store
-    that MLflow 3 refuses). It never ends the run: Lightning's `finalize` marks it FINISHED as soon as `fit` returns,
-    before the final metrics and telemetry are written, and a crash in between would leave a FINISHED run that a
-    resumed sweep counts as done. `finish_run` ends it once everything is recorded."""
-    from lightning.pytorch.loggers import MLFlowLogger
-
-    class _RunKeepingLogger(MLFlowLogger):
-        def finalize(self, status: str = "success") -> None:
-            """Leave the run's status to `finish_run`."""
-
-    return _RunKeepingLogger(tracking_uri=uri, run_id=run_id)
-
-
-@contextlib.contextmanager
-def system_metrics(uri: str, run_id: str, interval_s: float = 1.0, samples_per_log: int = 1) -> Iterator[None]:
-    """MLflow system metrics (CPU, memory, disk, network; GPU when nvidia-ml-py is present) for the block's duration.
-    A sample still being taken when the block ends is dropped, so runs shorter than `interval_s` log none."""
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-    monitor = SystemMetricsMonitor(
-        run_id, sampling_interval=interval_s, samples_before_logging=samples_per_log, tracking_uri=uri
-    )
-    monitor.start()
-    try:
-        yield
-    finally:
-        monitor.finish()
-
-
-# --- sweeps -------------------------------------------------------------------------------------------------------
-
-
-def sweep_filter(sweep: str) -> str:
-    return f"tags.`reslab.sweep` = '{sweep}' and tags.`reslab.role` = 'sweep'"
-
-
-def ensure_sweep_run(
-    uri: str,
-    experiment: str,
-    sweep: str,
-    config_yaml: str,
-    tags: dict[str, str],
-    *,
-    sweep_id: str = "",
-    known_parent: str | None = None,
-) -> tuple[str, list[str]]:
-    """The sweep's parent run and the ids of parents it supersedes.
-
-    `known_parent` is the parent the sweep's queue recorded on an earlier start: it is used as long as it exists.
-    Otherwise parents are found by tag: those of this queue incarnation (`sweep_id`) are the sweep's own (two
-    coordinators starting at once may both create one: the oldest is kept, the other deleted, so every worker
-    attaches its children to the same parent); those of another incarnation (the queue was deleted to start over,
-    or another queue was named) are kept for the record but retagged `reslab.role=superseded`, so their children
-    are never mixed with this sweep's in a report or counted as this sweep's finished cells.
-    """
-    c = client(uri)
-    if known_parent:
-        try:
-            run = c.get_run(known_parent)
-        except Exception:
-            run = None
-        if run is not None and run.info.lifecycle_stage == "active":
-            return _reopen_parent(uri, run, config_yaml), []
-    runs = search_runs(uri, experiment, sweep_filter(sweep))
-    stale = [r for r in runs if r.data.tags.get("reslab.sweep_id", "") != sweep_id]
-    for run in stale:
-        set_tags(uri, run.info.run_id, {"reslab.role": "superseded", "reslab.superseded_by": sweep_id})
-    ours = [r for r in runs if r not in stale]
-    if not ours:
-        sweep_tags = {"reslab.sweep": sweep, "reslab.role": "sweep", "reslab.sweep_id": sweep_id, **tags}
-        mine = start_run(uri, experiment, f"sweep-{sweep}", sweep_tags)
-        ours = [r for r in search_runs(uri, experiment, sweep_filter(sweep))
-                if r.data.tags.get("reslab.sweep_id", "") == sweep_id]  # fmt: skip
-        keeper = min(ours, key=lambda r: (r.info.start_time, r.info.run_id))
-        if keeper.info.run_id != mine:
-            c.delete_run(mine)
-    else:
-        keeper = min(ours, key=lambda r: (r.info.start_time, r.info.run_id))
-    return _reopen_parent(uri, keeper, config_yaml), [r.info.run_id for r in stale]
-
-
-def _reopen_parent(uri: str, run: Any, config_yaml: str) -> str:
-    run_id = run.info.run_id
-    if run.info.status != "RUNNING":
-        client(uri).update_run(run_id, status="RUNNING")
-    log_text(uri, run_id, config_yaml, "config.yaml")
-    return run_id
-
-
-def sweep_runs(uri: str, experiment: str, sweep: str) -> tuple[Any, list]:
-    """(parent run or None, its child runs) of a sweep."""
-    parents = search_runs(uri, experiment, sweep_filter(sweep))
-    if not parents:
-        return None, []
-    parent = min(parents, key=lambda r: (r.info.start_time, r.info.run_id))
-    children = search_runs(uri, experiment, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    return parent, children
-
-
-def running_children(uri: str, experiment: str, parent_run_id: str) -> list:
-    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'"
-    return search_runs(uri, experiment, query)
-
-
-def find_sweep(uri: str, sweep: str) -> tuple[str | None, Any]:
-    """(experiment name, parent run) of a sweep in any experiment of the store, newest experiment first."""
-    c = client(uri)
-    for exp in sorted(c.search_experiments(), key=lambda e: e.creation_time or 0, reverse=True):
-        runs = c.search_runs([exp.experiment_id], filter_string=sweep_filter(sweep), max_results=10)
-        if runs:
-            return exp.name, min(runs, key=lambda r: (r.info.start_time, r.info.run_id))
-    return None, None
 
 
 # --- provenance ---------------------------------------------------------------------------------------------------
@@ -318,58 +304,6 @@ def versions() -> dict[str, str]:
 
 
 def provenance_tags(device: str) -> dict[str, str]:
-    tags = {"reslab.git_commit": git_commit(), "reslab.device": device}
-    tags.update({f"reslab.version.{k}": v for k, v in versions().items()})
+    tags = {Tag.GIT_COMMIT: git_commit(), Tag.DEVICE: device}
+    tags.update({f"{Tag.VERSION_PREFIX}{k}": v for k, v in versions().items()})
     return tags
-
-
-# --- reading back (sweeps resume from it, reports are built from it) ----------------------------------------------
-
-
-def search_runs(uri: str, experiment: str, filter_string: str = "", max_results: int = 50_000) -> list:
-    """Runs of `experiment` matching an MLflow filter (all pages)."""
-    c = client(uri)
-    found = c.get_experiment_by_name(experiment)
-    if found is None:
-        return []
-    runs, token = [], None
-    while True:
-        page = c.search_runs(
-            [found.experiment_id], filter_string=filter_string, max_results=min(max_results, 1000), page_token=token
-        )
-        runs.extend(page)
-        token = page.token
-        if not token or len(runs) >= max_results:
-            return runs
-
-
-def get_run(uri: str, run_id: str):
-    return client(uri).get_run(run_id)
-
-
-def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
-    """(step, value) pairs of one metric, in step order."""
-    return sorted((m.step, m.value) for m in client(uri).get_metric_history(run_id, key))
-
-
-def download_artifact(uri: str, run_id: str, path: str, dst: str | Path) -> Path:
-    return Path(client(uri).download_artifacts(run_id, path, str(dst)))
-
-
-def read_artifact_text(uri: str, run_id: str, path: str) -> str | None:
-    """The text of one artifact, or None if the run has no such artifact."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            return download_artifact(uri, run_id, path, tmp).read_text()
-        except Exception:
-            return None
-
-
-def log_artifact_dir(uri: str, run_id: str, directory: str | Path, artifact_path: str) -> None:
-    client(uri).log_artifacts(run_id, str(directory), artifact_path)
-
-
-def list_artifacts(uri: str, run_id: str, path: str | None = None) -> list[str]:
-    return [a.path for a in client(uri).list_artifacts(run_id, path)]

@@ -85,10 +85,11 @@ def test_verdict_numbers_match_mlflow(swept: Path) -> None:
 
 def test_report_is_logged_on_the_parent_run(swept: Path) -> None:
     from reslab import tracking
+    from reslab.sweep.parent import find_sweep
 
-    uri = f"sqlite:///{swept / 'mlflow.db'}"
-    _, parent = tracking.find_sweep(uri, "tinyreport")
-    names = set(tracking.list_artifacts(uri, parent.info.run_id, "report"))
+    store = tracking.store(f"sqlite:///{swept / 'mlflow.db'}")
+    _, parent = find_sweep(store, "tinyreport")
+    names = set(store.list_artifacts(parent.info.run_id, "report"))
     assert {"report/index.html", "report/report.md", "report/summary.csv"} <= names
 
 

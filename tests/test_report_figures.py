@@ -176,25 +176,27 @@ def test_collect_lists_failed_and_missing_cells(tmp_path, monkeypatch) -> None:
 
     from reslab import tracking
     from reslab.report import collect
+    from reslab.sweep.parent import ensure_sweep_run
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracking.prepare_store(uri, "p")
+    store = tracking.store(uri)
+    store.prepare("p")
     config = {"name": "p", "dataset": {"name": "mnist1d"},
               "grid": {"family": "resnet", "blocks": ["plain", "residual"], "depths": [8], "widths": [4]}}  # fmt: skip
-    parent, _ = tracking.ensure_sweep_run(uri, "p", "p", yaml.safe_dump(config), {})
+    parent, _ = ensure_sweep_run(store, "p", "p", yaml.safe_dump(config), {})
     for name, block, status in (("plain-8-w4-s0", "plain", "FINISHED"), ("residual-8-w4-s0", "residual", "FAILED")):
         tags = {"family": "resnet", "block": block, "depth": 8, "width": 4, "shortcut": "A", "norm": "batch",
                 "seed": 0, "reslab.cell": f"resnet-{block}-8-w4-A-batch-s0"}  # fmt: skip
-        run = tracking.start_run(uri, "p", name, tags, {"net.params": 100}, parent_run_id=parent)
-        tracking.log_metrics(uri, run, [("train_error", 0.5, 1), ("train_error", 0.25, 2), ("test_error", 0.3, 2)])
-        tracking.finish_run(uri, run, status, None if status == "FINISHED" else "DivergedError: nan")
+        run = store.start_run("p", name, tags, {"net.params": 100}, parent_run_id=parent)
+        store.log_metrics(run, [("train_error", 0.5, 1), ("train_error", 0.25, 2), ("test_error", 0.3, 2)])
+        store.finish_run(run, status, None if status == "FINISHED" else "DivergedError: nan")
     data = collect(uri, "p")
     by_name = dict(zip(data.cells["name"], data.cells["status"], strict=True))
     assert by_name == {"plain-8-w4-s0": "FINISHED", "residual-8-w4-s0": "FAILED"}
     assert len(data.epochs) == 2 and data.epochs["train_error"].tolist() == [0.5, 0.25]
     config["grid"]["depths"] = [8, 14]
-    assert tracking.ensure_sweep_run(uri, "p", "p", yaml.safe_dump(config), {}) == (parent, [])
+    assert ensure_sweep_run(store, "p", "p", yaml.safe_dump(config), {}) == (parent, [])
     cells = collect(uri, "p").cells
     assert sorted(cells.loc[cells["status"] == "missing", "name"]) == ["plain-14-w4-s0", "residual-14-w4-s0"]
     assert cells.loc[cells["name"] == "residual-8-w4-s0", "failure"].item() == "DivergedError: nan"
@@ -222,22 +224,24 @@ def test_report_shows_diverged_cells_and_ignores_superseded_runs(tmp_path, monke
     from reslab import tracking
     from reslab.report import collect
     from reslab.report.render import write_report
+    from reslab.sweep.parent import ensure_sweep_run
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracking.prepare_store(uri, "d")
+    store = tracking.store(uri)
+    store.prepare("d")
     config = {"name": "d", "dataset": {"name": "mnist1d"},
               "grid": {"family": "resnet", "blocks": ["plain"], "depths": [8], "widths": [4]}}  # fmt: skip
-    parent, _ = tracking.ensure_sweep_run(uri, "d", "d", yaml.safe_dump(config), {})
+    parent, _ = ensure_sweep_run(store, "d", "d", yaml.safe_dump(config), {})
     tags = {"family": "resnet", "block": "plain", "depth": 8, "width": 4, "shortcut": "A", "norm": "batch",
             "seed": 0, "reslab.cell": "resnet-plain-8-w4-A-batch-s0"}  # fmt: skip
-    stale = tracking.start_run(uri, "d", "plain-8-w4-s0", {**tags, "reslab.superseded": "its lease was lost"},
-                               parent_run_id=parent)  # fmt: skip
-    tracking.finish_run(uri, stale, "KILLED", "its lease was lost")
+    stale = store.start_run("d", "plain-8-w4-s0", {**tags, "reslab.superseded": "its lease was lost"},
+                            parent_run_id=parent)  # fmt: skip
+    store.finish_run(stale, "KILLED", "its lease was lost")
     diverged = {"reslab.attempt": 2, "reslab.diverged": "training loss became nan in epoch 3"}
-    run = tracking.start_run(uri, "d", "plain-8-w4-s0", {**tags, **diverged}, parent_run_id=parent)
-    tracking.log_metrics(uri, run, [("train_error", 0.9, 3)])
-    tracking.finish_run(uri, run, "FINISHED")
+    run = store.start_run("d", "plain-8-w4-s0", {**tags, **diverged}, parent_run_id=parent)
+    store.log_metrics(run, [("train_error", 0.9, 3)])
+    store.finish_run(run, "FINISHED")
     data = collect(uri, "d")
     assert data.runs["run_id"].tolist() == [run]
     (cell,) = data.cells.to_dict("records")

@@ -231,21 +231,21 @@ def test_a_committed_run_left_running_is_finished_and_an_orphan_killed(journal: 
     from reslab import tracking
     from reslab.sweep.runs import settle_orphans
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracking.prepare_store(uri, "t")
-    parent = tracking.start_run(uri, "t", "sweep", {})
+    store = tracking.store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store.prepare("t")
+    parent = store.start_run("t", "sweep", {})
     queue = q.SweepQueue(q.open_storage(journal), "s")
     queue.reconcile(ITEMS[:3], retry_failed=True, grace_s=60)
     committed, orphan, live = queue.claim(), queue.claim(), queue.claim()
     runs = {}
     for trial in (committed, orphan, live):
-        runs[trial.number] = tracking.start_run(uri, "t", str(trial.number), {"reslab.trial": trial.number},
-                                                parent_run_id=parent)  # fmt: skip
+        runs[trial.number] = store.start_run("t", str(trial.number), {"reslab.trial": trial.number},
+                                             parent_run_id=parent)  # fmt: skip
         queue.set_attrs(trial, {q.RUN_ID: runs[trial.number]})
     assert queue.complete(committed, 0.125, {"train_error": 0.125})
     queue.fail(orphan, "interrupted")
-    assert settle_orphans(uri, "t", parent, queue) == (1, 1)
-    status = {n: tracking.get_run(uri, r).info.status for n, r in runs.items()}
+    assert settle_orphans(store, "t", parent, queue) == (1, 1)
+    status = {n: store.get_run(r).info.status for n, r in runs.items()}
     assert status == {committed.number: "FINISHED", orphan.number: "KILLED", live.number: "RUNNING"}
 
 

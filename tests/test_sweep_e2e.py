@@ -36,7 +36,7 @@ def template_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from reslab import tracking
 
     path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    tracking.prepare_store(f"sqlite:///{path}", "warmup")
+    tracking.store(f"sqlite:///{path}").prepare("warmup")
     return path
 
 

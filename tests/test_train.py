@@ -232,10 +232,11 @@ def test_lightning_does_not_end_the_run_before_reslab_does(store: str) -> None:
     """The run stays RUNNING until its final metrics are written: a crash in between must not look finished."""
     from reslab import tracking
 
-    tracking.prepare_store(store, "finalize")
-    run_id = tracking.start_run(store, "finalize", "r", {})
-    tracking.lightning_logger(store, run_id).finalize("success")
-    assert tracking.get_run(store, run_id).info.status == "RUNNING"
+    mlflow_store = tracking.store(store)
+    mlflow_store.prepare("finalize")
+    run_id = mlflow_store.start_run("finalize", "r", {})
+    mlflow_store.lightning_logger(run_id).finalize("success")
+    assert mlflow_store.get_run(run_id).info.status == "RUNNING"
 
 
 def test_divergence_is_a_result_not_a_failure(store: str) -> None:

@@ -22,6 +22,8 @@ import pandas as pd
 import yaml
 
 from reslab import tracking
+from reslab.sweep.parent import find_sweep, sweep_runs
+from reslab.tags import Tag
 
 EPOCH_KEYS = ("train_error", "train_loss", "val_error", "val_loss", "test_error", "test_loss", "lr", "epoch_time_s",
               "train_images_per_s")  # fmt: skip
@@ -64,20 +66,21 @@ def parse_telemetry_key(key: str) -> tuple[str, int, str] | None:
 
 def collect(uri: str, sweep: str, experiment: str | None = None) -> SweepData:
     """Everything the report needs about `sweep` from the store at `uri`."""
+    store = tracking.store(uri)
     if experiment is None:
-        experiment, _ = tracking.find_sweep(uri, sweep)
+        experiment, _ = find_sweep(store, sweep)
         if experiment is None:
             raise ReportError(f"no sweep named {sweep!r} in {uri}: run `reslab sweep` first or pass --tracking-uri")
-    parent, children = tracking.sweep_runs(uri, experiment, sweep)
+    parent, children = sweep_runs(store, experiment, sweep)
     if parent is None:
         raise ReportError(f"no sweep named {sweep!r} in experiment {experiment!r} of {uri}")
-    config_text = tracking.read_artifact_text(uri, parent.info.run_id, "config.yaml") or "{}"
+    config_text = store.read_artifact_text(parent.info.run_id, "config.yaml") or "{}"
     config = yaml.safe_load(config_text) or {}
     runs = _runs_frame(children)
     with ThreadPoolExecutor(max_workers=4) as pool:  # sqlite reads overlap well; MLflow clients are thread-safe
         finished = runs[runs["status"] == "FINISHED"]
-        histories = list(pool.map(lambda r: _history(uri, r), finished.to_dict("records")))
-        telemetry = list(pool.map(lambda r: _telemetry(uri, r), finished.to_dict("records")))
+        histories = list(pool.map(lambda r: _history(store, r), finished.to_dict("records")))
+        telemetry = list(pool.map(lambda r: _telemetry(store, r), finished.to_dict("records")))
     epochs = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
     tele = pd.concat(telemetry, ignore_index=True) if telemetry else pd.DataFrame()
     cells = _cells_frame(runs, config)
@@ -97,11 +100,11 @@ def _runs_frame(children: list) -> pd.DataFrame:
     rows = []
     for run in children:
         tags, params, metrics, info = run.data.tags, run.data.params, run.data.metrics, run.info
-        if "reslab.superseded" in tags:
+        if Tag.SUPERSEDED in tags:
             continue
         row: dict[str, Any] = {
             "run_id": info.run_id,
-            "cell": tags.get("reslab.cell"),
+            "cell": tags.get(Tag.CELL),
             "name": info.run_name,
             "family": tags.get("family"),
             "block": tags.get("block"),
@@ -110,16 +113,16 @@ def _runs_frame(children: list) -> pd.DataFrame:
             "shortcut": tags.get("shortcut"),
             "norm": tags.get("norm"),
             "seed": _int(tags.get("seed")),
-            "slot": _int(tags.get("reslab.slot", "0")),
+            "slot": _int(tags.get(Tag.SLOT, "0")),
             "status": info.status,
-            "failure": tags.get("reslab.failure", ""),
-            "diverged": tags.get("reslab.diverged", ""),
-            "attempt": _int(tags.get("reslab.attempt", "1")),
+            "failure": tags.get(Tag.FAILURE, ""),
+            "diverged": tags.get(Tag.DIVERGED, ""),
+            "attempt": _int(tags.get(Tag.ATTEMPT, "1")),
             "params": _int(params.get("net.params")),
             "macs": _int(params.get("net.macs")),
             "lr": _float(params.get("train.lr")),
             "weight_decay": _float(params.get("train.weight_decay")),
-            "tune_metric": tags.get("reslab.tune_metric"),
+            "tune_metric": tags.get(Tag.TUNE_METRIC),
             "start_time": info.start_time,
             "wall_s": (info.end_time - info.start_time) / 1000 if info.end_time else None,
         }
@@ -174,10 +177,10 @@ def _grid_cells(config: dict[str, Any]) -> list[dict[str, Any]]:
              "shortcut": c.shortcut, "norm": c.norm, "seed": c.seed} for c in cells]  # fmt: skip
 
 
-def _history(uri: str, run: dict[str, Any]) -> pd.DataFrame:
+def _history(store: tracking.Store, run: dict[str, Any]) -> pd.DataFrame:
     frames = []
     for key in EPOCH_KEYS:
-        points = tracking.metric_history(uri, run["run_id"], key)
+        points = store.metric_history(run["run_id"], key)
         if points:
             frames.append(pd.DataFrame(points, columns=["epoch", key]).set_index("epoch"))
     if not frames:
@@ -188,13 +191,13 @@ def _history(uri: str, run: dict[str, Any]) -> pd.DataFrame:
     return df
 
 
-def _telemetry(uri: str, run: dict[str, Any]) -> pd.DataFrame:
-    text = tracking.read_artifact_text(uri, run["run_id"], "telemetry.csv")
+def _telemetry(store: tracking.Store, run: dict[str, Any]) -> pd.DataFrame:
+    text = store.read_artifact_text(run["run_id"], "telemetry.csv")
     if text is not None:
         raw = pd.read_csv(io.StringIO(text))
     else:  # an older or interrupted run: read the metric histories one by one
-        keys = [k for k in tracking.get_run(uri, run["run_id"]).data.metrics if parse_telemetry_key(k)]
-        rows = [(s, k, v) for k in keys for s, v in tracking.metric_history(uri, run["run_id"], k)]
+        keys = [k for k in store.get_run(run["run_id"]).data.metrics if parse_telemetry_key(k)]
+        rows = [(s, k, v) for k in keys for s, v in store.metric_history(run["run_id"], k)]
         raw = pd.DataFrame(rows, columns=["step", "key", "value"])
     if raw.empty:
         return pd.DataFrame()
@@ -212,9 +215,10 @@ def _telemetry(uri: str, run: dict[str, Any]) -> pd.DataFrame:
 def _provenance(parent, children: list) -> dict[str, str]:
     tags = dict(parent.data.tags)
     child_tags = children[0].data.tags if children else {}
-    out = {"git commit": tags.get("reslab.git_commit") or child_tags.get("reslab.git_commit", "unknown"),
-           "config": tags.get("reslab.config", ""), "device": child_tags.get("reslab.device", "")}  # fmt: skip
-    out.update({k.removeprefix("reslab.version."): v for k, v in child_tags.items() if k.startswith("reslab.version.")})
+    out = {"git commit": tags.get(Tag.GIT_COMMIT) or child_tags.get(Tag.GIT_COMMIT, "unknown"),
+           "config": tags.get(Tag.CONFIG, ""), "device": child_tags.get(Tag.DEVICE, "")}  # fmt: skip
+    prefix = Tag.VERSION_PREFIX
+    out.update({k.removeprefix(prefix): v for k, v in child_tags.items() if k.startswith(prefix)})
     return out
 
 

@@ -143,7 +143,7 @@ def write_report(
     (out / "index.html").write_text(_html(context, figures))
     (out / "report.md").write_text(_markdown(context, figures))
     if log_to_mlflow and data.parent.get("run_id"):
-        tracking.log_artifact_dir(data.uri, data.parent["run_id"], out, "report")
+        tracking.store(data.uri).log_artifact_dir(data.parent["run_id"], out, "report")
     return ReportPaths(out, out / "index.html", out / "report.md", out / "summary.csv", [f.slug for f in figures], v)
 
 

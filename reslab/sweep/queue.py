@@ -46,6 +46,7 @@ HOST, PID, PID_START, BEAT = "reslab.host", "reslab.pid", "reslab.pid_start", "r
 FAILURE, LOST, DUPLICATE_OF, RUN_ID = "reslab.failure", "reslab.lost", "reslab.duplicate_of", "reslab.mlflow_run_id"
 STALE = "reslab.stale"
 SWEEP_ID, PARENT_RUN = "reslab.sweep_id", "reslab.parent_run_id"
+PRUNED, RECIPE = "reslab.pruned", "reslab.recipe"
 MAX_LOST = 3
 LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
 

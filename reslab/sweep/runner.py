@@ -1,5 +1,5 @@
-"""`reslab sweep`: the coordinator. Idempotent steps (DESIGN principle 6): expand the grid, enqueue what is missing,
-run workers, collect. Running it again runs only what is missing or failed; `--dry-run` only looks.
+"""`reslab sweep`: the coordinator. Idempotent steps: expand the grid, enqueue what is missing, run workers,
+collect. Running it again runs only what is missing or failed; `--dry-run` only looks.
 
 The coordinator never trains. It creates the tracking store and the study once, before any worker starts (two
 processes creating one fresh sqlite DB corrupt it; two creating one study race), attaches to the sweep's MLflow
@@ -28,10 +28,13 @@ from reslab import tracking
 from reslab.atomic import write_atomic
 from reslab.sweep.config import ConfigError, SweepConfig
 from reslab.sweep.grid import Cell
+from reslab.sweep.parent import ensure_sweep_run
 from reslab.sweep.queue import (
     CELL,
     PARENT_RUN,
     PID,
+    PRUNED,
+    RECIPE,
     Item,
     ItemStatus,
     QueueError,
@@ -43,6 +46,7 @@ from reslab.sweep.queue import (
 )
 from reslab.sweep.runs import mark_lost_run, settle_orphans
 from reslab.sweep.worker import describe_exit, items_of
+from reslab.tags import Tag
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 MAX_RESPAWNS = 3
@@ -115,6 +119,7 @@ class Coordinator:
         self.lost_counts: dict[Item, int] = {}
         self.storage_url = _absolute_storage(config.storage_url)
         self.uri = tracking.resolve_uri(config.tracking.uri)
+        self.store = tracking.store(self.uri)
 
     # -- naming ----------------------------------------------------------------------------------------------------
     def label(self, item: Item) -> str:
@@ -164,24 +169,24 @@ class Coordinator:
         config = self.config
         # The queue first: an unreachable database must not leave a tracking store or experiment behind.
         storage = open_storage(self.storage_url, config.sweep.heartbeat_s, config.sweep.grace_s)
-        tracking.prepare_store(self.uri, config.tracking.experiment)
+        self.store.prepare(config.tracking.experiment)
         queue = SweepQueue(storage, config.name)
         self._check_recipe(queue)
-        parent, superseded = tracking.ensure_sweep_run(
-            self.uri, config.tracking.experiment, config.name, yaml.safe_dump(config.resolved(), sort_keys=False),
-            {"reslab.git_commit": tracking.git_commit(), "reslab.config": self.source},
+        parent, superseded = ensure_sweep_run(
+            self.store, config.tracking.experiment, config.name, yaml.safe_dump(config.resolved(), sort_keys=False),
+            {Tag.GIT_COMMIT: tracking.git_commit(), Tag.CONFIG: self.source},
             sweep_id=queue.sweep_id(), known_parent=queue.study.user_attrs.get(PARENT_RUN),
         )  # fmt: skip
         queue.study.set_user_attr(PARENT_RUN, parent)
         if superseded:
             self.console.print(
                 f"[yellow]note[/]: MLflow already held sweep {config.name!r} from another queue (parent run "
-                f"{', '.join(superseded)}); it is kept, tagged reslab.role=superseded, and this queue records under "
+                f"{', '.join(superseded)}); it is kept, tagged {Tag.ROLE}=superseded, and this queue records under "
                 f"a new parent run"
             )
         self._report_grid_change(queue)
         before = queue.reconcile(
-            self.items, retry_failed=True, grace_s=config.sweep.grace_s, on_lost=mark_lost_run(self.uri),
+            self.items, retry_failed=True, grace_s=config.sweep.grace_s, on_lost=mark_lost_run(self.store),
             lost_counts=self.lost_counts,
         )  # fmt: skip
         self._close_orphans(queue, parent)
@@ -201,7 +206,7 @@ class Coordinator:
 
     def _close_orphans(self, queue: SweepQueue, parent: str) -> None:
         """Child runs still RUNNING whose worker is gone: FINISHED if their trial committed, else KILLED."""
-        finished, _ = settle_orphans(self.uri, self.config.tracking.experiment, parent, queue)
+        finished, _ = settle_orphans(self.store, self.config.tracking.experiment, parent, queue)
         if finished:
             self.console.print(f"{finished} committed run{'s' * (finished > 1)} marked FINISHED (worker gone)")
 
@@ -220,9 +225,9 @@ class Coordinator:
 
     def _check_recipe(self, queue: SweepQueue) -> None:
         recipe = self.config.recipe()
-        old = queue.study.user_attrs.get("reslab.recipe")
+        old = queue.study.user_attrs.get(RECIPE)
         if old is None:
-            queue.study.set_user_attr("reslab.recipe", recipe)
+            queue.study.set_user_attr(RECIPE, recipe)
             return
         changes = recipe_changes(old, recipe)
         if changes:
@@ -316,19 +321,19 @@ class Coordinator:
         mine = [t for t in queue.trials((TrialState.RUNNING,)) if int(t.user_attrs.get(PID, -1)) == pid]
         if mine:
             queue.reconcile(self.items, retry_failed=False, grace_s=self.config.sweep.grace_s,
-                            on_lost=mark_lost_run(self.uri), lost_counts=self.lost_counts,
+                            on_lost=mark_lost_run(self.store), lost_counts=self.lost_counts,
                             lost_reasons=reasons)  # fmt: skip
 
     def _result_line(self, item: Item, st: ItemStatus) -> str:
         attrs = st.trial.user_attrs if st.trial is not None else {}
         if st.state == "failed":
             return f"[red]✗[/] {self.label(item):<24} failed: {st.reason}"
-        if "reslab.diverged" in attrs:
-            return f"[yellow]~[/] {self.label(item):<24} diverged: {attrs['reslab.diverged']}"
+        if Tag.DIVERGED in attrs:
+            return f"[yellow]~[/] {self.label(item):<24} diverged: {attrs[Tag.DIVERGED]}"
         parts = [f"train {100 * attrs.get('train_error', float('nan')):6.2f} %",
                  f"test {100 * attrs.get('test_error', float('nan')):6.2f} %"]  # fmt: skip
-        if "reslab.pruned" in attrs:
-            parts = [f"pruned ({attrs['reslab.pruned']})"]
+        if PRUNED in attrs:
+            parts = [f"pruned ({attrs[PRUNED]})"]
         return f"[green]✓[/] {self.label(item):<24} " + "  ".join(parts) + f"  {attrs.get('wall_s', 0):6.1f} s"
 
     def _finish(self, queue: SweepQueue, parent: str, interrupted: bool) -> int:
@@ -340,22 +345,22 @@ class Coordinator:
         left = len(self.items) - done - failed
         if done:
             self.console.print(summary_table(self.config, self.cells, statuses))
-        tracking.log_metrics(self.uri, parent, [("cells_done", done, 0), ("cells_failed", failed, 0)])
-        tracking.set_tags(self.uri, parent, {"reslab.cells_done": done, "reslab.cells_failed": failed})
+        self.store.log_metrics(parent, [("cells_done", done, 0), ("cells_failed", failed, 0)])
+        self.store.set_tags(parent, {Tag.CELLS_DONE: done, Tag.CELLS_FAILED: failed})
         resume = f"reslab sweep {self.source}"
         if interrupted:
             self._close_orphans(queue, parent)
-            tracking.finish_run(self.uri, parent, "KILLED", "interrupted")
+            self.store.finish_run(parent, "KILLED", "interrupted")
             self.console.print(f"Interrupted with {done} of {len(self.items)} runs done. Resume with: {resume}")
             return EXIT_INTERRUPTED
         if left:
-            tracking.finish_run(self.uri, parent, "FAILED", f"{left} runs were not run: workers exited early")
+            self.store.finish_run(parent, "FAILED", f"{left} runs were not run: workers exited early")
             self.console.print(
                 f"[red]{left} runs were not run[/]: the workers exited early; see {self.config.run_dir}/worker-*.log, "
                 f"then resume with: {resume}"
             )
             return EXIT_INCOMPLETE
-        tracking.finish_run(self.uri, parent, "FINISHED")
+        self.store.finish_run(parent, "FINISHED")
         if failed:
             self.console.print(f"[red]{failed} of {len(self.items)} runs failed[/]; `{resume}` retries them:")
             for item, st in statuses.items():

@@ -15,8 +15,10 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from reslab import tracking
+from reslab.sweep.parent import running_children
 from reslab.sweep.queue import RUN_ID, SweepQueue
+from reslab.tags import Tag
+from reslab.tracking import Store
 
 RESULT_KEYS = ("train_error", "test_error", "val_error", "train_loss", "test_loss", "val_loss")
 
@@ -28,11 +30,11 @@ def result_attrs(
     attrs: dict[str, Any] = {k: metrics[k] for k in RESULT_KEYS if k in metrics}
     attrs.update(params=params, macs=macs, wall_s=wall_s, epochs=epochs)
     if diverged:
-        attrs["reslab.diverged"] = diverged
+        attrs[Tag.DIVERGED] = diverged
     return attrs
 
 
-def mark_lost_run(uri: str) -> Callable[[FrozenTrial, str], None]:
+def mark_lost_run(store: Store) -> Callable[[FrozenTrial, str], None]:
     """What to do with the MLflow run of a lost item: FAILED, with why (so it never looks finished)."""
 
     def on_lost(trial: FrozenTrial, why: str) -> None:
@@ -40,27 +42,27 @@ def mark_lost_run(uri: str) -> Callable[[FrozenTrial, str], None]:
         if not run_id:
             return
         try:
-            if tracking.get_run(uri, run_id).info.status == "RUNNING":
-                tracking.finish_run(uri, run_id, "FAILED", f"worker lost: {why}")
+            if store.get_run(run_id).info.status == "RUNNING":
+                store.finish_run(run_id, "FAILED", f"worker lost: {why}")
         except Exception as exc:  # the store may be briefly unavailable; the report lists the cell as failed anyway
             print(f"could not mark MLflow run {run_id} failed: {exc}", file=sys.stderr)
 
     return on_lost
 
 
-def settle_orphans(uri: str, experiment: str, parent: str, queue: SweepQueue) -> tuple[int, int]:
+def settle_orphans(store: Store, experiment: str, parent: str, queue: SweepQueue) -> tuple[int, int]:
     """Child runs still RUNNING whose worker is gone: FINISHED when their trial committed, KILLED when it is no
     longer RUNNING. Returns (finished, killed)."""
     trials = {t.number: t for t in queue.trials()}
     finished = killed = 0
-    for run in tracking.running_children(uri, experiment, parent):
-        trial = trials.get(int(run.data.tags.get("reslab.trial", -1)))
+    for run in running_children(store, experiment, parent):
+        trial = trials.get(int(run.data.tags.get(Tag.TRIAL, -1)))
         if trial is not None and trial.state == TrialState.RUNNING:
             continue
         if trial is not None and trial.state == TrialState.COMPLETE and trial.user_attrs.get(RUN_ID) == run.info.run_id:
-            tracking.finish_run(uri, run.info.run_id, "FINISHED")
+            store.finish_run(run.info.run_id, "FINISHED")
             finished += 1
         else:
-            tracking.finish_run(uri, run.info.run_id, "KILLED", "stopped before its worker recorded it")
+            store.finish_run(run.info.run_id, "KILLED", "stopped before its worker recorded it")
             killed += 1
     return finished, killed

@@ -1,8 +1,8 @@
 """A sweep worker: claim an item, turn it into a spec, call `run_one`, record the result; until the queue is empty.
 
 Started by `reslab sweep` (one process per worker, on any number of machines), silent but for its log file. The
-objective is thin on purpose (DESIGN principle 7): everything about MLflow is in `reslab.tracking`, everything
-about training in `reslab.train.run`.
+objective is thin on purpose: everything about MLflow goes through one `reslab.tracking.Store`, everything about
+training is in `reslab.train.run`.
 
     python -m reslab.sweep.worker runs/<sweep>/config.resolved.yaml --index 0 --parent-run-id <id>
 """
@@ -23,8 +23,20 @@ from optuna.trial import FrozenTrial, TrialState
 from reslab import tracking
 from reslab.sweep.config import SweepConfig, load_config
 from reslab.sweep.grid import Cell, expand
-from reslab.sweep.queue import RUN_ID, Heartbeat, Item, SweepQueue, commit, open_storage, set_attrs_if_running
+from reslab.sweep.queue import (
+    CELL,
+    PRUNED,
+    RUN_ID,
+    SLOT,
+    Heartbeat,
+    Item,
+    SweepQueue,
+    commit,
+    open_storage,
+    set_attrs_if_running,
+)
 from reslab.sweep.runs import mark_lost_run, result_attrs
+from reslab.tags import Tag
 
 
 def items_of(config: SweepConfig) -> tuple[dict[str, Cell], list[Item]]:
@@ -34,8 +46,7 @@ def items_of(config: SweepConfig) -> tuple[dict[str, Cell], list[Item]]:
 
 
 def item_tags(config: SweepConfig, key: str, slot: int, trial_number: int, attempt: int = 1) -> dict[str, Any]:
-    return {"reslab.sweep": config.name, "reslab.cell": key, "reslab.slot": slot, "reslab.trial": trial_number,
-            "reslab.attempt": attempt}  # fmt: skip
+    return {Tag.SWEEP: config.name, Tag.CELL: key, Tag.SLOT: slot, Tag.TRIAL: trial_number, Tag.ATTEMPT: attempt}
 
 
 def multi_device(config: SweepConfig) -> bool:
@@ -75,6 +86,7 @@ class Worker:
         self.parent_run_id = parent_run_id
         self.train = config.train if threads is None else config.train.model_copy(update={"threads": threads})
         self.uri = tracking.resolve_uri(config.tracking.uri)
+        self.store = tracking.store(self.uri)
         self.storage = open_storage(config.storage_url, config.sweep.heartbeat_s, config.sweep.grace_s)
         self.queue = SweepQueue(self.storage, config.name, create=False)
         self.cells, self.items = items_of(config)
@@ -106,7 +118,7 @@ class Worker:
         """Nothing waiting: retry lost items; wait while others still run (one of them may be lost later)."""
         statuses = self.queue.reconcile(
             self.items, retry_failed=False, grace_s=self.config.sweep.grace_s,
-            on_lost=mark_lost_run(self.uri), lost_counts=self.lost_counts,
+            on_lost=mark_lost_run(self.store), lost_counts=self.lost_counts,
         )  # fmt: skip
         states = {s.state for s in statuses.values()}
         if "waiting" in states:
@@ -119,7 +131,7 @@ class Worker:
     def run_item(self, trial: FrozenTrial) -> None:
         from reslab.train.run import StopRun, Superseded, run_one
 
-        key, slot = trial.user_attrs["reslab.cell"], int(trial.user_attrs.get("reslab.slot", 0))
+        key, slot = trial.user_attrs[CELL], int(trial.user_attrs.get(SLOT, 0))
         cell = self.cells[key]
         attempt = self.queue.attempt(trial)
         if multi_device(self.config) and self.config_path:
@@ -155,11 +167,11 @@ class Worker:
         except Superseded as lost:
             if tuner is not None:
                 tuner.abandon()
-            print(f"superseded {run_name}: {lost}; its run is KILLED and tagged reslab.superseded", flush=True)
+            print(f"superseded {run_name}: {lost}; its run is KILLED and tagged {Tag.SUPERSEDED}", flush=True)
             return
         except StopRun as stop:  # pruned by the tuner: the item is done, its trial pruned
             tuner.pruned()
-            self.queue.complete(trial, tuner.last_value, {"reslab.pruned": str(stop), **tuner.attrs()})
+            self.queue.complete(trial, tuner.last_value, {PRUNED: str(stop), **tuner.attrs()})
             print(f"pruned {run_name}: {stop}", flush=True)
             return
         except Exception as exc:
@@ -184,9 +196,9 @@ class Worker:
 
         cell_tags = run_tags(cell.spec(), cell.seed, self.config.dataset.name)
         try:
-            run_id = tracking.start_run(self.uri, self.config.tracking.experiment, run_name, {**cell_tags, **tags},
-                                        parent_run_id=self.parent_run_id)  # fmt: skip
-            tracking.finish_run(self.uri, run_id, "FAILED", f"{type(exc).__name__}: {exc}")
+            run_id = self.store.start_run(self.config.tracking.experiment, run_name, {**cell_tags, **tags},
+                                          parent_run_id=self.parent_run_id)  # fmt: skip
+            self.store.finish_run(run_id, "FAILED", f"{type(exc).__name__}: {exc}")
         except Exception as err:  # the queue still records the failure
             print(f"could not record the failure of {run_name} in MLflow: {err}", file=sys.stderr)
 
@@ -268,7 +280,7 @@ class Tuner:
         return train.model_copy(update=update)
 
     def tags(self) -> dict[str, Any]:
-        return {"reslab.tune_trial": self.trial.number, "reslab.tune_metric": self.tune.metric}
+        return {Tag.TUNE_TRIAL: self.trial.number, Tag.TUNE_METRIC: self.tune.metric}
 
     def attrs(self) -> dict[str, Any]:
         return {"lr": self.lr, "weight_decay": self.weight_decay, "tune_trial": self.trial.number}

@@ -1,6 +1,6 @@
 """`run_one`: one cell of a depth sweep — one network, one dataset, one recipe, one MLflow run.
 
-The sweep's objective calls this and nothing else (DESIGN: thin objective). Everything a later reader needs to
+The sweep's objective calls this and nothing else (a thin objective). Everything a later reader needs to
 trust the number is recorded with it: the resolved spec and recipe, the code version, the package versions, the
 device, per-epoch curves, gradient telemetry and system metrics.
 """
@@ -22,6 +22,7 @@ import torch
 from reslab import tracking
 from reslab.data.registry import DATASETS, load_dataset
 from reslab.models import FAMILIES, NetSpec, build_net, summarize
+from reslab.tags import Tag
 from reslab.train.config import DataConfig, TrackingConfig, TrainConfig
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -231,27 +232,26 @@ def _fit(
     config = resolved_config(spec, data, train)
     device_desc = describe_device(device)
 
-    run_id, uri = None, None
+    run_id, store = None, None
     if tracking_cfg is not None and is_rank_zero():  # one MLflow run per training, however many processes
-        uri = tracking.resolve_uri(tracking_cfg.uri)
-        tracking.prepare_store(uri, tracking_cfg.experiment)
+        store = tracking.store(tracking.resolve_uri(tracking_cfg.uri))
+        store.prepare(tracking_cfg.experiment)
         tags = {**run_tags(spec, train.seed, data.name), **tracking.provenance_tags(device_desc), **(extra_tags or {})}
-        run_id = tracking.start_run(
-            uri, tracking_cfg.experiment, run_name or f"{spec.name}-s{train.seed}", tags, flat_params(config),
-            parent_run_id,
-        )  # fmt: skip
+        run_id = store.start_run(
+            tracking_cfg.experiment, run_name or f"{spec.name}-s{train.seed}", tags, flat_params(config), parent_run_id
+        )
     try:  # from here on the run ends FINISHED, FAILED or KILLED, whatever happens
         if run_id is not None:
-            tracking.log_params(uri, run_id, {"net.params": summary.params, "net.macs": summary.macs})
-            tracking.log_text(uri, run_id, _yaml(config), "config.yaml")
-            tracking.log_text(uri, run_id, summary.table(spec.name), "model_summary.txt")
-            trainer.logger = tracking.lightning_logger(uri, run_id)
-            probe.sink = lambda rows: tracking.log_metrics(uri, run_id, rows)
+            store.log_params(run_id, {"net.params": summary.params, "net.macs": summary.macs})
+            store.log_text(run_id, _yaml(config), "config.yaml")
+            store.log_text(run_id, summary.table(spec.name), "model_summary.txt")
+            trainer.logger = store.lightning_logger(run_id)
+            probe.sink = lambda rows: store.log_metrics(run_id, rows)
         if on_start is not None and is_rank_zero():
             on_start(run_id)
         module = ResLabModule(net, train, dm.eval_names, on_epoch=on_epoch)
         if run_id is not None and tracking_cfg.system_metrics:
-            with tracking.system_metrics(uri, run_id, tracking_cfg.system_metrics_interval_s):
+            with store.system_metrics(run_id, tracking_cfg.system_metrics_interval_s):
                 trainer.fit(module, datamodule=dm)
         else:
             trainer.fit(module, datamodule=dm)
@@ -265,15 +265,15 @@ def _fit(
         )  # fmt: skip
         if run_id is not None:
             if result.diverged:
-                tracking.set_tags(uri, run_id, {"reslab.diverged": result.diverged})
-            tracking.log_json(uri, run_id, {**result.to_json(), "metrics": final}, "final_metrics.json")
+                store.set_tags(run_id, {Tag.DIVERGED: result.diverged})
+            store.log_json(run_id, {**result.to_json(), "metrics": final}, "final_metrics.json")
             if probe.history:  # the telemetry again as one file: reports read it in one call, not one per metric
                 lines = ["step,key,value", *(f"{step},{key},{value!r}" for key, value, step in probe.history)]
-                tracking.log_text(uri, run_id, "\n".join(lines) + "\n", "telemetry.csv")
+                store.log_text(run_id, "\n".join(lines) + "\n", "telemetry.csv")
         if commit is not None and is_rank_zero():
             commit(result)
         if run_id is not None:
-            tracking.finish_run(uri, run_id, "FINISHED")
+            store.finish_run(run_id, "FINISHED")
         return result
     except (KeyboardInterrupt, SystemExit) as exc:
         # Lightning turns Ctrl-C into SystemExit(1). A second Ctrl-C (an impatient user, or a coordinator
@@ -282,22 +282,22 @@ def _fit(
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             if run_id is not None:
-                tracking.finish_run(uri, run_id, "KILLED", "interrupted")
+                store.finish_run(run_id, "KILLED", "interrupted")
         finally:
             signal.signal(signal.SIGINT, signal.default_int_handler)
         raise KeyboardInterrupt from exc
     except Superseded as exc:
         if run_id is not None:
-            tracking.set_tags(uri, run_id, {"reslab.superseded": str(exc)})
-            tracking.finish_run(uri, run_id, "KILLED", str(exc))
+            store.set_tags(run_id, {Tag.SUPERSEDED: str(exc)})
+            store.finish_run(run_id, "KILLED", str(exc))
         raise
     except StopRun as exc:
         if run_id is not None:
-            tracking.finish_run(uri, run_id, "KILLED", str(exc))
+            store.finish_run(run_id, "KILLED", str(exc))
         raise
     except BaseException as exc:
         if run_id is not None:
-            tracking.finish_run(uri, run_id, "FAILED", f"{type(exc).__name__}: {exc}")
+            store.finish_run(run_id, "FAILED", f"{type(exc).__name__}: {exc}")
         raise
 
 

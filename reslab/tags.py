@@ -1,0 +1,45 @@
+"""The names of the MLflow tags reslab writes and reads, in one place.
+
+They are part of the tracking contract: stored runs carry them and users' own MLflow queries filter on them, so a
+name here never changes, only its use. Import-free on purpose, so the report and the CLI can use them without
+MLflow or torch. The attributes the sweep's queue keeps on its Optuna trials are not tags: they live in
+`reslab.sweep.queue` (some share a name with a tag here because they record the same thing).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+
+class Tag:
+    """MLflow tag names (a namespace, never instantiated)."""
+
+    # MLflow's own: how the UI nests a sweep's child runs under its parent.
+    PARENT_RUN: Final = "mlflow.parentRunId"
+
+    # Provenance, on every run (and the git commit and config file on a sweep's parent).
+    GIT_COMMIT: Final = "reslab.git_commit"
+    DEVICE: Final = "reslab.device"
+    VERSION_PREFIX: Final = "reslab.version."  # + package name: reslab.version.torch
+    CONFIG: Final = "reslab.config"
+
+    # How a run ended, beyond MLflow's status.
+    FAILURE: Final = "reslab.failure"  # why a run is FAILED or KILLED
+    DIVERGED: Final = "reslab.diverged"  # why the loss became NaN: the run is FINISHED and still a result
+    SUPERSEDED: Final = "reslab.superseded"  # its worker lost the lease: KILLED, and no attempt at all
+
+    # A sweep's parent run.
+    SWEEP: Final = "reslab.sweep"  # the sweep's name (on its children too)
+    ROLE: Final = "reslab.role"  # `sweep`, or `superseded` once another queue incarnation took the name over
+    SWEEP_ID: Final = "reslab.sweep_id"  # the queue incarnation the parent belongs to
+    SUPERSEDED_BY: Final = "reslab.superseded_by"  # the incarnation that replaced it
+    CELLS_DONE: Final = "reslab.cells_done"
+    CELLS_FAILED: Final = "reslab.cells_failed"
+
+    # A sweep's child run: which work item, which try.
+    CELL: Final = "reslab.cell"
+    SLOT: Final = "reslab.slot"
+    TRIAL: Final = "reslab.trial"
+    ATTEMPT: Final = "reslab.attempt"
+    TUNE_TRIAL: Final = "reslab.tune_trial"
+    TUNE_METRIC: Final = "reslab.tune_metric"
