@@ -60,6 +60,25 @@ def resolve_uri(uri: str | None = None) -> str:
     return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+@contextlib.contextmanager
+def _creating(uri: str) -> Iterator[None]:
+    """For a sqlite store, an exclusive lock beside the file while it may be created: two sweeps started at once
+    on a fresh store would both run its migrations and corrupt it."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    path = Path(uri.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def check_server(uri: str, timeout: float = 30.0) -> None:
     """An http(s) tracking URI must answer /health: otherwise one clear TrackingError (other stores: nothing)."""
     if not uri.startswith(("http://", "https://")):
@@ -103,10 +122,9 @@ class Store:
         """Create (or open) the store and the experiment; return the experiment id. Call once before workers start.
         An unreachable server is one clear error here, before any training."""
         check_server(self.uri, timeout)
-        if self.uri.startswith("sqlite:///"):
-            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         try:
-            return self.experiment_id(experiment)
+            with _creating(self.uri):
+                return self.experiment_id(experiment)
         except Exception as exc:  # MLflow raises many kinds; the user needs the URI and the cause
             raise TrackingError(f"cannot use tracking store {self.uri}: {exc}") from exc
 

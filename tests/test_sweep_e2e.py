@@ -273,7 +273,10 @@ def test_a_worker_paused_past_its_lease_cannot_finish_a_second_run(workdir: Path
     started, longer than the grace period: machine b retries the cell and finishes it. When a's worker resumes,
     the queue refuses its commit: its run ends KILLED and tagged superseded, without a traceback, and the cell
     keeps exactly one FINISHED run."""
-    config = write_config(workdir, grid__blocks=["residual"], grid__depths=[8], train__epochs=8,
+    # Training of a few seconds that writes to the sqlite store once an epoch: a worker paused mid-write would hold
+    # the store's lock (a limit of sqlite, not of the queue), so the pause should land between writes.
+    config = write_config(workdir, grid__blocks=["residual"], grid__depths=[8], train__epochs=6,
+                          train__telemetry_every=100_000, dataset__options__train_size=4096,
                           sweep__workers=1, sweep__grace_s=6)  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     a = subprocess.Popen(sweep_cmd(config), cwd=workdir, env={**env, "RESLAB_NODE": "a"}, stdout=subprocess.PIPE,

@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     cell = cells[args.cell]
     train = config.train.model_copy(update={"seed": cell.seed, **({"threads": args.threads} if args.threads else {})})
     uri = tracking.resolve_uri(config.tracking.uri)
-    storage = open_storage(config.storage_url, config.sweep.heartbeat_s, config.sweep.grace_s)
+    storage = open_storage(config.storage_url, config.sweep.heartbeat_s, config.sweep.grace_s,
+                           retry_s=config.sweep.storage_retry_s)
     on_start, on_commit = fenced_callbacks(storage, args.trial_id, "train_error")
     try:
         result = run_one(

@@ -101,6 +101,10 @@ class ExecConfig(_Frozen):
     runs_dir: str = "runs"
     heartbeat_s: float = Field(5.0, gt=0, description="a worker's lease is renewed this often")
     grace_s: float = Field(60.0, gt=0, description="a RUNNING cell whose lease is older than this is retried")
+    storage_retry_s: float = Field(
+        120.0, ge=0, description="transient queue-storage errors (a database restart, a locked file) are retried "
+        "this long before the sweep stops with one line"
+    )  # fmt: skip
 
     @field_validator("workers")
     @classmethod

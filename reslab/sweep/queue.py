@@ -38,6 +38,8 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from reslab.sweep.retry import redact_url, with_retries
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat_interval & co.
 
@@ -72,9 +74,16 @@ def node_name() -> str:
     return os.environ.get("RESLAB_NODE") or socket.gethostname()
 
 
-def open_storage(url: str, heartbeat_s: float = 5.0, grace_s: float = 60.0, create: bool = True) -> BaseStorage:
-    """A journal file (one machine or a shared disk) or an RDB (PostgreSQL across machines, with Optuna's heartbeat).
-    An unreachable database is one clear error."""
+def open_storage(
+    url: str, heartbeat_s: float = 5.0, grace_s: float = 60.0, create: bool = True, retry_s: float = 120.0
+) -> BaseStorage:
+    """A journal file (one machine or a shared disk) or an RDB (PostgreSQL across machines, with Optuna's heartbeat),
+    whose transient errors are retried for `retry_s` (see `reslab.sweep.retry`). A database that is unreachable
+    when it is opened is one clear error at once."""
+    return with_retries(_open_storage(url, heartbeat_s, grace_s, create), budget_s=retry_s)
+
+
+def _open_storage(url: str, heartbeat_s: float, grace_s: float, create: bool) -> BaseStorage:
     if is_rdb(url):
         for attempt in range(3):
             try:
@@ -90,8 +99,8 @@ def open_storage(url: str, heartbeat_s: float = 5.0, grace_s: float = 60.0, crea
                 if "already exists" in cause or "duplicate" in cause.lower():  # machines creating tables at once
                     time.sleep(0.5 + attempt)
                     continue
-                raise QueueError(f"cannot open sweep storage {_redact(url)}: {cause}") from None
-        raise QueueError(f"cannot create the tables of sweep storage {_redact(url)}: concurrent creators kept racing")
+                raise QueueError(f"cannot open sweep storage {redact_url(url)}: {cause}") from None
+        raise QueueError(f"cannot create the tables of sweep storage {redact_url(url)}: concurrent creators raced")
     from optuna.storages.journal import JournalFileOpenLock
 
     from reslab.sweep.journal import RepairingJournalBackend
@@ -99,15 +108,6 @@ def open_storage(url: str, heartbeat_s: float = 5.0, grace_s: float = 60.0, crea
     path = Path(url)
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(RepairingJournalBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
-
-
-def _redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
 
 
 def study_exists(storage: BaseStorage, name: str) -> bool:

@@ -9,6 +9,7 @@ and shows progress from the queue until they are done.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -44,6 +45,7 @@ from reslab.sweep.queue import (
     open_storage,
     study_exists,
 )
+from reslab.sweep.retry import StorageUnavailable
 from reslab.sweep.runs import mark_lost_run, settle_orphans
 from reslab.sweep.worker import describe_exit, items_of
 from reslab.tags import Tag
@@ -134,7 +136,7 @@ class Coordinator:
         statuses: dict[Item, ItemStatus] = {}
         storage = None
         if is_rdb(self.storage_url) or Path(self.storage_url).exists():
-            storage = open_storage(self.storage_url, create=False)
+            storage = open_storage(self.storage_url, create=False, retry_s=self.config.sweep.storage_retry_s)
         if storage is not None and study_exists(storage, self.config.name):
             statuses = SweepQueue(storage, self.config.name, create=False).status(self.items)
         shape, classes = DATASETS[self.config.dataset.name].shape(self.config.dataset.options)
@@ -168,7 +170,8 @@ class Coordinator:
     def run(self) -> int:
         config = self.config
         # The queue first: an unreachable database must not leave a tracking store or experiment behind.
-        storage = open_storage(self.storage_url, config.sweep.heartbeat_s, config.sweep.grace_s)
+        storage = open_storage(self.storage_url, config.sweep.heartbeat_s, config.sweep.grace_s,
+                               retry_s=config.sweep.storage_retry_s)
         self.store.prepare(config.tracking.experiment)
         queue = SweepQueue(storage, config.name)
         self._check_recipe(queue)
@@ -178,6 +181,7 @@ class Coordinator:
             sweep_id=queue.sweep_id(), known_parent=queue.study.user_attrs.get(PARENT_RUN),
         )  # fmt: skip
         queue.study.set_user_attr(PARENT_RUN, parent)
+        self._parent = parent
         if superseded:
             self.console.print(
                 f"[yellow]note[/]: MLflow already held sweep {config.name!r} from another queue (parent run "
@@ -200,9 +204,17 @@ class Coordinator:
         if not todo:
             return self._finish(queue, parent, interrupted=False)
         resolved = self._write_resolved()
-        procs = self._spawn(plan, resolved, parent)
+        procs = self._procs = self._spawn(plan, resolved, parent)
         interrupted = self._watch(queue, procs, before)
         return self._finish(queue, parent, interrupted)
+
+    def stop_after_outage(self, exc: Exception) -> None:
+        """The queue's storage stayed away past its retry budget: stop the workers (their cells are lost and run
+        again next time) and end the parent run, so it does not look alive (if the tracking store answers)."""
+        _stop(getattr(self, "_procs", []), grace_s=5.0)
+        if getattr(self, "_parent", None):
+            with contextlib.suppress(Exception):
+                self.store.finish_run(self._parent, "FAILED", f"queue storage unavailable: {exc}")
 
     def _close_orphans(self, queue: SweepQueue, parent: str) -> None:
         """Child runs still RUNNING whose worker is gone: FINISHED if their trial committed, else KILLED."""
@@ -460,3 +472,11 @@ def run_sweep(config: SweepConfig, *, dry_run: bool = False, console: Console | 
     except (QueueError, tracking.TrackingError) as exc:
         coordinator.console.print(f"reslab sweep: error: {exc}", style="red", soft_wrap=True)
         return EXIT_USAGE
+    except StorageUnavailable as exc:
+        coordinator.stop_after_outage(exc)
+        coordinator.console.print(
+            f"reslab sweep: stopped: {exc}. The cells in flight run again when you rerun: "
+            f"reslab sweep {coordinator.source}",
+            style="red", soft_wrap=True,
+        )  # fmt: skip
+        return EXIT_INCOMPLETE

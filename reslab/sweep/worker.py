@@ -30,11 +30,13 @@ from reslab.sweep.queue import (
     SLOT,
     Heartbeat,
     Item,
+    QueueError,
     SweepQueue,
     commit,
     open_storage,
     set_attrs_if_running,
 )
+from reslab.sweep.retry import StorageUnavailable
 from reslab.sweep.runs import mark_lost_run, result_attrs
 from reslab.tags import Tag
 
@@ -87,7 +89,8 @@ class Worker:
         self.train = config.train if threads is None else config.train.model_copy(update={"threads": threads})
         self.uri = tracking.resolve_uri(config.tracking.uri)
         self.store = tracking.store(self.uri)
-        self.storage = open_storage(config.storage_url, config.sweep.heartbeat_s, config.sweep.grace_s)
+        self.storage = open_storage(config.storage_url, config.sweep.heartbeat_s, config.sweep.grace_s,
+                                    retry_s=config.sweep.storage_retry_s)
         self.queue = SweepQueue(self.storage, config.name, create=False)
         self.cells, self.items = items_of(config)
         self.lost_counts: dict[Item, int] = {}
@@ -237,7 +240,12 @@ class Worker:
             # reaches it through the process group.
             proc = subprocess.run(cmd, check=False, env=dict(os.environ, RESLAB_PARENT_PID=str(os.getpid())))
             outcome = json.loads(result.read_text()) if result.exists() else {}
-        if "error" in outcome or not outcome:
+        if not outcome and proc.returncode < 0:  # killed by a signal (the OOM killer): lost, retried at once
+            why = f"the cell's process was {describe_exit(proc.returncode)}"
+            if self.queue.fail_lost(trial, why):
+                mark_lost_run(self.store)(self.storage.get_trial(trial._trial_id), why)
+            print(f"lost {key}: {why}", flush=True)
+        elif "error" in outcome or not outcome:
             why = outcome.get("error") or f"the cell's process died ({describe_exit(proc.returncode)})"
             self.queue.fail(trial, why, {"wall_s": time.perf_counter() - t0})
             print(f"failed {key}: {why}", flush=True)
@@ -332,7 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     config = load_config(args.config)
     print(f"worker {args.index} of sweep {config.name} starting", flush=True)
-    return Worker(config, args.parent_run_id, args.threads, args.config).run()
+    try:
+        return Worker(config, args.parent_run_id, args.threads, args.config).run()
+    except (StorageUnavailable, QueueError) as exc:  # its cell is lost and runs again; the coordinator says the rest
+        print(f"worker {args.index} stopped: {exc}", flush=True)
+        return 1
 
 
 if __name__ == "__main__":

@@ -66,6 +66,10 @@ class PgServer:
     def start(self) -> None:
         self._ctl("start")
 
+    def halt(self) -> None:
+        """The server goes away (its data stays): `start` brings it back."""
+        self._ctl("-m", "fast", "stop")
+
     def restart(self) -> None:
         """What a database failover or an upgrade does to its clients: every connection is cut."""
         self._ctl("-m", "fast", "restart")

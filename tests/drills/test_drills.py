@@ -38,11 +38,13 @@ def config(tmp: Path, name: str, epochs: int = 4) -> Path:
     return path
 
 
-def coordinator(tmp: Path, cfg: Path, storage: str, tracking: str, node: str, workers: int = 1) -> subprocess.Popen:
+def coordinator(
+    tmp: Path, cfg: Path, storage: str, tracking: str, node: str, workers: int = 1, *extra: str
+) -> subprocess.Popen:
     env = dict(os.environ, RESLAB_NODE=node)
     env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [sys.executable, "-m", "reslab.cli", "sweep", str(cfg), "--storage", storage, "--tracking-uri", tracking,
-           "--workers", str(workers)]  # fmt: skip
+           "--workers", str(workers), *extra]  # fmt: skip
     return subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)  # fmt: skip
 
@@ -130,6 +132,36 @@ def test_a_machine_dies_mid_cell_and_the_other_retries_it(tmp_path, postgres, ml
     assert killed.data.tags["reslab.failure"].startswith("worker lost")
     retried = queue(storage, name).trials()
     assert any(t.state == q.TrialState.COMPLETE and q.item_of(t) == q.item_of(victim) for t in retried)
+
+
+def test_a_queue_outage_past_the_retry_budget_stops_in_one_line_and_a_rerun_completes(tmp_path, pg_server) -> None:
+    """PostgreSQL goes away mid-sweep for longer than `sweep.storage_retry_s`: the sweep stops with one line naming
+    the storage (no password, no traceback) and does not leave its parent run RUNNING; once the database is back,
+    the same command completes every cell once."""
+    name = "drill-outage"
+    storage = create_database(pg_server.url, "drill_outage")
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = config(tmp_path, name, epochs=10)
+    proc = coordinator(tmp_path, cfg, storage, tracking, "machine-a", 1, "--set", "sweep.storage_retry_s=4")
+    try:
+        wait_until(lambda: any(q.RUN_ID in t.user_attrs for t in queue(storage, name).trials((q.TrialState.RUNNING,))))
+        pg_server.halt()
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        pg_server.start()
+    assert proc.returncode == 1, out
+    stop = [line for line in out.splitlines() if "reslab sweep: stopped" in line]
+    assert len(stop) == 1 and "was unavailable for" in stop[0] and "Traceback" not in out, out
+    assert all(r.info.status != "RUNNING" for r in parents(tracking, name))
+    t0 = time.time()
+    rerun = coordinator(tmp_path, cfg, storage, tracking, "machine-a")
+    out, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, out
+    result = figures("queue outage past the retry budget, then a rerun", storage, tracking, name, time.time() - t0)
+    record(result)
+    assert result["cells_run_once"] == CELLS and result["duplicates"] == 0 and result["lost"] == 0
 
 
 def test_unreachable_tracking_server_is_one_clear_error_before_training(tmp_path, postgres) -> None:
