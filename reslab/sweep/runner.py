@@ -119,6 +119,8 @@ class Coordinator:
         self.source = source or config.name
         self.cells, self.items = items_of(config)
         self.lost_counts: dict[Item, int] = {}
+        self._procs: list[subprocess.Popen] = []  # the workers, once started
+        self._parent: str | None = None  # the sweep's MLflow parent run, once attached
         self.storage_url = _absolute_storage(config.storage_url)
         self.uri = tracking.resolve_uri(config.tracking.uri)
         self.store = tracking.store(self.uri)
@@ -211,8 +213,8 @@ class Coordinator:
     def stop_after_outage(self, exc: Exception) -> None:
         """The queue's storage stayed away past its retry budget: stop the workers (their cells are lost and run
         again next time) and end the parent run, so it does not look alive (if the tracking store answers)."""
-        _stop(getattr(self, "_procs", []), grace_s=5.0)
-        if getattr(self, "_parent", None):
+        _stop(self._procs, grace_s=5.0)
+        if self._parent is not None:
             with contextlib.suppress(Exception):
                 self.store.finish_run(self._parent, "FAILED", f"queue storage unavailable: {exc}")
 
@@ -225,7 +227,7 @@ class Coordinator:
     def _report_grid_change(self, queue: SweepQueue) -> None:
         """Items the queue holds that the grid no longer has (it shrank): their waiting trials are pruned as stale,
         their results stay in MLflow but not in this sweep's counts; a grid that grew just runs the new cells."""
-        known = {i for i in (q.user_attrs.get(CELL) for q in queue.trials()) if i}
+        known = {t.user_attrs[CELL] for t in queue.trials() if CELL in t.user_attrs}
         gone = sorted(known - set(self.cells))
         queue.prune_stale(self.items)
         if gone:

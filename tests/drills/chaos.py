@@ -44,10 +44,10 @@ def sweep_config(name: str, ddp: bool) -> dict:
     grid = {"family": "resnet", "blocks": ["plain", "residual"], "depths": [8, 14], "widths": [4], "seeds": [0, 1]}
     # Telemetry every epoch or so, not every 10 steps: a worker paused (SIGSTOP) in the middle of a write to the
     # sqlite store holds its lock until it is resumed, which stalls every other process (a limit of sqlite).
-    train = {"epochs": 6, "batch_size": 64, "warmup_epochs": 1, "threads": 1, "device": "cpu", "telemetry_every": 13}
+    train = {"epochs": 4, "batch_size": 64, "warmup_epochs": 1, "threads": 1, "device": "cpu", "telemetry_every": 13}
     if ddp:
         grid = {**grid, "blocks": ["residual"], "depths": [8], "seeds": [0]}
-        train = {**train, "epochs": 12, "devices": 2, "strategy": "ddp"}
+        train = {**train, "epochs": 10, "devices": 2, "strategy": "ddp"}
     return {
         "name": name,
         "dataset": {"name": "mnist1d", "options": {"num_samples": 1000}},
