@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from collections.abc import Callable
+
+import pytest
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 180.0, what: str = "the sweep to get there") -> None:
@@ -17,3 +21,21 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 180.0, what: str 
             pass
         time.sleep(0.3)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def record_durability(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record, in order, every fsync of a file or a directory and every rename, as a durable write makes them."""
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        real_fsync(fd)
+
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        events.append("replace")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
 import pickle
-import stat
 import tarfile
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import torch
 from reslab.data import DATASETS, DataError, DeviceBatches, Split, load_dataset, pad_crop_flip
 from reslab.data import cifar as cifar_mod
 from reslab.data.cifar import load_cifar, md5sum
+from tests.helpers import record_durability
 
 # -- the batch iterator -----------------------------------------------------------------------------------------------
 
@@ -192,19 +191,7 @@ def test_cifar_corrupt_cached_file_is_fetched_again(served_cifar: Path, corrupti
 
 
 def test_cifar_download_is_fsynced_before_the_rename(served_cifar: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    events: list[str] = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd: int) -> None:
-        events.append("fsync dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
-        real_fsync(fd)
-
-    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-        events.append("replace")
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
+    events = record_durability(monkeypatch)
     load_cifar("cifar10", data_dir=served_cifar)
     assert events == ["fsync file", "replace", "fsync dir"]
 

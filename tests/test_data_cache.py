@@ -16,6 +16,7 @@ from reslab import atomic
 from reslab.atomic import atomic_file, fsync_dir, write_atomic
 from reslab.data.cache import load_npz, save_npz_atomic
 from reslab.data.mnist1d import load_mnist1d
+from tests.helpers import record_durability
 
 SMALL = {"num_samples": 200, "seed": 3}
 
@@ -138,19 +139,7 @@ def test_save_npz_atomic_leaves_no_temp_when_saving_fails(tmp_path: Path, monkey
 def test_file_is_fsynced_before_the_rename_and_the_directory_after(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write: str
 ) -> None:
-    events: list[str] = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd: int) -> None:
-        events.append("fsync dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
-        real_fsync(fd)
-
-    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-        events.append("replace")
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
+    events = record_durability(monkeypatch)
     if write == "atomic_file":
         with atomic_file(tmp_path / "f") as fh:
             fh.write(b"data")

@@ -404,3 +404,24 @@ def test_the_resume_command_keeps_the_queue_store_and_workers() -> None:
                                       "postgresql://u:p@h/db", "--tracking-uri", "http://h:5000"])  # fmt: skip
     assert _source(args) == ("c.yaml --set train.epochs=5 --workers 2 --storage postgresql://u:p@h/db "
                              "--tracking-uri http://h:5000")  # fmt: skip
+
+
+def test_ctrl_c_in_the_middle_of_a_claim_leaves_no_trial_running(tmp_path: Path, monkeypatch) -> None:
+    """An interrupt after the claim's RUNNING transition but before the worker holds the trial: it is still
+    failed as interrupted, so the next run reruns it at once instead of waiting for its lease to expire."""
+    from reslab.sweep.worker import Worker, items_of
+
+    config = load_config({**GOOD, "sweep": {"storage": str(tmp_path / "q.journal")},
+                          "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}})  # fmt: skip
+    _, items = items_of(config)
+    queue = q.SweepQueue(q.open_storage(config.storage_url), config.name)
+    queue.reconcile(items, retry_failed=True, grace_s=60)
+
+    def interrupted(*args: object) -> bool:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(q, "set_attrs_if_running", interrupted)  # the claim writes its lease through it
+    assert Worker(config, None, None).run() == 130
+    assert not queue.trials((q.TrialState.RUNNING,))
+    (failed,) = queue.trials((q.TrialState.FAIL,))
+    assert failed.user_attrs[q.FAILURE] == "interrupted"

@@ -253,6 +253,32 @@ def test_divergence_is_a_result_not_a_failure(store: str) -> None:
     assert run.data.tags["reslab.diverged"] == result.diverged
 
 
+def test_an_interrupt_after_the_commit_still_finishes_the_run(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a sweep has committed a run's result, Ctrl-C before the run is marked FINISHED must not leave it
+    KILLED: the queue holds its result, so it is the cell's one finished run."""
+    from reslab import tracking
+    from reslab.train.run import run_one
+
+    statuses: list[str] = []
+    real = tracking.Store.finish_run
+
+    def finish_run(self, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
+        statuses.append(status)
+        if len(statuses) == 1:
+            raise KeyboardInterrupt  # Ctrl-C right between the commit and marking the run FINISHED
+        real(self, run_id, status, reason)
+
+    monkeypatch.setattr(tracking.Store, "finish_run", finish_run)
+    committed: list[float] = []
+    with pytest.raises(KeyboardInterrupt):
+        run_one(NetSpec("mlp", "residual", 4, 8), SYNTH, TINY,
+                TrackingConfig(uri=store, experiment="commit", system_metrics=False),
+                commit=lambda result: committed.append(result.metrics["train_error"]))  # fmt: skip
+    assert committed and statuses == ["FINISHED", "FINISHED"]
+    (run,) = tracking.store(store).search_runs("commit")
+    assert run.info.status == "FINISHED"
+
+
 def test_train_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["train", "--dataset", "synthetic", "--depth", "8", "--width", "4", "--epochs", "1", "--threads", "1",
                  "--no-tracking", "--json"])  # fmt: skip

@@ -354,6 +354,7 @@ class SweepQueue:
         self.study = open_study(storage, name, create)
         self.study_id = storage.get_study_id_from_name(name)
         self.leases: LeaseJudge | None = None
+        self.holding: int | None = None  # the trial this process last took (an interrupt may come mid-claim)
 
     def sweep_id(self, wait_s: float = 10.0) -> str:
         """This queue's SWEEP_ID. A coordinator that lost the race to create the study waits for the winner to
@@ -480,6 +481,7 @@ class SweepQueue:
                     continue
             except (UpdateFinishedTrialError, KeyError):
                 continue  # finished or taken in the meantime
+            self.holding = t._trial_id
             if known is not None and item not in known:
                 self._end_claimed(t, STALE, "not in the sweep's grid any more")
                 continue

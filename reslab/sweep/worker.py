@@ -111,8 +111,9 @@ class Worker:
                 trial = None
         except KeyboardInterrupt:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # this process is ending: let it record why, uninterrupted
-            if trial is not None and self.storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
-                self.queue.fail(trial, "interrupted")  # the next `reslab sweep` runs it again (if still ours)
+            held = trial._trial_id if trial is not None else self.queue.holding  # Ctrl-C may come mid-claim
+            if held is not None and self.storage.get_trial(held).state == TrialState.RUNNING:
+                self.queue.fail(self.storage.get_trial(held), "interrupted")  # the next `reslab sweep` reruns it
             return 130
         finally:
             heartbeat.stop()

@@ -240,6 +240,7 @@ def _fit(
         run_id = store.start_run(
             tracking_cfg.experiment, run_name or f"{spec.name}-s{train.seed}", tags, flat_params(config), parent_run_id
         )
+    committed = False
     try:  # from here on the run ends FINISHED, FAILED or KILLED, whatever happens
         if run_id is not None:
             store.log_params(run_id, {"net.params": summary.params, "net.macs": summary.macs})
@@ -272,17 +273,19 @@ def _fit(
                 store.log_text(run_id, "\n".join(lines) + "\n", "telemetry.csv")
         if commit is not None and is_rank_zero():
             commit(result)
+        committed = True  # the result is recorded: from here on the run can only end FINISHED
         if run_id is not None:
             store.finish_run(run_id, "FINISHED")
         return result
     except (KeyboardInterrupt, SystemExit) as exc:
         # Lightning turns Ctrl-C into SystemExit(1). A second Ctrl-C (an impatient user, or a coordinator
         # interrupting its workers again) must not cut the run's bookkeeping short: SIGINT waits until the run is
-        # marked KILLED, then its default handler is back and the interrupt goes on up.
+        # marked KILLED (FINISHED if its result was committed), then its default handler is back and the interrupt
+        # goes on up.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             if run_id is not None:
-                store.finish_run(run_id, "KILLED", "interrupted")
+                store.finish_run(run_id, *(("FINISHED",) if committed else ("KILLED", "interrupted")))
         finally:
             signal.signal(signal.SIGINT, signal.default_int_handler)
         raise KeyboardInterrupt from exc
@@ -296,7 +299,7 @@ def _fit(
             store.finish_run(run_id, "KILLED", str(exc))
         raise
     except BaseException as exc:
-        if run_id is not None:
+        if run_id is not None and not committed:  # committed: a coordinator finishes the run (settle_orphans)
             store.finish_run(run_id, "FAILED", f"{type(exc).__name__}: {exc}")
         raise
 
