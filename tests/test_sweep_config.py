@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -421,7 +422,9 @@ def test_ctrl_c_in_the_middle_of_a_claim_leaves_no_trial_running(tmp_path: Path,
         raise KeyboardInterrupt
 
     monkeypatch.setattr(q, "set_attrs_if_running", interrupted)  # the claim writes its lease through it
+    handler = signal.getsignal(signal.SIGINT)
     assert Worker(config, None, None).run() == 130
+    assert signal.getsignal(signal.SIGINT) is handler  # else every process this one starts would ignore Ctrl-C
     assert not queue.trials((q.TrialState.RUNNING,))
     (failed,) = queue.trials((q.TrialState.FAIL,))
     assert failed.user_attrs[q.FAILURE] == "interrupted"

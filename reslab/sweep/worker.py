@@ -110,10 +110,13 @@ class Worker:
                 heartbeat.hold(None)
                 trial = None
         except KeyboardInterrupt:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # this process is ending: let it record why, uninterrupted
-            held = trial._trial_id if trial is not None else self.queue.holding  # Ctrl-C may come mid-claim
-            if held is not None and self.storage.get_trial(held).state == TrialState.RUNNING:
-                self.queue.fail(self.storage.get_trial(held), "interrupted")  # the next `reslab sweep` reruns it
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # record why, uninterrupted by a second Ctrl-C
+            try:
+                held = trial._trial_id if trial is not None else self.queue.holding  # Ctrl-C may come mid-claim
+                if held is not None and self.storage.get_trial(held).state == TrialState.RUNNING:
+                    self.queue.fail(self.storage.get_trial(held), "interrupted")  # the next `reslab sweep` reruns it
+            finally:
+                signal.signal(signal.SIGINT, previous)  # ignored signals are inherited by every later child
             return 130
         finally:
             heartbeat.stop()

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -286,6 +287,9 @@ def _fit(
         try:
             if run_id is not None:
                 store.finish_run(run_id, *(("FINISHED",) if committed else ("KILLED", "interrupted")))
+        except Exception as err:  # e.g. sqlite still locked by the write the interrupt cut short: the interrupt
+            # must go on up (its worker records the cell as interrupted); the coordinator settles the run later
+            print(f"run {run_id} left for the coordinator to end: {type(err).__name__}", file=sys.stderr)
         finally:
             signal.signal(signal.SIGINT, signal.default_int_handler)
         raise KeyboardInterrupt from exc
