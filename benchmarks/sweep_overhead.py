@@ -1,13 +1,13 @@
 """The default sweep vs the same trainings in a plain PyTorch loop, in one run, and the ratio between them.
 
     python benchmarks/sweep_overhead.py                 # configs/default.yaml, all 16 cells
-    python benchmarks/sweep_overhead.py --check         # ... and exit 1 unless issue 4's targets hold
+    python benchmarks/sweep_overhead.py --check         # ... and exit 1 unless the targets below hold
     python benchmarks/sweep_overhead.py --set grid.depths=[8,20]
 
 The floor is one process, all CPU threads, no Lightning, no MLflow, no Optuna: for each cell, build the net, then
 per epoch a shuffled pass with SGD + warm-up/cosine per iteration and an evaluation of the test set (what the sweep
 records). The sweep is `reslab sweep` as a user runs it, from a fresh store: start-up, orchestration, Lightning,
-MLflow logging and telemetry included. Targets (issue 4): sweep / floor <= 1.25, the sweep under 6 minutes, and
+MLflow logging and telemetry included. Targets: sweep / floor <= 1.25, the sweep under 6 minutes, and
 in its MLflow runs (mean over seeds) plain-56 minus plain-20 train_error >= 0.20 and residual-56 <= residual-20 +
 0.01. `--check` tests all four and exits 1 if any fails.
 """
@@ -70,7 +70,7 @@ def main() -> None:
     p.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
     p.add_argument("--set", action="append", default=[], help="config override, as for reslab sweep")
     p.add_argument("--json", help="also write the results to this JSON file")
-    p.add_argument("--check", action="store_true", help="exit 1 unless every target of issue 4 holds")
+    p.add_argument("--check", action="store_true", help="exit 1 unless every target holds (see the module docstring)")
     args = p.parse_args()
 
     from reslab.sweep.config import load_config
