@@ -109,7 +109,7 @@ def test_resnet(benchmark, block: str, depth: int, phase: str, variant: str, dev
 @pytest.mark.parametrize("phase", PHASES)
 def test_resnet_variants_on_cpu(benchmark, phase: str, device: str, rounds: int) -> None:
     """The bf16-autocast and channels_last code of the GPU variants, run where there is no GPU so it cannot rot
-    (on this CPU bf16 is slower than fp32 for such small nets: FACTS.md). torch.compile is left to the GPU."""
+    (on this CPU bf16 is slower than fp32 for such small nets, as measured). torch.compile is left to the GPU."""
     _run(benchmark, NetSpec("resnet", "residual", 20, 16), (3, 32, 32), 10, phase, "bf16-channels_last", device, rounds)
 
 

@@ -16,9 +16,9 @@ The contract (what the sweep, the report and users' own queries may rely on):
 - artifacts `config.yaml`, `model_summary.txt`, `final_metrics.json`;
 - sweeps: a parent run tagged `reslab.sweep=<name>` and children tagged `mlflow.parentRunId`, `reslab.cell`.
 
-FACTS measured here: one `log_batch` of 1000 metrics costs what ~16 single `log_metric` calls do, so everything is
-logged per epoch or in batches; two processes creating one fresh sqlite DB corrupt it, so `Store.prepare` creates
-it once before workers start.
+Measured on a 2-core machine: one `log_batch` of 1000 metrics costs what ~16 single `log_metric` calls do, so
+everything is logged per epoch or in batches; two processes creating one fresh sqlite DB corrupt it, so
+`Store.prepare` creates it once, under a file lock, before workers start.
 """
 
 from __future__ import annotations

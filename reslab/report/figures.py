@@ -1,4 +1,4 @@
-"""Figures as pure functions, `figure(df) -> matplotlib Figure` (DESIGN principle 8): no I/O, no MLflow, so each is
+"""Figures as pure functions, `figure(df) -> matplotlib Figure`: no I/O, no MLflow, so each is
 tested on a small hand-built DataFrame and rendering is a separate step.
 
 - `curves_figure`: training (solid) and test (dashed) error vs epoch, a line per depth, a panel per block —
