@@ -104,6 +104,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         track = TrackingConfig(uri=args.tracking_uri, experiment=args.experiment)
     except ValidationError as exc:
         raise UsageError("; ".join(_pydantic_messages(exc))) from None
+    from reslab.data.registry import DATASETS
+    from reslab.limits import memory_problem, training_device
+    from reslab.models.registry import output_units
+
+    shape, classes = DATASETS[data.name].shape(data.options)
+    problem = memory_problem(spec.name, spec, shape, output_units(spec, classes), train, training_device(train.device))
+    if problem:
+        raise UsageError(problem)
     from reslab.tracking import TrackingError
     from reslab.train.run import SetupError, is_rank_zero, run_one
 
@@ -177,14 +185,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from reslab.sweep.config import ConfigError, load_config
     from reslab.sweep.runner import run_sweep
 
-    overrides = list(args.set or [])
-    for flag, key in ((args.workers, "sweep.workers"), (args.storage, "sweep.storage"),
-                      (args.tracking_uri, "tracking.uri")):  # fmt: skip
-        if flag is not None:
-            overrides.append(f"{key}={flag}")
+    assign = {key: value for key, value in (("sweep.workers", args.workers), ("sweep.storage", args.storage),
+                                            ("tracking.uri", args.tracking_uri)) if value is not None}  # fmt: skip
     try:
-        config = load_config(args.config, overrides)
-        code = run_sweep(config, dry_run=args.dry_run, source=_source(args))
+        config = load_config(args.config, list(args.set or []), assign)
+        source, env_hint = _source(args)
+        code = run_sweep(config, dry_run=args.dry_run, source=source, env_hint=env_hint)
         if args.report and code in (0, 1) and not args.dry_run:  # failed cells are listed in the report too
             report_args = argparse.Namespace(sweep=config.name, tracking_uri=config.tracking.uri or args.tracking_uri,
                                              out=None, bench=None, log_scale=False)  # fmt: skip
@@ -195,27 +201,49 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
 
-def _source(args: argparse.Namespace) -> str:
-    """The arguments to resume with, as the user gave them: the same queue, store and workers, or a resume would
-    start another sweep."""
+def _source(args: argparse.Namespace) -> tuple[str, str]:
+    """The arguments to resume with (the same queue, store and workers, or a resume would start another sweep),
+    and a note for the stores whose URI holds a password: that URI is left out of the command, which then finds it
+    in the environment variable the note names, so the password is never printed or stored."""
     import shlex
 
-    parts = [args.config, *(f"--set {shlex.quote(s)}" for s in args.set or [])]
-    flags = (("--workers", args.workers), ("--storage", args.storage), ("--tracking-uri", args.tracking_uri))
-    for flag, value in flags:
-        if value is not None:
-            parts.append(f"{flag} {shlex.quote(str(value))}")
-    return " ".join(parts)
+    from reslab.redact import STORAGE_ENV, TRACKING_ENV, password_of, redact_uri
+
+    envs = {"sweep.storage": STORAGE_ENV, "tracking.uri": TRACKING_ENV}
+    given = [("--set", f"{k.strip()}={v}", envs.get(k.strip())) for k, v in (a.split("=", 1) for a in args.set or [])]
+    given += [("--workers", args.workers, None), ("--storage", args.storage, STORAGE_ENV),
+              ("--tracking-uri", args.tracking_uri, TRACKING_ENV)]  # fmt: skip
+    parts, hints = [args.config], []
+    for flag, value, env in given:
+        if value is None:
+            continue
+        value = str(value)
+        if env is not None and password_of(value):
+            hints.append(f"{env}={redact_uri(value.split('=', 1)[1] if flag == '--set' else value)}")
+        else:
+            parts.append(f"{flag} {shlex.quote(value)}")
+    env_hint = ""
+    if hints:
+        env_hint = (f"with {' and '.join(hints)} in the environment (passwords are not shown; for PostgreSQL, "
+                    f"PGPASSWORD or ~/.pgpass can hold the password instead)")  # fmt: skip
+    return " ".join(parts), env_hint
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    import re
     import time
 
     from reslab.report import ReportError, collect
     from reslab.report.bench import latest_benchmark
     from reslab.report.render import write_report
+    from reslab.sweep.config import NAME_PATTERN
     from reslab.tracking import TrackingError, check_server, resolve_uri
 
+    if not re.fullmatch(NAME_PATTERN, args.sweep):
+        raise UsageError(
+            f"{args.sweep!r} is not a sweep name: sweep names are letters, digits, '.', '_' or '-' (the `name` of "
+            f"the sweep's config)"
+        )
     t0 = time.perf_counter()
     uri = resolve_uri(args.tracking_uri)
     try:
@@ -256,17 +284,18 @@ def cmd_ui(args: argparse.Namespace) -> int:
     import os
     import subprocess
 
+    from reslab.redact import redact_uri
     from reslab.tracking import resolve_uri
 
     uri = resolve_uri(args.tracking_uri)
     if uri.startswith(("http://", "https://")):
         print(f"{uri} is already a tracking server: open it in a browser")
         return 0
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host]
-    cmd += ["--port", str(args.port)]
-    print(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    # The store reaches `mlflow ui` through its environment, not its command line (which `ps` shows to everyone).
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--host", args.host, "--port", str(args.port)]
+    print(f"MLflow UI for {redact_uri(uri)} at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     try:
-        return subprocess.call(cmd, env=dict(os.environ, MLFLOW_TRACKING_URI=uri))
+        return subprocess.call(cmd, env=dict(os.environ, MLFLOW_TRACKING_URI=uri, MLFLOW_BACKEND_STORE_URI=uri))
     except KeyboardInterrupt:
         return 0
 
@@ -319,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=5 --set grid.depths=[8,20]")  # fmt: skip
     p.add_argument("--workers", help="worker processes: a number or auto (one per GPU / CPU cores)")
-    p.add_argument("--storage", help="Optuna storage: a journal file or postgresql://... (default runs/<name>/)")
+    p.add_argument("--storage", help="Optuna storage: a journal file or postgresql://... (default $RESLAB_STORAGE, "
+                   "else runs/<name>/optuna.journal)")  # fmt: skip
     p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--dry-run", action="store_true", help="list the runs with params, MACs and status; run nothing")
     p.add_argument("--report", action="store_true", help="render the sweep's report when it is done")
@@ -347,8 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from reslab.models.rules import SpecError
+    import os
 
+    from reslab.models.rules import SpecError
+    from reslab.redact import STORAGE_ENV, TRACKING_ENV, guard_streams
+
+    # Secrets are masked in everything this process prints, argument errors included.
+    guard_streams(os.environ.get(STORAGE_ENV), os.environ.get(TRACKING_ENV), *(argv if argv is not None else sys.argv))
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

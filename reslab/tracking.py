@@ -36,6 +36,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from reslab.redact import PASSWORD_ENV, USERNAME_ENV, redact, redact_uri, remember, split_credentials
 from reslab.tags import Tag
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no tqdm bars per artifact read
@@ -53,11 +54,22 @@ class TrackingError(RuntimeError):
 
 
 def resolve_uri(uri: str | None = None) -> str:
-    """--tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db (absolute, so every worker agrees)."""
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db (absolute, so every worker agrees).
+
+    Credentials in an http(s) URI (`http://user:pw@host:5000`) move to MLflow's own `MLFLOW_TRACKING_USERNAME` and
+    `MLFLOW_TRACKING_PASSWORD` (inherited by the workers) and the URI loses them: MLflow's REST client would send
+    the userinfo to name resolution, and every message naming the server would show the password."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    if not uri:
+        return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    remember(uri)
+    bare, user, password = split_credentials(uri)
+    if user is not None:
+        os.environ[USERNAME_ENV] = user
+    if password is not None:
+        os.environ[PASSWORD_ENV] = password
+        remember()  # the decoded password, now in the environment, is masked as a bare word too
+    return bare
 
 
 @contextlib.contextmanager
@@ -80,21 +92,40 @@ def _creating(uri: str) -> Iterator[None]:
 
 
 def check_server(uri: str, timeout: float = 30.0) -> None:
-    """An http(s) tracking URI must answer /health: otherwise one clear TrackingError (other stores: nothing)."""
+    """An http(s) tracking URI must answer /health and take the credentials of MLFLOW_TRACKING_USERNAME/PASSWORD
+    (or of its userinfo): otherwise one clear TrackingError, the password never in it (other stores: nothing)."""
     if not uri.startswith(("http://", "https://")):
         return
+    import base64
     import urllib.error
     import urllib.request
 
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
-            response.read()
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise TrackingError(
-            f"MLflow tracking server {uri} is unreachable ({reason}); start it (mlflow server --host ... --port ...) "
-            f"or pass another --tracking-uri"
-        ) from None
+    uri = resolve_uri(uri)
+    headers = {}
+    user, password = os.environ.get(USERNAME_ENV), os.environ.get(PASSWORD_ENV)
+    if user is not None and password is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    # /health answers without authentication; an API call shows whether the server takes these credentials.
+    for path in ("health", "api/2.0/mlflow/experiments/search?max_results=1"):
+        request = urllib.request.Request(f"{uri.rstrip('/')}/{path}", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                response.read()
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                given = "refused the credentials" if headers else "needs credentials"
+                raise TrackingError(
+                    f"MLflow tracking server {uri} {given} (HTTP {exc.code}): set {USERNAME_ENV} and {PASSWORD_ENV} "
+                    f"(or http://user:password@host in --tracking-uri) to a user of the server"
+                ) from None
+            if path == "health":
+                raise TrackingError(f"MLflow tracking server {uri} answered /health with HTTP {exc.code}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = redact(str(getattr(exc, "reason", exc)))
+            raise TrackingError(
+                f"MLflow tracking server {uri} is unreachable ({reason}); start it (mlflow server --host ... "
+                f"--port ...) or pass another --tracking-uri"
+            ) from None
 
 
 @functools.lru_cache(maxsize=8)
@@ -126,7 +157,7 @@ class Store:
             with _creating(self.uri):
                 return self.experiment_id(experiment)
         except Exception as exc:  # MLflow raises many kinds; the user needs the URI and the cause
-            raise TrackingError(f"cannot use tracking store {self.uri}: {exc}") from exc
+            raise TrackingError(f"cannot use tracking store {redact_uri(self.uri)}: {redact(str(exc))}") from exc
 
     def experiment_id(self, name: str) -> str:
         """Id of experiment `name`, created if missing (race-safe: a concurrent creator wins, we read its id)."""
@@ -160,7 +191,7 @@ class Store:
         parent_run_id: str | None = None,
     ) -> str:
         """Create a RUNNING run with its tags and params in two calls; return its id."""
-        all_tags = {k: str(v) for k, v in tags.items()}
+        all_tags = {k: redact(str(v)) for k, v in tags.items()}
         if parent_run_id:
             all_tags[Tag.PARENT_RUN] = parent_run_id
         run = self._client.create_run(self.experiment_id(experiment), tags=all_tags, run_name=run_name)
@@ -171,14 +202,14 @@ class Store:
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        items = [Param(k, redact(_param_value(v))) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self._client.log_batch(run_id, params=items[i : i + 100])
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self._client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._client.log_batch(run_id, tags=[RunTag(k, redact(str(v))) for k, v in tags.items()])
 
     def log_metrics(self, run_id: str, rows: Iterable[tuple[str, float, int]]) -> None:
         """Log (key, value, step) rows in batches of 1000 (one call each)."""
@@ -190,18 +221,25 @@ class Store:
             self._client.log_batch(run_id, metrics=metrics[i : i + _BATCH])
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-        self._client.log_text(run_id, text, artifact_file)
+        self._client.log_text(run_id, redact(text), artifact_file)
 
     def log_json(self, run_id: str, data: Any, artifact_file: str) -> None:
-        self._client.log_text(run_id, json.dumps(data, indent=2, sort_keys=True, default=str), artifact_file)
+        self.log_text(run_id, json.dumps(data, indent=2, sort_keys=True, default=str), artifact_file)
 
-    def log_artifact_dir(self, run_id: str, directory: str | Path, artifact_path: str) -> None:
-        self._client.log_artifacts(run_id, str(directory), artifact_path)
+    def log_files(self, run_id: str, root: str | Path, files: Iterable[str | Path], artifact_path: str) -> None:
+        """Upload exactly `files` (under `root`, keeping their relative folders) to `artifact_path`: never the rest
+        of a folder they share with other things (a report written into `.` must not upload the store itself)."""
+        root = Path(root).resolve()
+        for file in files:
+            file = Path(file).resolve()
+            folder = file.parent.relative_to(root).as_posix()
+            destination = artifact_path if folder == "." else f"{artifact_path}/{folder}"
+            self._client.log_artifact(run_id, str(file), destination)
 
     def finish_run(self, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
         """Mark a run FINISHED, FAILED or KILLED; a failure's reason goes to tag `reslab.failure`."""
         if reason:
-            self.set_tags(run_id, {Tag.FAILURE: reason[:5000]})
+            self.set_tags(run_id, {Tag.FAILURE: redact(reason)[:5000]})
         self._client.set_terminated(run_id, status)
 
     def reopen_run(self, run_id: str) -> None:

@@ -6,6 +6,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -39,3 +40,20 @@ def record_durability(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
     return events
+
+
+def sweep_in_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, blocks: list[str]):
+    """A fresh sqlite store holding sweep `name`'s parent run (a grid of `blocks` at depth 8, width 4)."""
+    import yaml
+
+    from reslab import tracking
+    from reslab.sweep.parent import ensure_sweep_run
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = tracking.store(uri)
+    store.prepare(name)
+    config = {"name": name, "dataset": {"name": "mnist1d"},
+              "grid": {"family": "resnet", "blocks": blocks, "depths": [8], "widths": [4]}}  # fmt: skip
+    parent, _ = ensure_sweep_run(store, name, name, yaml.safe_dump(config), {})
+    return uri, store, config, parent

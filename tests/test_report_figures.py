@@ -13,6 +13,7 @@ from matplotlib.image import AxesImage
 from reslab.report import figures as F
 from reslab.report.anchors import anchors_for
 from reslab.report.verdict import verdict
+from tests.helpers import sweep_in_store
 
 
 @pytest.fixture(autouse=True)
@@ -170,23 +171,6 @@ def test_anchors() -> None:
     assert set(anchors_for("cifar10")["source"]) == {"He et al. 2015, Table 6", "He et al. 2016, Table 3"}
 
 
-def _sweep_in_store(tmp_path, monkeypatch, name: str, blocks: list[str]):
-    """A fresh sqlite store holding sweep `name`'s parent run (a grid of `blocks` at depth 8, width 4)."""
-    import yaml
-
-    from reslab import tracking
-    from reslab.sweep.parent import ensure_sweep_run
-
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    store = tracking.store(uri)
-    store.prepare(name)
-    config = {"name": name, "dataset": {"name": "mnist1d"},
-              "grid": {"family": "resnet", "blocks": blocks, "depths": [8], "widths": [4]}}  # fmt: skip
-    parent, _ = ensure_sweep_run(store, name, name, yaml.safe_dump(config), {})
-    return uri, store, config, parent
-
-
 def test_collect_lists_failed_and_missing_cells(tmp_path, monkeypatch) -> None:
     """A partial sweep written straight to a store: one finished cell, one failed, one never run."""
     import yaml
@@ -194,7 +178,7 @@ def test_collect_lists_failed_and_missing_cells(tmp_path, monkeypatch) -> None:
     from reslab.report import collect
     from reslab.sweep.parent import ensure_sweep_run
 
-    uri, store, config, parent = _sweep_in_store(tmp_path, monkeypatch, "p", ["plain", "residual"])
+    uri, store, config, parent = sweep_in_store(tmp_path, monkeypatch, "p", ["plain", "residual"])
     for name, block, status in (("plain-8-w4-s0", "plain", "FINISHED"), ("residual-8-w4-s0", "residual", "FAILED")):
         tags = {"family": "resnet", "block": block, "depth": 8, "width": 4, "shortcut": "A", "norm": "batch",
                 "seed": 0, "reslab.cell": f"resnet-{block}-8-w4-A-batch-s0"}  # fmt: skip
@@ -232,7 +216,7 @@ def test_report_shows_diverged_cells_and_ignores_superseded_runs(tmp_path, monke
     from reslab.report import collect
     from reslab.report.render import write_report
 
-    uri, store, _, parent = _sweep_in_store(tmp_path, monkeypatch, "d", ["plain"])
+    uri, store, _, parent = sweep_in_store(tmp_path, monkeypatch, "d", ["plain"])
     tags = {"family": "resnet", "block": "plain", "depth": 8, "width": 4, "shortcut": "A", "norm": "batch",
             "seed": 0, "reslab.cell": "resnet-plain-8-w4-A-batch-s0"}  # fmt: skip
     stale = store.start_run("d", "plain-8-w4-s0", {**tags, "reslab.superseded": "its lease was lost"},

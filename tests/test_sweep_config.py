@@ -402,9 +402,20 @@ def test_the_resume_command_keeps_the_queue_store_and_workers() -> None:
     from reslab.cli import _source, build_parser
 
     args = build_parser().parse_args(["sweep", "c.yaml", "--set", "train.epochs=5", "--workers", "2", "--storage",
-                                      "postgresql://u:p@h/db", "--tracking-uri", "http://h:5000"])  # fmt: skip
-    assert _source(args) == ("c.yaml --set train.epochs=5 --workers 2 --storage postgresql://u:p@h/db "
-                             "--tracking-uri http://h:5000")  # fmt: skip
+                                      "postgresql://u@h/db", "--tracking-uri", "http://h:5000"])  # fmt: skip
+    assert _source(args) == ("c.yaml --set train.epochs=5 --workers 2 --storage postgresql://u@h/db "
+                             "--tracking-uri http://h:5000", "")  # fmt: skip
+
+
+def test_the_resume_command_names_the_environment_instead_of_a_password() -> None:
+    from reslab.cli import _source, build_parser
+
+    args = build_parser().parse_args(["sweep", "c.yaml", "--set", "sweep.storage=postgresql://u:s3cret@h/q",
+                                      "--workers", "2", "--tracking-uri", "postgresql://u:s3cret@h/m"])  # fmt: skip
+    command, hint = _source(args)
+    assert command == "c.yaml --workers 2"
+    assert "s3cret" not in hint
+    assert "RESLAB_STORAGE=postgresql://u:***@h/q" in hint and "MLFLOW_TRACKING_URI=postgresql://u:***@h/m" in hint
 
 
 def test_ctrl_c_in_the_middle_of_a_claim_leaves_no_trial_running(tmp_path: Path, monkeypatch) -> None:

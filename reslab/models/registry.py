@@ -59,6 +59,11 @@ FAMILIES: dict[str, Family] = {
 }  # fmt: skip
 
 
+def output_units(spec: NetSpec, num_classes: int) -> int:
+    """A binary dataset on a family whose head is one sigmoid unit (the seed's convnet) gets 1 output and BCE."""
+    return 1 if num_classes == 2 and FAMILIES[spec.family].default_classes == 1 else num_classes
+
+
 def build_net(spec: NetSpec, input_shape: tuple[int, ...] | None = None, num_classes: int | None = None) -> nn.Module:
     """Build the network of `spec` for inputs of `input_shape` (without the batch dimension) and `num_classes`
     outputs; both default to the family's (3x32x32 and 10 classes for resnet)."""

@@ -22,6 +22,7 @@ import pandas as pd
 import yaml
 
 from reslab import tracking
+from reslab.redact import redact_uri
 from reslab.sweep.parent import find_sweep, sweep_runs
 from reslab.tags import Tag
 
@@ -70,10 +71,12 @@ def collect(uri: str, sweep: str, experiment: str | None = None) -> SweepData:
     if experiment is None:
         experiment, _ = find_sweep(store, sweep)
         if experiment is None:
-            raise ReportError(f"no sweep named {sweep!r} in {uri}: run `reslab sweep` first or pass --tracking-uri")
+            raise ReportError(
+                f"no sweep named {sweep!r} in {redact_uri(uri)}: run `reslab sweep` first or pass --tracking-uri"
+            )
     parent, children = sweep_runs(store, experiment, sweep)
     if parent is None:
-        raise ReportError(f"no sweep named {sweep!r} in experiment {experiment!r} of {uri}")
+        raise ReportError(f"no sweep named {sweep!r} in experiment {experiment!r} of {redact_uri(uri)}")
     config_text = store.read_artifact_text(parent.info.run_id, "config.yaml") or "{}"
     config = yaml.safe_load(config_text) or {}
     runs = _runs_frame(children)

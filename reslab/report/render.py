@@ -10,6 +10,7 @@ import base64
 import datetime as dt
 import html
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pandas as pd
 import yaml
 
 from reslab import tracking
+from reslab.redact import redact, redact_uri
 from reslab.report import figures as F
 from reslab.report.anchors import anchors_for
 from reslab.report.bench import load_benchmark, throughput_for_figure
@@ -42,6 +44,7 @@ class ReportPaths:
     summary: Path
     figures: list[str]
     verdict: Verdict
+    written: list[Path]
 
 
 def cell_table(data: SweepData) -> pd.DataFrame:
@@ -128,36 +131,48 @@ def write_report(
     log_scale: bool = False,
     log_to_mlflow: bool = True,
 ) -> ReportPaths:
+    """Write the report's files into `out_dir` and upload exactly those files (nothing else the folder holds) to
+    the sweep's parent run. Everything that comes from MLflow or the config is masked (`reslab.redact`) first."""
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     bench = load_benchmark(bench_path) if bench_path else None
     figures = build_figures(data, bench, log_scale)
+    written: list[Path] = []
+
+    def write(path: Path, content: str | bytes) -> None:
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+        written.append(path)
+
     for fig in figures:
-        (out / "figures" / f"{fig.slug}.png").write_bytes(fig.png)
-        (out / "figures" / f"{fig.slug}.svg").write_text(fig.svg)
+        write(out / "figures" / f"{fig.slug}.png", fig.png)
+        write(out / "figures" / f"{fig.slug}.svg", fig.svg)
     v = verdict(data.cells)
     table = cell_table(data)
-    data.cells.to_csv(out / "summary.csv", index=False)
-    data.epochs.to_csv(out / "epochs.csv", index=False)
+    write(out / "summary.csv", redact(data.cells.to_csv(index=False)))
+    write(out / "epochs.csv", redact(data.epochs.to_csv(index=False)))
     context = _context(data, v, table, bench_path)
-    (out / "index.html").write_text(_html(context, figures))
-    (out / "report.md").write_text(_markdown(context, figures))
+    write(out / "index.html", _html(context, figures))
+    write(out / "report.md", _markdown(context, figures))
     if log_to_mlflow and data.parent.get("run_id"):
-        tracking.store(data.uri).log_artifact_dir(data.parent["run_id"], out, "report")
-    return ReportPaths(out, out / "index.html", out / "report.md", out / "summary.csv", [f.slug for f in figures], v)
+        tracking.store(data.uri).log_files(data.parent["run_id"], out, written, "report")
+    return ReportPaths(out, out / "index.html", out / "report.md", out / "summary.csv", [f.slug for f in figures], v,
+                       written)  # fmt: skip
 
 
 def _context(data: SweepData, v: Verdict, table: pd.DataFrame, bench_path: str | Path | None) -> dict:
     cells = data.cells
     unfinished = cells[cells["status"] != "FINISHED"]
-    problems = [(r["name"], r["status"].lower(), "" if pd.isna(r.get("failure")) else str(r.get("failure")))
+    problems = [(r["name"], r["status"].lower(), "" if pd.isna(r.get("failure")) else redact(str(r.get("failure"))))
                 for _, r in unfinished.iterrows()]  # fmt: skip
     marked = cells[(cells["status"] == "FINISHED") & (cells.get("diverged", pd.Series(dtype=str)).fillna("") != "")]
     diverged = [(r["name"], str(r["diverged"])) for _, r in marked.iterrows()]
     provenance = {
         "sweep": data.name,
         "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "tracking": data.uri,
+        "tracking": redact_uri(data.uri),
         "experiment": data.experiment,
         "parent run": data.parent.get("run_id", ""),
         "sweep status": data.parent.get("status", ""),
@@ -165,6 +180,7 @@ def _context(data: SweepData, v: Verdict, table: pd.DataFrame, bench_path: str |
     }
     if bench_path:
         provenance["benchmark"] = str(bench_path)
+    provenance = {k: redact(str(val)) for k, val in provenance.items()}
     n_done = int((cells["status"] == "FINISHED").sum())
     return {
         "name": data.name,
@@ -174,7 +190,7 @@ def _context(data: SweepData, v: Verdict, table: pd.DataFrame, bench_path: str |
         "table": table,
         "problems": problems,
         "diverged": diverged,
-        "config": yaml.safe_dump(data.config, sort_keys=False) if data.config else "(no config recorded)",
+        "config": redact(yaml.safe_dump(data.config, sort_keys=False)) if data.config else "(no config recorded)",
         "provenance": provenance,
     }
 
@@ -240,28 +256,51 @@ def _html_table(df: pd.DataFrame) -> str:
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")
+
+
+def md_escape(value: object) -> str:
+    """Text from run names, tags and the config as literal Markdown, as `html.escape` does for the HTML: emphasis,
+    links, table pipes and raw HTML (which Markdown renderers pass through) lose their meaning; a line break
+    becomes a space, so a value cannot start a heading or end a table row."""
+    text = " ".join(str(value).splitlines())
+    text = _MD_SPECIAL.sub(r"\\\1", text)
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return "\\" + text if text[:1] in ("-", "=") else text
+
+
+def _fence(text: str) -> str:
+    """A code fence longer than any run of backticks in `text`, so the text cannot close it."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
 def _markdown(ctx: dict, figures: list[Rendered]) -> str:
+    e = md_escape
     v: Verdict = ctx["verdict"]
-    lines = [f"# reslab report: {ctx['name']}", "", f"{ctx['description']} — {ctx['progress']}", "", f"> {v.text}", ""]
+    lines = [f"# reslab report: {e(ctx['name'])}", "", f"{e(ctx['description'])} — {e(ctx['progress'])}", "",
+             f"> {e(v.text)}", ""]  # fmt: skip
     for fig in figures:
-        lines += [f"## {fig.title}", "", f"![{fig.title}](figures/{fig.slug}.png)", "", fig.caption, ""]
+        lines += [f"## {e(fig.title)}", "", f"![{e(fig.title)}](figures/{fig.slug}.png)", "", e(fig.caption), ""]
     lines += ["## Cells", "", _md_table(ctx["table"]), ""]
     if ctx["diverged"]:
         lines += ["## Diverged", "", "Finished runs whose training loss became NaN or infinite: a result of the recipe "
-                  "at this depth, not a failure.", ""] + [f"- **{n}**: {r}" for n, r in ctx["diverged"]]
+                  "at this depth, not a failure.", ""] + [f"- **{e(n)}**: {e(r)}" for n, r in ctx["diverged"]]
         lines.append("")
     if ctx["problems"]:
-        lines += ["## Not finished", ""] + [f"- **{n}**: {s}{(' — ' + r) if r else ''}" for n, s, r in ctx["problems"]]
+        lines += ["## Not finished", ""]
+        lines += [f"- **{e(n)}**: {e(s)}{(' — ' + e(r)) if r else ''}" for n, s, r in ctx["problems"]]
         lines.append("")
-    lines += ["## Configuration", "", "```yaml", ctx["config"].rstrip(), "```", "", "## Provenance", ""]
-    lines += ["| | |", "|---|---|"] + [f"| {k} | {val} |" for k, val in ctx["provenance"].items()]
+    fence = _fence(ctx["config"])
+    lines += ["## Configuration", "", f"{fence}yaml", ctx["config"].rstrip(), fence, "", "## Provenance", ""]
+    lines += ["| | |", "|---|---|"] + [f"| {e(k)} | {e(val)} |" for k, val in ctx["provenance"].items()]
     return "\n".join(lines) + "\n"
 
 
 def _md_table(df: pd.DataFrame) -> str:
     if df.empty:
         return "No cells."
-    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    head = "| " + " | ".join(md_escape(c) for c in df.columns) + " |"
     sep = "|" + "|".join("---" for _ in df.columns) + "|"
-    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    body = ["| " + " | ".join(md_escape(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join([head, sep, *body])

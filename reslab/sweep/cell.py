@@ -18,6 +18,7 @@ import sys
 
 from reslab import tracking
 from reslab.atomic import write_atomic
+from reslab.redact import guard_streams, redact
 from reslab.sweep.config import load_config
 from reslab.sweep.lifeline import die_with_parent
 from reslab.sweep.queue import open_storage
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int)
     p.add_argument("--result", required=True)
     args = p.parse_args(argv)
-    config = load_config(args.config)
+    config = load_config(args.config).from_environment()
+    guard_streams(config.storage_url, config.tracking.uri)
     cells, _ = items_of(config)
     cell = cells[args.cell]
     train = config.train.model_copy(update={"seed": cell.seed, **({"threads": args.threads} if args.threads else {})})
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Exception as exc:
         if is_rank_zero():
-            write_atomic(args.result, json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+            write_atomic(args.result, json.dumps({"error": redact(f"{type(exc).__name__}: {exc}")}))
         return 1
     if is_rank_zero():
         outcome = {"metrics": result.metrics, "params": result.params, "macs": result.macs, "wall_s": result.wall_s,

@@ -9,6 +9,7 @@ their YAML path and what is valid, before anything is created or trained.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from reslab.models.registry import FAMILIES
 from reslab.models.rules import SpecError
+from reslab.redact import STORAGE_ENV, TRACKING_ENV, redact, redact_uri
 from reslab.train.config import DataConfig, TrackingConfig, TrainConfig
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -28,11 +30,13 @@ class ConfigError(ValueError):
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
-        self.problems = [" ".join(str(p).split()) for p in problems]  # one line each, whatever the parser said
+        self.problems = [redact(" ".join(str(p).split())) for p in problems]  # one line each, never a password
         problems = self.problems
-        n = len(problems)
+        if len(problems) == 1:  # one problem, one line
+            super().__init__(f"{source}: {problems[0]}; nothing was run")
+            return
         lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{source}: {n} problem{'s' if n != 1 else ''}; nothing was run:\n{lines}")
+        super().__init__(f"{source}: {len(problems)} problems; nothing was run:\n{lines}")
 
 
 class _Frozen(BaseModel):
@@ -99,8 +103,12 @@ class ExecConfig(_Frozen):
     )  # fmt: skip
     workers: int | Literal["auto"] = "auto"
     runs_dir: str = "runs"
-    heartbeat_s: float = Field(5.0, gt=0, description="a worker's lease is renewed this often")
-    grace_s: float = Field(60.0, gt=0, description="a RUNNING cell whose lease is older than this is retried")
+    heartbeat_s: float = Field(
+        5.0, ge=1, description="a worker's lease is renewed this often (each beat is a write to the queue's storage)"
+    )
+    grace_s: float = Field(
+        60.0, gt=0, description="a RUNNING cell whose lease is older than this is retried (>= 3 x heartbeat_s)"
+    )
     storage_retry_s: float = Field(
         120.0, ge=0, description="transient queue-storage errors (a database restart, a locked file) are retried "
         "this long before the sweep stops with one line"
@@ -112,6 +120,16 @@ class ExecConfig(_Frozen):
         if isinstance(v, int) and v < 1:
             raise ValueError(f"workers must be >= 1 or 'auto', got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _grace_spans_beats(self) -> ExecConfig:
+        """A lease must survive a missed beat or two (a slow write, a GC pause), or live workers lose their cells."""
+        if self.grace_s < 3 * self.heartbeat_s:
+            raise ValueError(
+                f"grace_s {self.grace_s:g} is less than 3 x heartbeat_s ({3 * self.heartbeat_s:g}): a worker that "
+                f"misses one beat would lose its cell; set grace_s >= {3 * self.heartbeat_s:g} or lower heartbeat_s"
+            )
+        return self
 
     @field_validator("storage")
     @classmethod
@@ -126,7 +144,7 @@ class ExecConfig(_Frozen):
             try:
                 url = make_url(v)
             except ArgumentError:
-                raise ValueError(f"{v!r} is not a storage URL; valid: {valid}") from None
+                raise ValueError(f"{redact_uri(v)!r} is not a storage URL; valid: {valid}") from None
             if url.get_backend_name() not in RDB_SCHEMES:
                 raise ValueError(f"storage scheme {url.drivername!r} is not supported; valid: {valid}")
             return v
@@ -189,16 +207,31 @@ class SweepConfig(_Frozen):
 
     @property
     def storage_url(self) -> str:
-        """The Optuna storage: the configured one, or the journal file under runs/<name>/."""
-        return self.sweep.storage or str(Path(self.sweep.runs_dir) / self.name / "optuna.journal")
+        """The Optuna storage: the configured one, else $RESLAB_STORAGE (which keeps a password off the command
+        line), else the journal file under runs/<name>/."""
+        configured = self.sweep.storage or os.environ.get(STORAGE_ENV)
+        return configured or str(Path(self.sweep.runs_dir) / self.name / "optuna.journal")
 
     @property
     def run_dir(self) -> Path:
         return Path(self.sweep.runs_dir) / self.name
 
     def resolved(self) -> dict[str, Any]:
-        """The config as it runs, for artifacts and the resolved YAML the workers read."""
-        return self.model_dump(mode="json")
+        """The config as it runs, for artifacts and the resolved YAML the workers read: URIs without their
+        passwords (workers take the real ones from their environment, see `from_environment`)."""
+        data = self.model_dump(mode="json")
+        data["sweep"]["storage"] = redact_uri(data["sweep"]["storage"])
+        data["tracking"]["uri"] = redact_uri(data["tracking"]["uri"])
+        return data
+
+    def from_environment(self) -> SweepConfig:
+        """This config with the queue storage and tracking URI its coordinator passed through the environment
+        ($RESLAB_STORAGE, $MLFLOW_TRACKING_URI): the resolved YAML that workers and cell processes read holds them
+        without their passwords."""
+        storage, uri = os.environ.get(STORAGE_ENV), os.environ.get(TRACKING_ENV)
+        sweep = self.sweep.model_copy(update={"storage": storage}) if storage else self.sweep
+        track = self.tracking.model_copy(update={"uri": uri}) if uri else self.tracking
+        return self.model_copy(update={"sweep": sweep, "tracking": track})
 
     def recipe(self) -> dict[str, Any]:
         """What must not change between reruns of one sweep (the grid may grow)."""
@@ -213,26 +246,37 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     if "=" not in assignment:
         raise ValueError(f"--set {assignment!r}: expected KEY.PATH=VALUE, e.g. train.epochs=5")
     path, text = assignment.split("=", 1)
-    keys = [k for k in path.strip().split(".") if k]
-    if not keys:
-        raise ValueError(f"--set {assignment!r}: empty key")
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ValueError(f"--set {assignment!r}: value is not YAML ({exc.problem})") from None
+    set_path(raw, path, value, f"--set {assignment!r}")
+
+
+def set_path(raw: dict[str, Any], path: str, value: Any, what: str) -> None:
+    """raw[a][b][c] = value for path 'a.b.c', creating missing sections; `what` names the assignment in errors."""
+    keys = [k for k in path.strip().split(".") if k]
+    if not keys:
+        raise ValueError(f"{what}: empty key")
     node = raw
     for i, key in enumerate(keys[:-1]):
         child = node.get(key)
         if child is None:
             child = node[key] = {}
         if not isinstance(child, dict):
-            raise ValueError(f"--set {assignment!r}: {'.'.join(keys[: i + 1])} is not a section")
+            raise ValueError(f"{what}: {'.'.join(keys[: i + 1])} is not a section")
         node = child
     node[keys[-1]] = value
 
 
-def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> SweepConfig:
-    """Read, override and validate a sweep config; raise ConfigError with every problem."""
+def load_config(
+    source: str | Path | dict[str, Any],
+    overrides: list[str] | tuple[str, ...] = (),
+    assign: dict[str, Any] | None = None,
+) -> SweepConfig:
+    """Read, override and validate a sweep config; raise ConfigError with every problem. `overrides` are `--set`
+    assignments (YAML values); `assign` maps key paths to values taken as they are (a URI is not YAML: a password
+    with ': ' or ' #' in it would parse as a mapping or a comment)."""
     label = str(source) if not isinstance(source, dict) else "<config>"
     if isinstance(source, dict):
         raw: Any = copy.deepcopy(source)
@@ -254,6 +298,11 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
     for assignment in overrides:
         try:
             apply_override(raw, assignment)
+        except ValueError as exc:
+            problems.append(redact(str(exc)))
+    for path, value in (assign or {}).items():
+        try:
+            set_path(raw, path, value, path)
         except ValueError as exc:
             problems.append(str(exc))
     if problems:

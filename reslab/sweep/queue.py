@@ -38,7 +38,8 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from reslab.sweep.retry import redact_url, with_retries
+from reslab.redact import redact, redact_uri
+from reslab.sweep.retry import with_retries
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat_interval & co.
@@ -99,8 +100,8 @@ def _open_storage(url: str, heartbeat_s: float, grace_s: float, create: bool) ->
                 if "already exists" in cause or "duplicate" in cause.lower():  # machines creating tables at once
                     time.sleep(0.5 + attempt)
                     continue
-                raise QueueError(f"cannot open sweep storage {redact_url(url)}: {cause}") from None
-        raise QueueError(f"cannot create the tables of sweep storage {redact_url(url)}: concurrent creators raced")
+                raise QueueError(f"cannot open sweep storage {redact_uri(url)}: {redact(cause)}") from None
+        raise QueueError(f"cannot create the tables of sweep storage {redact_uri(url)}: concurrent creators raced")
     from optuna.storages.journal import JournalFileOpenLock
 
     from reslab.sweep.journal import RepairingJournalBackend
@@ -520,7 +521,7 @@ class SweepQueue:
         """FAIL with a reason: the next `reslab sweep` retries it, this one does not. False if the trial had
         already finished (failed as lost by another process)."""
         try:
-            for key, value in {**(attrs or {}), FAILURE: reason[:2000]}.items():
+            for key, value in {**(attrs or {}), FAILURE: redact(reason)[:2000]}.items():
                 self.storage.set_trial_user_attr(trial._trial_id, key, value)
             self.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         except UpdateFinishedTrialError:

@@ -48,7 +48,6 @@ import datetime as dt
 import errno
 import math
 import random
-import re
 import sqlite3
 import sys
 import threading
@@ -65,6 +64,8 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.study import StudyDirection
 from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
+
+from reslab.redact import MASK, password_of, redact, redact_uri
 
 T = TypeVar("T")
 
@@ -289,28 +290,6 @@ def _is_transient_link(exc: BaseException) -> bool:
 # -- naming the storage without its password ------------------------------------------------------------------------
 
 
-def redact_url(url: str) -> str:
-    """`url` with its password hidden (SQLAlchemy's own rendering; a regex for anything it cannot parse)."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return re.sub(r"(://[^:/@\s]*):[^@\s]*@", r"\1:***@", url)
-
-
-def _password(url: str | None) -> str | None:
-    if not url:
-        return None
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).password or None
-    except Exception:
-        found = re.search(r"://[^:/@\s]*:([^@\s]*)@", url)
-        return found.group(1) if found else None
-
-
 def _url_of(storage: Any) -> str | None:
     """The URL an RDB storage (or Optuna's cache around one) connects to, or a journal's Redis URL."""
     for candidate in (storage, getattr(storage, "_backend", None)):
@@ -326,7 +305,7 @@ def describe_storage(storage: BaseStorage) -> str:
         return storage.name
     url = _url_of(storage)
     if url is not None:
-        return redact_url(url)
+        return redact_uri(url)
     path = getattr(getattr(storage, "_backend", None), "_file_path", None)
     if isinstance(path, str):
         return f"journal {path}"
@@ -346,8 +325,8 @@ def describe_error(exc: BaseException, password: str | None = None) -> str:
     kind = type(link).__name__ if package in ("builtins", "__main__") else f"{package}.{type(link).__name__}"
     text = f"{kind}: {lines[0]}" if lines else kind
     if password:
-        text = text.replace(password, "***")
-    text = re.sub(r"(://[^:/@\s]*):[^@\s]*@", r"\1:***@", text)
+        text = text.replace(password, MASK)
+    text = redact(text)
     return text if len(text) <= 300 else text[:297] + "..."
 
 
@@ -406,7 +385,7 @@ class RetryingStorage(BaseStorage):
         self.base_delay_s = float(base_delay_s)
         self.max_delay_s = float(max_delay_s)
         self.name = name or describe_storage(inner)
-        self._password = _password(_url_of(inner))
+        self._password = password_of(_url_of(inner))
         self._log = log
         self._sleep = sleep
         self._clock = clock

@@ -27,6 +27,15 @@ from rich.table import Table
 
 from reslab import tracking
 from reslab.atomic import write_atomic
+from reslab.redact import (
+    PASSWORD_ENV,
+    STORAGE_ENV,
+    TRACKING_ENV,
+    USERNAME_ENV,
+    password_of,
+    redact_uri,
+    remember,
+)
 from reslab.sweep.config import ConfigError, SweepConfig
 from reslab.sweep.grid import Cell
 from reslab.sweep.parent import ensure_sweep_run
@@ -113,10 +122,13 @@ def recipe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 class Coordinator:
-    def __init__(self, config: SweepConfig, console: Console | None = None, source: str = "") -> None:
+    def __init__(
+        self, config: SweepConfig, console: Console | None = None, source: str = "", env_hint: str = ""
+    ) -> None:
         self.config = config
         self.console = console or make_console()
         self.source = source or config.name
+        self.env_hint = env_hint
         self.cells, self.items = items_of(config)
         self.lost_counts: dict[Item, int] = {}
         self._procs: list[subprocess.Popen] = []  # the workers, once started
@@ -124,6 +136,12 @@ class Coordinator:
         self.storage_url = _absolute_storage(config.storage_url)
         self.uri = tracking.resolve_uri(config.tracking.uri)
         self.store = tracking.store(self.uri)
+        remember(self.storage_url, config.tracking.uri)
+
+    @property
+    def resume(self) -> str:
+        """The command that runs the rest of this sweep, and where its URIs come from when they hold passwords."""
+        return f"reslab sweep {self.source}" + (f" ({self.env_hint})" if self.env_hint else "")
 
     # -- naming ----------------------------------------------------------------------------------------------------
     def label(self, item: Item) -> str:
@@ -133,7 +151,8 @@ class Coordinator:
     # -- dry run ---------------------------------------------------------------------------------------------------
     def dry_run(self) -> int:
         from reslab.data.registry import DATASETS
-        from reslab.models.summary import describe
+        from reslab.models.estimate import estimate
+        from reslab.models.registry import output_units
 
         statuses: dict[Item, ItemStatus] = {}
         storage = None
@@ -142,17 +161,14 @@ class Coordinator:
         if storage is not None and study_exists(storage, self.config.name):
             statuses = SweepQueue(storage, self.config.name, create=False).status(self.items)
         shape, classes = DATASETS[self.config.dataset.name].shape(self.config.dataset.options)
-        from reslab.train.run import output_units
-
         table = Table(title=f"sweep {self.config.name}: {len(self.items)} runs ({self._plan_line()})")
         for col in ("run", "params", "MACs", "status", "attempts", "lease"):
             table.add_column(col, justify="right" if col in ("params", "MACs", "attempts") else "left")
         sizes: dict[Any, Any] = {}
         for item in self.items:
-            cell = self.cells[item[0]]
-            spec = cell.spec()
-            if spec not in sizes:
-                sizes[spec] = describe(spec, shape, output_units(spec, classes))
+            spec = self.cells[item[0]].spec()
+            if spec not in sizes:  # closed forms: a 1202-layer grid is listed in milliseconds, nothing is built
+                sizes[spec] = estimate(spec, shape, output_units(spec, classes))
             s = sizes[spec]
             st = statuses.get(item)
             state = st.state if st else "missing"
@@ -162,7 +178,7 @@ class Coordinator:
                           str(st.attempts if st else 0), st.lease() if st else "")  # fmt: skip
         self.console.print(table)
         done = sum(1 for st in statuses.values() if st.state == "done")
-        self.console.print(f"{done} of {len(self.items)} done; `reslab sweep {self.source}` runs the rest.")
+        self.console.print(f"{done} of {len(self.items)} done; `{self.resume}` runs the rest.")
         return EXIT_OK
 
     def _plan_line(self) -> str:
@@ -201,7 +217,8 @@ class Coordinator:
         self.console.print(
             f"[bold]sweep {config.name}[/]: {len(self.items)} runs, {len(self.items) - len(todo)} done, "
             f"{len(todo)} to run on {plan.describe()}\n"
-            f"  queue  {self.storage_url}\n  mlflow {self.uri} (experiment {config.tracking.experiment})"
+            f"  queue  {redact_uri(self.storage_url)}\n  mlflow {redact_uri(self.uri)} "
+            f"(experiment {config.tracking.experiment})"
         )
         if not todo:
             return self._finish(queue, parent, interrupted=False)
@@ -260,9 +277,11 @@ class Coordinator:
         return f"delete {self.config.run_dir}"
 
     def _write_resolved(self) -> Path:
+        """The config the workers read, URIs without passwords: `_spawn_one` passes the real ones in the
+        environment."""
         data = self.config.resolved()
-        data["tracking"]["uri"] = self.uri
-        data["sweep"]["storage"] = self.storage_url
+        data["tracking"]["uri"] = redact_uri(self.uri)
+        data["sweep"]["storage"] = redact_uri(self.storage_url)
         path = self.config.run_dir / "config.resolved.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, yaml.safe_dump(data, sort_keys=False))
@@ -274,7 +293,7 @@ class Coordinator:
 
     def _spawn_one(self, i: int) -> subprocess.Popen:
         plan, resolved, parent = self._launch
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **{STORAGE_ENV: self.storage_url, TRACKING_ENV: self.uri})
         if plan.threads:
             env.update(OMP_NUM_THREADS=str(plan.threads), MKL_NUM_THREADS=str(plan.threads))
         if plan.gpus:
@@ -361,7 +380,7 @@ class Coordinator:
             self.console.print(summary_table(self.config, self.cells, statuses))
         self.store.log_metrics(parent, [("cells_done", done, 0), ("cells_failed", failed, 0)])
         self.store.set_tags(parent, {Tag.CELLS_DONE: done, Tag.CELLS_FAILED: failed})
-        resume = f"reslab sweep {self.source}"
+        resume = self.resume
         if interrupted:
             self._close_orphans(queue, parent)
             self.store.finish_run(parent, "KILLED", "interrupted")
@@ -389,10 +408,17 @@ class Coordinator:
         """Where to look: the MLflow UI on this store, and the report command that reads the same store."""
         name = self.config.name
         report = f"reslab report {name}"
-        if self.uri != tracking.resolve_uri(None):  # not the store `reslab report` finds by itself
+        shown = redact_uri(self.uri)
+        if password_of(self.uri):  # the commands find it where this one did, never printed
+            report += f"    (with {TRACKING_ENV} set)"
+        elif self.uri != tracking.resolve_uri(None):  # not the store `reslab report` finds by itself
             report += f" --tracking-uri {self.uri}"
+        if os.environ.get(PASSWORD_ENV) and self.uri.startswith(("http://", "https://")):
+            report += f"    (with {USERNAME_ENV} and {PASSWORD_ENV} set)"
         if self.uri.startswith(("http://", "https://")):
-            ui = f"open {self.uri} in a browser    (the MLflow server's UI)"
+            ui = f"open {shown} in a browser    (the MLflow server's UI)"
+        elif password_of(self.uri):
+            ui = f"{TRACKING_ENV}=... reslab ui    (the store {shown})"
         else:
             ui = f"mlflow ui --backend-store-uri {self.uri}    (or: nox -s ui)"
         return f"  {ui}\n  {report}    -> reports/{name}/index.html"
@@ -466,9 +492,18 @@ def _absolute_storage(url: str) -> str:
     return url if is_rdb(url) else str(Path(url).resolve())
 
 
-def run_sweep(config: SweepConfig, *, dry_run: bool = False, console: Console | None = None, source: str = "") -> int:
-    """Run (or with dry_run, list) a sweep. Bad storage or tracking: one clear error, exit code 2, nothing run."""
-    coordinator = Coordinator(config, console, source)
+def run_sweep(
+    config: SweepConfig, *, dry_run: bool = False, console: Console | None = None, source: str = "",
+    env_hint: str = "",
+) -> int:
+    """Run (or with dry_run, list) a sweep. A request this machine cannot run (see `reslab.limits`) is a
+    ConfigError before anything is created; bad storage or tracking: one clear error, exit code 2, nothing run."""
+    from reslab.limits import check_sweep
+
+    problems = check_sweep(config)
+    if problems:
+        raise ConfigError(source or config.name, problems)
+    coordinator = Coordinator(config, console, source, env_hint)
     try:
         return coordinator.dry_run() if dry_run else coordinator.run()
     except (QueueError, tracking.TrackingError) as exc:
@@ -477,8 +512,7 @@ def run_sweep(config: SweepConfig, *, dry_run: bool = False, console: Console | 
     except StorageUnavailable as exc:
         coordinator.stop_after_outage(exc)
         coordinator.console.print(
-            f"reslab sweep: stopped: {exc}. The cells in flight run again when you rerun: "
-            f"reslab sweep {coordinator.source}",
+            f"reslab sweep: stopped: {exc}. The cells in flight run again when you rerun: {coordinator.resume}",
             style="red", soft_wrap=True,
         )  # fmt: skip
         return EXIT_INCOMPLETE

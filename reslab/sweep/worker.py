@@ -21,6 +21,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from reslab import tracking
+from reslab.redact import guard_streams
 from reslab.sweep.config import SweepConfig, load_config
 from reslab.sweep.grid import Cell, expand
 from reslab.sweep.queue import (
@@ -342,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parent-run-id")
     p.add_argument("--threads", type=int)
     args = p.parse_args(argv)
-    config = load_config(args.config)
+    config = load_config(args.config).from_environment()
+    guard_streams(config.storage_url, config.tracking.uri)
     print(f"worker {args.index} of sweep {config.name} starting", flush=True)
     try:
         return Worker(config, args.parent_run_id, args.threads, args.config).run()

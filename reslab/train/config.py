@@ -9,9 +9,24 @@ pydantic validates it, so a sweep config reports every bad field at once, each w
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: Lightning's registered strategies and "auto" (a test keeps this equal to Lightning's StrategyRegistry, so the
+#: config can refuse a bad name without importing Lightning).
+STRATEGIES = (
+    "auto", "ddp", "ddp_find_unused_parameters_false", "ddp_find_unused_parameters_true", "ddp_fork",
+    "ddp_fork_find_unused_parameters_false", "ddp_fork_find_unused_parameters_true", "ddp_notebook",
+    "ddp_notebook_find_unused_parameters_false", "ddp_notebook_find_unused_parameters_true", "ddp_spawn",
+    "ddp_spawn_find_unused_parameters_false", "ddp_spawn_find_unused_parameters_true", "deepspeed",
+    "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_2_offload", "deepspeed_stage_3",
+    "deepspeed_stage_3_offload", "deepspeed_stage_3_offload_nvme", "fsdp", "fsdp_cpu_offload", "single_device",
+    "single_tpu", "single_xla", "xla", "xla_debug",
+)  # fmt: skip
+#: What Lightning's `devices` takes as text: "auto", "-1" (all), a count, or device indices "0,1" / "2,".
+_DEVICES_TEXT = re.compile(r"auto|-1|\d+|\d+(,\d+)*,?")
 
 
 class TrainConfig(BaseModel):
@@ -41,6 +56,26 @@ class TrainConfig(BaseModel):
     drop_last: bool = False
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
     deterministic: bool | None = Field(None, description="deterministic algorithms (default: on CPU only)")
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _devices(cls, v: Any) -> Any:
+        valid = "a count >= 1, -1 (all), 'auto', or device indices such as '0,1' or [0, 1]"
+        if isinstance(v, list) and v and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v):
+            return ",".join(map(str, v))
+        if isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1):
+            return v
+        if isinstance(v, str) and _DEVICES_TEXT.fullmatch(v.strip().replace(" ", "")) and v.strip() != "0":
+            text = v.strip().replace(" ", "")
+            return int(text) if text.lstrip("-").isdigit() and "," not in text else text
+        raise ValueError(f"devices {v!r} is not one Lightning accepts; valid: {valid}")
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, v: str) -> str:
+        if v not in STRATEGIES:
+            raise ValueError(f"unknown strategy {v!r}; valid: {', '.join(STRATEGIES)}")
+        return v
 
     @model_validator(mode="after")
     def _milestones_increase(self) -> TrainConfig:
@@ -82,7 +117,30 @@ class DataConfig(BaseModel):
             raise ValueError(
                 f"unknown option(s) {', '.join(unknown)} for dataset {self.name!r}; valid: {', '.join(valid) or 'none'}"
             )
+        wrong = [f"{k}={v!r} (expected {_kind(valid[k])})" for k, v in self.options.items() if not _fits(v, valid[k])]
+        if wrong:
+            raise ValueError(f"dataset {self.name!r} option(s) of the wrong type: {', '.join(wrong)}")
         return self
+
+
+def _kind(default: object) -> str:
+    if isinstance(default, (tuple, list)):
+        return "a list"
+    return "a number" if type(default) in (int, float) else type(default).__name__
+
+
+def _fits(value: object, default: object) -> bool:
+    """A dataset option's value has its default's type (a number where the default is a number; anything where the
+    default is None, which means 'not set')."""
+    if default is None:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float)) and (isinstance(default, float) or float(value).is_integer())
+    if isinstance(default, (tuple, list)):  # YAML has lists only
+        return isinstance(value, (tuple, list))
+    return isinstance(value, type(default))
 
 
 class TrackingConfig(BaseModel):

@@ -22,7 +22,8 @@ import torch
 
 from reslab import tracking
 from reslab.data.registry import DATASETS, load_dataset
-from reslab.models import FAMILIES, NetSpec, build_net, summarize
+from reslab.models import NetSpec, build_net, summarize
+from reslab.models.registry import output_units
 from reslab.tags import Tag
 from reslab.train.config import DataConfig, TrackingConfig, TrainConfig
 
@@ -106,11 +107,6 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
-
-
-def output_units(spec: NetSpec, num_classes: int) -> int:
-    """A binary dataset on a family whose head is one sigmoid unit (the seed's convnet) gets 1 output and BCE."""
-    return 1 if num_classes == 2 and FAMILIES[spec.family].default_classes == 1 else num_classes
 
 
 def resolved_config(spec: NetSpec, data: DataConfig, train: TrainConfig) -> dict[str, Any]:

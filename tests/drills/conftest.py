@@ -45,18 +45,31 @@ def _pg_bin(name: str) -> str:
 
 class PgServer:
     """A throwaway PostgreSQL cluster: postgresql://postgres@127.0.0.1:PORT, trust auth, fsync off (a drill, not a
-    production server). As root, the server runs as the `postgres` user (it refuses root) from a folder of its own
-    outside pytest's private tmp."""
+    production server); with `password`, SCRAM authentication and the password percent-encoded in `url`. As root,
+    the server runs as the `postgres` user (it refuses root) from a folder of its own outside pytest's private
+    tmp."""
 
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None) -> None:
+        from urllib.parse import quote
+
         self.root = Path(tempfile.mkdtemp(prefix="reslab-drill-pg-"))
         self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if self.as_postgres:
             shutil.chown(self.root, "postgres")
         self.data, self.port = self.root / "data", free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}"
-        subprocess.run([*self.as_postgres, _pg_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
+        auth = ["-A", "trust"]
+        if password is not None:
+            pwfile = self.root / "pwfile"
+            pwfile.write_text(password + "\n")
+            if self.as_postgres:
+                shutil.chown(pwfile, "postgres")
+            auth = ["-A", "scram-sha-256", f"--pwfile={pwfile}"]
+        userinfo = "postgres" if password is None else f"postgres:{quote(password, safe='')}"
+        self.url = f"postgresql://{userinfo}@127.0.0.1:{self.port}"
+        subprocess.run([*self.as_postgres, _pg_bin("initdb"), "-D", str(self.data), *auth, "-U", "postgres",
                         "--no-sync"], check=True, capture_output=True)  # fmt: skip
+        if password is not None:
+            pwfile.unlink()
 
     def _ctl(self, *args: str) -> None:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"

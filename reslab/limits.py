@@ -1,0 +1,124 @@
+"""What this machine can run: the checks that refuse an impossible request before anything is created.
+
+A depth-scaling study asks for extremes (He et al. 2015 train a 1202-layer net), and an extreme that does not fit
+fails late and badly: a width of 100000 asks for a 120 GB allocation and dies with a traceback, a depth of 600002
+spends minutes building modules before anything else happens, 500 workers on 2 cores thrash. Each is refused here
+with one line naming the cell, the estimate and what is available, from `reslab.models.estimate` (closed forms,
+nothing built) and the machine's own figures, before a queue, an MLflow run or a file exists.
+
+torch is imported only when the training device may be a GPU on a machine that has NVIDIA's driver, so a config
+check on a CPU machine stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from reslab.models.spec import NetSpec
+    from reslab.sweep.config import SweepConfig
+    from reslab.train.config import TrainConfig
+
+#: Worker processes beyond these per core / per GPU only contend: each cell gets a slice of a device it cannot use.
+WORKERS_PER_CORE = 4
+WORKERS_PER_GPU = 8
+_GiB = 1024**3
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where a cell would train: its kind, its memory available to one cell, and how many there are."""
+
+    kind: str  # "cpu" or "cuda"
+    memory_bytes: int
+    count: int
+
+    def describe(self) -> str:
+        if self.kind == "cuda":
+            return f"the GPU has {self.memory_bytes / _GiB:.1f} GiB free"
+        return f"this machine has {self.memory_bytes / _GiB:.1f} GiB of memory available"
+
+
+def _nvidia_driver() -> bool:
+    return Path("/proc/driver/nvidia/gpus").is_dir() or Path("/dev/nvidia0").exists()
+
+
+def training_device(device: str) -> Device:
+    """The device a cell with `train.device = device` trains on here. A GPU is asked for its free memory (the
+    smallest over the GPUs, since a cell may land on any); the CPU has the memory the OS reports available."""
+    import psutil
+
+    cpu = Device("cpu", int(psutil.virtual_memory().available), os.cpu_count() or 1)
+    if device == "cpu" or device == "mps" or not _nvidia_driver():
+        return cpu
+    import torch
+
+    if not torch.cuda.is_available():
+        return cpu
+    free = min(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
+    return Device("cuda", int(free), torch.cuda.device_count())
+
+
+def training_bytes(spec: NetSpec, input_shape: tuple[int, ...], classes: int, train: TrainConfig) -> tuple[int, str]:
+    """Bytes one training of `spec` needs (parameters, gradients and momentum, plus the activations autograd keeps
+    for a batch), and how that splits, in words."""
+    from reslab.models.estimate import estimate
+
+    est = estimate(spec, input_shape, classes)
+    per_value = 2 if train.precision in ("bf16-mixed", "16-mixed") else 4
+    total = est.training_bytes(train.batch_size, per_value)
+    activations = total - est.training_bytes(0, per_value)
+    split = f"{(total - activations) / _GiB:.1f} GiB for {est.params:,} parameters with their gradients and momentum"
+    split += f" + {activations / _GiB:.1f} GiB of activations for a batch of {train.batch_size}"
+    return total, split
+
+
+def memory_problem(
+    label: str, spec: NetSpec, input_shape: tuple[int, ...], classes: int, train: TrainConfig, device: Device
+) -> str | None:
+    """One line when `spec` cannot train in `device`'s memory, else None."""
+    need, split = training_bytes(spec, input_shape, classes, train)
+    if need <= device.memory_bytes:
+        return None
+    return (
+        f"{label} needs about {need / _GiB:.1f} GiB to train ({split}), but {device.describe()}: choose a smaller "
+        f"depth, width or train.batch_size"
+    )
+
+
+def check_sweep(config: SweepConfig) -> list[str]:
+    """Every reason this machine cannot run `config`: too many workers for its cores or GPUs, cells that cannot
+    fit in memory (one line per network, the seeds of a network share it)."""
+    from reslab.data.registry import DATASETS
+    from reslab.models.registry import output_units
+    from reslab.sweep.grid import expand
+
+    problems = []
+    device = training_device(config.train.device)
+    workers = config.sweep.workers
+    if isinstance(workers, int):
+        if device.kind == "cuda" and workers > WORKERS_PER_GPU * device.count:
+            problems.append(
+                f"sweep.workers: {workers} workers for {device.count} GPU(s) is more than {WORKERS_PER_GPU} per GPU; "
+                f"valid: 1 to {WORKERS_PER_GPU * device.count}, or auto"
+            )
+        elif device.kind == "cpu" and workers > WORKERS_PER_CORE * device.count:
+            problems.append(
+                f"sweep.workers: {workers} workers for {device.count} CPU core(s) is more than {WORKERS_PER_CORE} "
+                f"per core; valid: 1 to {WORKERS_PER_CORE * device.count}, or auto"
+            )
+    shape, classes = DATASETS[config.dataset.name].shape(config.dataset.options)
+    seen = set()
+    for cell in expand(config.grid):
+        spec = cell.spec()
+        if spec in seen:
+            continue
+        seen.add(spec)
+        problem = memory_problem(f"grid cell {spec.name}", spec, shape, output_units(spec, classes), config.train,
+                                 device)  # fmt: skip
+        if problem:
+            problems.append(problem)
+    return problems
