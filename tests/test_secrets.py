@@ -175,7 +175,7 @@ def test_the_report_uploads_only_its_own_files_and_escapes_markdown(tmp_path: Pa
         f"report/figures/{p.name}" for p in paths.written if p.parent.name == "figures"
     }
     markdown = paths.markdown.read_text()
-    assert r"plain-8 \*bold\* \[link\]\(http://evil\) &lt;script&gt;\|pipe" in markdown
+    assert r"plain-8 \*bold\* \[link\](http://evil) &lt;script&gt;\|pipe" in markdown
     assert "<script>" not in markdown and "<img" not in markdown
     for path in paths.written:
         assert ENCODED not in path.read_bytes().decode(errors="replace"), path
@@ -199,3 +199,21 @@ def test_an_experiment_name_with_quotes_is_just_a_name(tmp_path: Path) -> None:
     run = store.start_run(name, "r", {"reslab.sweep": "s"})
     assert [r.info.run_id for r in store.search_runs(name, "tags.`reslab.sweep` = 's'")] == [run]
     assert name in store.experiment_names()
+
+
+@pytest.mark.parametrize(
+    ("text", "escaped"),
+    [
+        ("# heading", r"\# heading"),
+        ("- item", r"\- item"),
+        ("1. first", r"1\. first"),
+        ("0.1 ± 0.2", "0.1 ± 0.2"),
+        ("plain-56 (+4.3 points)", "plain-56 (+4.3 points)"),
+        ("a|b\nc", r"a\|b c"),
+        ("`code` ~~gone~~ _em_", r"\`code\` \~\~gone\~\~ \_em\_"),
+    ],
+)
+def test_markdown_escaping_keeps_text_literal_and_readable(text: str, escaped: str) -> None:
+    from reslab.report.render import md_escape
+
+    assert md_escape(text) == escaped

@@ -256,17 +256,21 @@ def _html_table(df: pd.DataFrame) -> str:
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")
+# What changes the meaning of inline Markdown text: emphasis, code, links and images ([...]), table pipes,
+# strikethrough, the escape itself. Parentheses, '+' or '#' only matter at the start of a line or after ']'.
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 
 
 def md_escape(value: object) -> str:
     """Text from run names, tags and the config as literal Markdown, as `html.escape` does for the HTML: emphasis,
     links, table pipes and raw HTML (which Markdown renderers pass through) lose their meaning; a line break
-    becomes a space, so a value cannot start a heading or end a table row."""
+    becomes a space and a leading block marker is escaped, so a value cannot start a heading, a list or a quote,
+    or end a table row."""
     text = " ".join(str(value).splitlines())
     text = _MD_SPECIAL.sub(r"\\\1", text)
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return "\\" + text if text[:1] in ("-", "=") else text
+    text = re.sub(r"^(\d+)([.)])(?=\s|$)", r"\1\\\2", text)  # "1. x" would start an ordered list
+    return "\\" + text if text[:1] in ("-", "+", "=", "#") else text
 
 
 def _fence(text: str) -> str:
