@@ -76,13 +76,15 @@ def lightning_step_times(
     spec: NetSpec, splits: Splits, cfg: TrainConfig, steps: int, warmup: int = 3, telemetry: bool = True
 ) -> StepTiming:
     """reslab's training step as `run_one` runs it (ResLabModule + GradientProbe every cfg.telemetry_every steps,
-    no tracking), timed from batch start to batch end."""
+    the trainer `make_trainer` builds for sweeps, no tracking, no evaluation), timed from batch start to batch
+    end."""
     import lightning.pytorch as pl
 
     from reslab.data.datamodule import TensorDataModule
     from reslab.train.module import ResLabModule
     from reslab.train.run import quiet_lightning, resolve_device
     from reslab.train.telemetry import GradientProbe
+    from reslab.train.trainer import make_trainer
 
     quiet_lightning()
     device = resolve_device(cfg.device)
@@ -93,19 +95,7 @@ def lightning_step_times(
     callbacks: list[pl.Callback] = [timer]
     if telemetry:
         callbacks.insert(0, GradientProbe(cfg.telemetry_every))
-    trainer = pl.Trainer(
-        accelerator={"cuda": "gpu"}.get(device, device),
-        devices=1,
-        max_steps=warmup + steps,
-        logger=False,
-        callbacks=callbacks,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        deterministic=device == "cpu",
-    )
+    trainer = make_trainer(cfg, device, callbacks=callbacks, max_steps=warmup + steps, evaluate=False)
     trainer.fit(ResLabModule(net, cfg, dm.eval_names), datamodule=dm)
     return _timing(timer.ends, warmup, steps, cfg.batch_size)
 

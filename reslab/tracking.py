@@ -11,9 +11,15 @@ The contract (what the sweep, the report and users' own queries may rely on):
 - one run per training; tags `family block depth width shortcut seed dataset`, `reslab.git_commit`,
   `reslab.device`, `reslab.version.<package>`; params `net.*`, `train.*`, `data.*`;
 - per-epoch metrics at step = epoch (1-based): train_error, train_loss, val_error, val_loss, test_error, test_loss,
-  lr, epoch_time_s, train_images_per_s; gradient telemetry at step = training iteration: `grad_branch/bNNN`,
-  `grad_shortcut/bNNN`, `grad_out/bNNN`, `gate/bNNN`, `grad_weight/LLL.<parameter>`; MLflow system metrics;
-- artifacts `config.yaml`, `model_summary.txt`, `final_metrics.json`;
+  lr, epoch_time_s, train_images_per_s; gradient telemetry summaries at step = training iteration:
+  `telemetry/grad_out_first`, `telemetry/grad_out_middle`, `telemetry/grad_out_last`,
+  `telemetry/shortcut_share_last`, `telemetry/grad_weight_first`, `telemetry/grad_weight_last`,
+  `telemetry/gate_mean` (see `reslab.train.telemetry`); MLflow system metrics. The number of metric keys does not
+  grow with depth;
+- artifacts `config.yaml`, `model_summary.txt`, `final_metrics.json` and `telemetry.csv` (`step,key,value`: every
+  per-block and per-layer value, `grad_branch/bNNN`, `grad_shortcut/bNNN`, `grad_out/bNNN`, `gate/bNNN`,
+  `grad_weight/LLL.<parameter>`, also for runs that failed or were stopped; runs recorded before it existed have
+  these as metrics);
 - sweeps: a parent run tagged `reslab.sweep=<name>` and children tagged `mlflow.parentRunId`, `reslab.cell`.
 
 Measured on a 2-core machine: one `log_batch` of 1000 metrics costs what ~16 single `log_metric` calls do, so

@@ -149,13 +149,26 @@ def test_run_is_recorded_in_mlflow_and_reads_back(store: str) -> None:
             assert all(0 <= m.value <= 1 for m in history)
     assert run.data.metrics["train_error"] == pytest.approx(result.metrics["train_error"])
     keys = set(run.data.metrics)
-    for prefix in ("grad_branch/b000", "grad_shortcut/b002", "grad_out/b001", "gate/b000", "grad_weight/000.stem.0"):
-        assert prefix in keys, prefix
-    steps = [m.step for m in client.get_metric_history(result.run_id, "grad_branch/b000")]
-    assert steps == [0, 4, 8, 12, 16, 20]  # 8 steps an epoch, 3 epochs, every 4
+    summaries = {k for k in keys if k.startswith("telemetry/")}
+    assert summaries == {f"telemetry/{k}" for k in ("grad_out_first", "grad_out_middle", "grad_out_last",
+                         "shortcut_share_last", "grad_weight_first", "grad_weight_last", "gate_mean")}  # fmt: skip
+    assert not any(k.split("/")[0] in ("grad_branch", "grad_shortcut", "grad_out", "gate", "grad_weight") for k in keys)
+    gate_mean = sorted((m.step, m.value) for m in client.get_metric_history(result.run_id, "telemetry/gate_mean"))
+    assert [step for step, _ in gate_mean] == [0, 4, 8, 12, 16, 20]  # 8 steps an epoch, 3 epochs, every 4
     assert any(k.startswith("system/cpu_utilization") for k in keys)
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
-    assert {"config.yaml", "model_summary.txt", "final_metrics.json"} <= artifacts
+    assert {"config.yaml", "model_summary.txt", "final_metrics.json", "telemetry.csv"} <= artifacts
+    import pandas as pd
+
+    tele = pd.read_csv(client.download_artifacts(result.run_id, "telemetry.csv", str(Path.cwd())))
+    for key in ("grad_branch/b000", "grad_shortcut/b002", "grad_out/b001", "gate/b000", "grad_weight/000.stem.0"):
+        assert sorted(tele.loc[tele["key"] == key, "step"]) == [0, 4, 8, 12, 16, 20], key
+    gates = tele[tele["key"].str.startswith("gate/")].groupby("step")["value"].mean()
+    assert [v for _, v in gate_mean] == pytest.approx(gates.tolist())
+    last = max(int(k[len("grad_out/b") :]) for k in tele["key"] if k.startswith("grad_out/"))
+    out_last = tele[tele["key"] == f"grad_out/b{last:03d}"].sort_values("step")["value"]
+    history = sorted((m.step, m.value) for m in client.get_metric_history(result.run_id, "telemetry/grad_out_last"))
+    assert [v for _, v in history] == pytest.approx(out_last.tolist())
     final = json.loads(client.download_artifacts(result.run_id, "final_metrics.json", str(Path.cwd())) and
                        Path("final_metrics.json").read_text())  # fmt: skip
     assert final["metrics"]["test_error"] == pytest.approx(result.metrics["test_error"])
@@ -226,6 +239,34 @@ def test_epoch_time_counts_training_batches_only(monkeypatch: pytest.MonkeyPatch
     assert time.perf_counter() - t0 > 1.0
     assert result.metrics["epoch_time_s"] < 0.5
     assert result.metrics["train_images_per_s"] == pytest.approx(64 / result.metrics["epoch_time_s"])
+
+
+def test_runs_and_the_overhead_benchmark_train_with_one_trainer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Lightning step the benchmarks time is the one sweeps run: both trainers come from `make_trainer`."""
+    from reslab import perf
+    from reslab.data.registry import load_dataset
+    from reslab.train import trainer as trainer_module
+    from reslab.train.run import run_one
+
+    built = []
+    make = trainer_module.make_trainer
+
+    def recording(*args, **kwargs):
+        built.append(make(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(trainer_module, "make_trainer", recording)
+    spec = NetSpec("mlp", "residual", 4, 8)
+    run_one(spec, SYNTH, TINY, None)
+    perf.lightning_step_times(spec, load_dataset(SYNTH.name, SYNTH.options), TINY, steps=2, warmup=1)
+    ran, timed = built
+    for trainer in built:
+        assert [type(c).__name__ for c in trainer.callbacks][:1] == ["GradientProbe"]
+        assert trainer.logger is None  # no tracking asked for: run_one attaches none either
+    assert type(ran.accelerator) is type(timed.accelerator) and type(ran.strategy) is type(timed.strategy)
+    assert ran.precision == timed.precision and ran.num_sanity_val_steps == timed.num_sanity_val_steps == 0
+    assert (ran.max_steps, ran.max_epochs, ran.limit_val_batches) == (-1, 2, 1.0)
+    assert (timed.max_steps, timed.max_epochs, timed.limit_val_batches) == (3, -1, 0)
 
 
 def test_lightning_does_not_end_the_run_before_reslab_does(store: str) -> None:

@@ -2,7 +2,8 @@
 
 The sweep's objective calls this and nothing else (a thin objective). Everything a later reader needs to
 trust the number is recorded with it: the resolved spec and recipe, the code version, the package versions, the
-device, per-epoch curves, gradient telemetry and system metrics.
+device, per-epoch curves, system metrics, and gradient telemetry (its summary series as metrics, every per-block
+value in the `telemetry.csv` artifact, written however the run ends so a failed run shows where gradients went).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,6 +27,12 @@ from reslab.models import NetSpec, build_net, summarize
 from reslab.models.registry import output_units
 from reslab.tags import Tag
 from reslab.train.config import DataConfig, TrackingConfig, TrainConfig
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+    from reslab.data.tensors import Splits
+    from reslab.train.telemetry import GradientProbe
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -44,6 +51,28 @@ class Superseded(Exception):
     """Raised by a run's `on_start` or `commit` callback when the work item the run belongs to was taken over by
     another worker (its lease was lost while this process was paused or cut off from the queue): the run ends
     KILLED, tagged `reslab.superseded`, and its result counts for nothing."""
+
+
+@dataclass(frozen=True)
+class FitPlan:
+    """Everything the recorded part of a run needs, set up and checked by `run_one` before an MLflow run exists."""
+
+    spec: NetSpec
+    data: DataConfig
+    train: TrainConfig
+    tracking: TrackingConfig | None
+    net: torch.nn.Module
+    splits: Splits
+    trainer: pl.Trainer
+    probe: GradientProbe
+    device: str
+    t_start: float
+    run_name: str | None = None
+    parent_run_id: str | None = None
+    extra_tags: dict[str, str] | None = None
+    on_epoch: EpochCallback | None = None
+    on_start: Callable[[str | None], None] | None = None
+    commit: Callable[[RunResult], None] | None = None
 
 
 @dataclass
@@ -158,6 +187,7 @@ def run_one(
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     from reslab.train.telemetry import GradientProbe
+    from reslab.train.trainer import make_trainer
 
     t_start = time.perf_counter()
     quiet_lightning()
@@ -171,105 +201,91 @@ def run_one(
             pl.seed_everything(train.seed, workers=False, verbose=False)  # before the net is built: same init
             splits = load_dataset(data.name, data.options, data.data_dir)
             net = build_net(spec, splits.input_shape, output_units(spec, splits.num_classes))
-            accelerator = {"cuda": "gpu"}.get(device, device)
             probe = GradientProbe(train.telemetry_every)
-            trainer = pl.Trainer(
-                accelerator=accelerator,
-                devices=train.devices,
-                strategy=train.strategy,
-                precision=train.precision,
-                max_epochs=-1 if train.max_steps else train.epochs,
-                max_steps=train.max_steps or -1,
-                logger=False,  # attached below, once the MLflow run exists
-                callbacks=[probe],
-                enable_checkpointing=False,
-                enable_model_summary=False,
-                enable_progress_bar=False,
-                num_sanity_val_steps=0,
-                deterministic=train.deterministic if train.deterministic is not None else accelerator == "cpu",
-                default_root_dir=None,
-            )
+            trainer = make_trainer(train, device, callbacks=[probe])
         except (ValueError, RuntimeError, MisconfigurationException) as exc:
             raise SetupError(f"cannot set up {spec.name} on {data.name}: {exc}") from exc
-        return _fit(spec, data, train, tracking_cfg, net, splits, trainer, probe, device, t_start,
-                    run_name=run_name, parent_run_id=parent_run_id, extra_tags=extra_tags, on_epoch=on_epoch,
-                    on_start=on_start, commit=commit)  # fmt: skip
+        plan = FitPlan(
+            spec, data, train, tracking_cfg, net, splits, trainer, probe, device, t_start, run_name=run_name,
+            parent_run_id=parent_run_id, extra_tags=extra_tags, on_epoch=on_epoch, on_start=on_start, commit=commit,
+        )  # fmt: skip
+        return _fit(plan)
     finally:
         torch.set_num_threads(threads_before)  # a run's thread count must not leak into the next one in the process
 
 
-def _fit(
-    spec: NetSpec,
-    data: DataConfig,
-    train: TrainConfig,
-    tracking_cfg: TrackingConfig | None,
-    net: torch.nn.Module,
-    splits: Any,
-    trainer: Any,
-    probe: Any,
-    device: str,
-    t_start: float,
-    *,
-    run_name: str | None,
-    parent_run_id: str | None,
-    extra_tags: dict[str, str] | None,
-    on_epoch: EpochCallback | None,
-    on_start: Callable[[str | None], None] | None,
-    commit: Callable[[RunResult], None] | None,
-) -> RunResult:
+def _fit(plan: FitPlan) -> RunResult:
     """The recorded part of `run_one`: the MLflow run, the fit, the final artifacts, the run's terminal status."""
     from reslab.data.datamodule import TensorDataModule
     from reslab.train.module import ResLabModule
+    from reslab.train.telemetry import ARTIFACT as TELEMETRY_ARTIFACT
+    from reslab.train.telemetry import telemetry_csv
 
-    summary = summarize(net, splits.input_shape)
+    spec, data, train, tracking_cfg, probe = plan.spec, plan.data, plan.train, plan.tracking, plan.probe
+    summary = summarize(plan.net, plan.splits.input_shape)
     dm = TensorDataModule(
-        splits, train.batch_size, eval_batch_size=train.eval_batch_size, seed=train.seed,
-        device="cuda" if device == "cuda" else device, drop_last=train.drop_last,
+        plan.splits, train.batch_size, eval_batch_size=train.eval_batch_size, seed=train.seed,
+        device="cuda" if plan.device == "cuda" else plan.device, drop_last=train.drop_last,
     )  # fmt: skip
     config = resolved_config(spec, data, train)
-    device_desc = describe_device(device)
+    device_desc = describe_device(plan.device)
 
     run_id, store = None, None
     if tracking_cfg is not None and is_rank_zero():  # one MLflow run per training, however many processes
         store = tracking.store(tracking.resolve_uri(tracking_cfg.uri))
         store.prepare(tracking_cfg.experiment)
-        tags = {**run_tags(spec, train.seed, data.name), **tracking.provenance_tags(device_desc), **(extra_tags or {})}
+        tags = {**run_tags(spec, train.seed, data.name), **tracking.provenance_tags(device_desc),
+                **(plan.extra_tags or {})}  # fmt: skip
         run_id = store.start_run(
-            tracking_cfg.experiment, run_name or f"{spec.name}-s{train.seed}", tags, flat_params(config), parent_run_id
-        )
-    committed = False
+            tracking_cfg.experiment, plan.run_name or f"{spec.name}-s{train.seed}", tags, flat_params(config),
+            plan.parent_run_id,
+        )  # fmt: skip
+    committed = telemetry_written = False
+
+    def keep_telemetry() -> None:
+        """On the way out of a run that did not finish: the telemetry recorded so far, the steps of the epoch cut
+        short included, as the run's telemetry.csv. Never raises: the error that ended the run is the one to see."""
+        if run_id is None or telemetry_written:
+            return
+        try:
+            probe.flush(log=False)  # the store may be what failed: one artifact write is all that is tried
+            if probe.history:
+                store.log_text(run_id, telemetry_csv(probe.history), TELEMETRY_ARTIFACT)
+        except Exception as err:
+            print(f"run {run_id}: {TELEMETRY_ARTIFACT} not written: {type(err).__name__}: {err}", file=sys.stderr)
+
     try:  # from here on the run ends FINISHED, FAILED or KILLED, whatever happens
         if run_id is not None:
             store.log_params(run_id, {"net.params": summary.params, "net.macs": summary.macs})
             store.log_text(run_id, _yaml(config), "config.yaml")
             store.log_text(run_id, summary.table(spec.name), "model_summary.txt")
-            trainer.logger = store.lightning_logger(run_id)
+            plan.trainer.logger = store.lightning_logger(run_id)
             probe.sink = lambda rows: store.log_metrics(run_id, rows)
-        if on_start is not None and is_rank_zero():
-            on_start(run_id)
-        module = ResLabModule(net, train, dm.eval_names, on_epoch=on_epoch)
+        if plan.on_start is not None and is_rank_zero():
+            plan.on_start(run_id)
+        module = ResLabModule(plan.net, train, dm.eval_names, on_epoch=plan.on_epoch)
         if run_id is not None and tracking_cfg.system_metrics:
             with store.system_metrics(run_id, tracking_cfg.system_metrics_interval_s):
-                trainer.fit(module, datamodule=dm)
+                plan.trainer.fit(module, datamodule=dm)
         else:
-            trainer.fit(module, datamodule=dm)
+            plan.trainer.fit(module, datamodule=dm)
         if not module.history:
             raise RuntimeError("training ran no epoch")
         final = {k: v for k, v in module.history[-1].items() if k != "epoch"}
         result = RunResult(
             run_id=run_id, spec=spec, metrics=final, history=module.history, params=summary.params,
-            macs=summary.macs, wall_s=time.perf_counter() - t_start, device=device_desc, telemetry=probe.history,
-            diverged=module.diverged,
+            macs=summary.macs, wall_s=time.perf_counter() - plan.t_start, device=device_desc,
+            telemetry=probe.history, diverged=module.diverged,
         )  # fmt: skip
         if run_id is not None:
             if result.diverged:
                 store.set_tags(run_id, {Tag.DIVERGED: result.diverged})
             store.log_json(run_id, {**result.to_json(), "metrics": final}, "final_metrics.json")
-            if probe.history:  # the telemetry again as one file: reports read it in one call, not one per metric
-                lines = ["step,key,value", *(f"{step},{key},{value!r}" for key, value, step in probe.history)]
-                store.log_text(run_id, "\n".join(lines) + "\n", "telemetry.csv")
-        if commit is not None and is_rank_zero():
-            commit(result)
+            if probe.history:  # every per-block value, in one file: reports read it in one call
+                store.log_text(run_id, telemetry_csv(probe.history), TELEMETRY_ARTIFACT)
+            telemetry_written = True
+        if plan.commit is not None and is_rank_zero():
+            plan.commit(result)
         committed = True  # the result is recorded: from here on the run can only end FINISHED
         if run_id is not None:
             store.finish_run(run_id, "FINISHED")
@@ -281,6 +297,7 @@ def _fit(
         # goes on up.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
+            keep_telemetry()
             if run_id is not None:
                 store.finish_run(run_id, *(("FINISHED",) if committed else ("KILLED", "interrupted")))
         except Exception as err:  # e.g. sqlite still locked by the write the interrupt cut short: the interrupt
@@ -290,16 +307,19 @@ def _fit(
             signal.signal(signal.SIGINT, signal.default_int_handler)
         raise KeyboardInterrupt from exc
     except Superseded as exc:
+        keep_telemetry()
         if run_id is not None:
             store.set_tags(run_id, {Tag.SUPERSEDED: str(exc)})
             store.finish_run(run_id, "KILLED", str(exc))
         raise
     except StopRun as exc:
+        keep_telemetry()
         if run_id is not None:
             store.finish_run(run_id, "KILLED", str(exc))
         raise
     except BaseException as exc:
         if run_id is not None and not committed:  # committed: a coordinator finishes the run (settle_orphans)
+            keep_telemetry()
             store.finish_run(run_id, "FAILED", f"{type(exc).__name__}: {exc}")
         raise
 

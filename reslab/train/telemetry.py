@@ -5,10 +5,23 @@ connection (x_res): early in training the shortcut carries the clear signal and 
 swap. `GradientProbe` records, every K training steps and inside the backward pass training runs anyway:
 - per block: the gradient norm reaching the block input through the branch F and through the shortcut, and the
   gradient norm at the block output (at init a rezero block's branch gradient is 0 and its shortcut gradient is
-  its output gradient);
-- per rezero block: the gate a;
-- per layer: the norm of the weight gradient (what vanishes in deep plain nets).
-Values stay tensors until the epoch ends (no device sync per step) and are logged in one batch per epoch.
+  its output gradient): keys `grad_branch/bNNN`, `grad_shortcut/bNNN`, `grad_out/bNNN`;
+- per rezero block: the gate a (`gate/bNNN`);
+- per layer: the norm of the weight gradient, what vanishes in deep plain nets (`grad_weight/LLL.<parameter>`).
+Values stay tensors until the epoch ends (no device sync per step) and are read in one transfer per epoch.
+
+Their number grows with depth (3,002 per probed step for a residual ResNet-1202), and an MLflow run with thousands
+of metric keys makes the UI and run search crawl. So they all go to one artifact per run, `telemetry.csv`
+(`step,key,value` lines, what the report reads), and MLflow gets a fixed handful of series per probed step, enough
+to see in the UI how the gradient norm changes from the last block back to the first and how much of it the
+shortcut carries:
+- `telemetry/grad_out_first`, `telemetry/grad_out_middle`, `telemetry/grad_out_last`: the gradient norm at the
+  output of the first, middle (index n // 2) and last block;
+- `telemetry/shortcut_share_last`: grad_shortcut / (grad_branch + grad_shortcut) at the deepest block with a
+  shortcut, the share of the signal the shortcut carries there (absent for plain nets);
+- `telemetry/grad_weight_first`, `telemetry/grad_weight_last`: the weight-gradient norm of the first layer (the
+  stem) and of the last (the head);
+- `telemetry/gate_mean`: the mean rezero gate a (rezero nets only).
 """
 
 from __future__ import annotations
@@ -23,10 +36,45 @@ from reslab.models.blocks import Block
 
 Rows = list[tuple[str, float, int]]
 
+ARTIFACT = "telemetry.csv"
+SUMMARY_PREFIX = "telemetry/"
+
+
+def summarize_step(values: dict[str, float], n_blocks: int) -> dict[str, float]:
+    """The MLflow summary series of one probed step, from its per-block and per-layer `values` (see the module
+    docstring); a series whose values were not recorded at that step (a plain net's shortcut share, a gate outside
+    rezero nets) is left out."""
+    out: dict[str, float] = {}
+    if n_blocks:
+        for name, i in (("first", 0), ("middle", n_blocks // 2), ("last", n_blocks - 1)):
+            if (key := f"grad_out/b{i:03d}") in values:
+                out[f"grad_out_{name}"] = values[key]
+    for i in reversed(range(n_blocks)):
+        shortcut = values.get(f"grad_shortcut/b{i:03d}")
+        if shortcut is not None:
+            total = values.get(f"grad_branch/b{i:03d}", 0.0) + shortcut
+            if total > 0:
+                out["shortcut_share_last"] = shortcut / total
+            break
+    weights = [v for k, v in values.items() if k.startswith("grad_weight/")]  # in layer order, as recorded
+    if weights:
+        out["grad_weight_first"], out["grad_weight_last"] = weights[0], weights[-1]
+    gates = [v for k, v in values.items() if k.startswith("gate/")]
+    if gates:
+        out["gate_mean"] = sum(gates) / len(gates)
+    return {SUMMARY_PREFIX + k: v for k, v in out.items()}
+
+
+def telemetry_csv(rows: Rows) -> str:
+    """`rows` as the text of the `telemetry.csv` artifact (`step,key,value`; repr keeps every float exact)."""
+    lines = ["step,key,value", *(f"{step},{key},{value!r}" for key, value, step in rows)]
+    return "\n".join(lines) + "\n"
+
 
 class GradientProbe(pl.Callback):
-    """Every `every` steps, tap each block and read the gradients of that step; `sink` receives
-    (metric, value, step) rows at each epoch end."""
+    """Every `every` steps, tap each block and read the gradients of that step. `history` keeps every per-block
+    and per-layer (metric, value, step) row; `sink` receives the summary rows (`summarize_step`) at each epoch
+    end."""
 
     def __init__(self, every: int, sink: Callable[[Rows], None] | None = None) -> None:
         if every <= 0:
@@ -39,7 +87,7 @@ class GradientProbe(pl.Callback):
         self._current: dict[str, torch.Tensor] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._pending: list[tuple[int, list[str], torch.Tensor]] = []
-        self.history: Rows = []  # everything recorded, for callers without a sink (tests, notebooks)
+        self.history: Rows = []  # every per-block and per-layer row recorded: the telemetry.csv artifact
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         net = pl_module.net
@@ -110,14 +158,25 @@ class GradientProbe(pl.Callback):
         if self._armed:  # the step was skipped (no optimizer step): do not leave taps behind
             self.disarm()
 
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.disarm()  # a step cut short must not leave hooks on a net its caller may keep
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.flush(log=trainer.is_global_zero)  # under DDP every rank probes; rank 0 alone logs
 
     def flush(self, log: bool = True) -> None:
+        """Read the values of the steps probed since the last flush into `history` (one device transfer for all of
+        them), and, with `log`, hand their summaries to `sink`."""
         rows: Rows = []
-        for step, keys, vals in self._pending:
-            rows.extend(zip(keys, vals.tolist(), [step] * len(keys), strict=True))
+        summaries: Rows = []
+        flat = torch.cat([vals for _, _, vals in self._pending]).tolist() if self._pending else []
+        start = 0
+        for step, keys, _ in self._pending:
+            values = dict(zip(keys, flat[start : start + len(keys)], strict=True))
+            start += len(keys)
+            rows.extend((key, value, step) for key, value in values.items())
+            summaries.extend((key, value, step) for key, value in summarize_step(values, len(self.blocks)).items())
         self._pending.clear()
         self.history.extend(rows)
-        if rows and log and self.sink is not None:
-            self.sink(rows)
+        if summaries and log and self.sink is not None:
+            self.sink(summaries)
