@@ -48,6 +48,13 @@ class Ops:
             return nn.Identity()
         return nn.BatchNorm2d(channels) if self.dims == 2 else nn.BatchNorm1d(channels)
 
+    def act(self, norm: str) -> nn.Module:
+        """The ReLU after a norm layer: in place behind batch norm, whose output is a fresh tensor nothing else
+        reads (batch norm's backward needs its input, not its output), as torchvision's ResNets do; one allocation
+        and one pass over memory fewer per ReLU. Without norm the ReLU may follow a block's input itself (the
+        pre-activation unit), which the shortcut still reads: out of place there."""
+        return nn.ReLU(inplace=norm == "batch")
+
     def max_pool(self) -> nn.Module:
         # ceil_mode reproduces Keras' MaxPooling(2, padding="same") on odd sizes (seed 000).
         cls = nn.MaxPool1d if self.dims == 1 else nn.MaxPool2d

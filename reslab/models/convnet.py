@@ -25,11 +25,11 @@ def pooled_block(spec: NetSpec, ops: Ops, cin: int, cout: int, pool: bool) -> Bl
     norm is batch; pre-activated: ReLU-conv-ReLU-conv[-pool]."""
     bias = spec.norm == "none"
     if spec.block == "preact":
-        layers = [ops.norm(cin, spec.norm), nn.ReLU(), ops.conv(cin, cout, 3, 1, bias),
-                  ops.norm(cout, spec.norm), nn.ReLU(), ops.conv(cout, cout, 3, 1, bias)]  # fmt: skip
+        layers = [ops.norm(cin, spec.norm), ops.act(spec.norm), ops.conv(cin, cout, 3, 1, bias),
+                  ops.norm(cout, spec.norm), ops.act(spec.norm), ops.conv(cout, cout, 3, 1, bias)]  # fmt: skip
     else:
-        layers = [ops.conv(cin, cout, 3, 1, bias), ops.norm(cout, spec.norm), nn.ReLU(),
-                  ops.conv(cout, cout, 3, 1, bias), ops.norm(cout, spec.norm), nn.ReLU()]  # fmt: skip
+        layers = [ops.conv(cin, cout, 3, 1, bias), ops.norm(cout, spec.norm), ops.act(spec.norm),
+                  ops.conv(cout, cout, 3, 1, bias), ops.norm(cout, spec.norm), ops.act(spec.norm)]  # fmt: skip
     if pool:
         layers.append(ops.max_pool())
     stride = 2 if pool else 1
@@ -48,7 +48,7 @@ def build_convnet(spec: NetSpec, input_shape: tuple[int, ...], num_classes: int)
             blocks.append(pooled_block(spec, ops, cin, filters, pool and i == 0))
             cin = filters
         stages.append(blocks)
-    head = [ops.norm(cin, spec.norm), nn.ReLU()] if spec.block == "preact" else []
+    head = [ops.norm(cin, spec.norm), ops.act(spec.norm)] if spec.block == "preact" else []
     head += [ops.global_pool(), nn.Flatten(), ops.linear(cin, num_classes)]
     net = Trunk(nn.Identity(), stages, nn.Sequential(*head))
     init_weights(net)

@@ -23,16 +23,16 @@ def dense_block(spec: NetSpec, ops: Ops, width: int) -> Block:
     bias = spec.norm == "none"
     if spec.block == "preact":
         branch = nn.Sequential(
-            ops.norm(width, spec.norm), nn.ReLU(), ops.linear(width, width, bias),
-            ops.norm(width, spec.norm), nn.ReLU(), ops.linear(width, width, bias),
+            ops.norm(width, spec.norm), ops.act(spec.norm), ops.linear(width, width, bias),
+            ops.norm(width, spec.norm), ops.act(spec.norm), ops.linear(width, width, bias),
         )  # fmt: skip
     else:
         branch = nn.Sequential(
-            ops.linear(width, width, bias), ops.norm(width, spec.norm), nn.ReLU(),
+            ops.linear(width, width, bias), ops.norm(width, spec.norm), ops.act(spec.norm),
             ops.linear(width, width, bias), ops.norm(width, spec.norm),
         )  # fmt: skip
     shortcut = None if spec.block == "plain" else make_shortcut(spec.shortcut, ops, width, width, 1, spec.norm)
-    post = nn.ReLU() if spec.block in ("plain", "residual") else None
+    post = nn.ReLU(inplace=True) if spec.block in ("plain", "residual") else None  # on the fresh sum
     return Block(spec.block, branch, shortcut, post)
 
 
@@ -42,9 +42,9 @@ def build_mlp(spec: NetSpec, input_shape: tuple[int, ...], num_classes: int) -> 
     w, bias = spec.width, spec.norm == "none"
     stem = [nn.Flatten(), ops.linear(math.prod(input_shape), w, bias)]
     if spec.block != "preact":
-        stem += [ops.norm(w, spec.norm), nn.ReLU()]
+        stem += [ops.norm(w, spec.norm), ops.act(spec.norm)]
     blocks = [dense_block(spec, ops, w) for _ in range(spec.blocks_per_stage)]
-    head = [ops.norm(w, spec.norm), nn.ReLU()] if spec.block == "preact" else []
+    head = [ops.norm(w, spec.norm), ops.act(spec.norm)] if spec.block == "preact" else []
     head.append(ops.linear(w, num_classes))
     net = Trunk(nn.Sequential(*stem), [blocks], nn.Sequential(*head))
     init_weights(net)

@@ -23,17 +23,17 @@ def conv_block(spec: NetSpec, ops: Ops, cin: int, cout: int, stride: int) -> Blo
     bias = spec.norm == "none"
     if spec.block == "preact":
         branch = nn.Sequential(
-            ops.norm(cin, spec.norm), nn.ReLU(),
-            ops.conv(cin, cout, 3, stride, bias), ops.norm(cout, spec.norm), nn.ReLU(),
+            ops.norm(cin, spec.norm), ops.act(spec.norm),
+            ops.conv(cin, cout, 3, stride, bias), ops.norm(cout, spec.norm), ops.act(spec.norm),
             ops.conv(cout, cout, 3, 1, bias),
         )  # fmt: skip
     else:
         branch = nn.Sequential(
-            ops.conv(cin, cout, 3, stride, bias), ops.norm(cout, spec.norm), nn.ReLU(),
+            ops.conv(cin, cout, 3, stride, bias), ops.norm(cout, spec.norm), ops.act(spec.norm),
             ops.conv(cout, cout, 3, 1, bias), ops.norm(cout, spec.norm),
         )  # fmt: skip
     shortcut = None if spec.block == "plain" else make_shortcut(spec.shortcut, ops, cin, cout, stride, spec.norm)
-    post = nn.ReLU() if spec.block in ("plain", "residual") else None
+    post = nn.ReLU(inplace=True) if spec.block in ("plain", "residual") else None  # on the fresh sum
     return Block(spec.block, branch, shortcut, post)
 
 
@@ -44,7 +44,7 @@ def build_resnet(spec: NetSpec, input_shape: tuple[int, ...], num_classes: int) 
     preact = spec.block == "preact"
     stem = [ops.conv(input_shape[0], w, 3, 1, bias)]
     if not preact:  # pre-activation nets normalise at the start of the first block instead
-        stem += [ops.norm(w, spec.norm), nn.ReLU()]
+        stem += [ops.norm(w, spec.norm), ops.act(spec.norm)]
     stages, cin = [], w
     for index, cout in enumerate((w, 2 * w, 4 * w)):
         blocks = []
@@ -52,7 +52,7 @@ def build_resnet(spec: NetSpec, input_shape: tuple[int, ...], num_classes: int) 
             blocks.append(conv_block(spec, ops, cin, cout, 2 if index > 0 and i == 0 else 1))
             cin = cout
         stages.append(blocks)
-    head = [ops.norm(cin, spec.norm), nn.ReLU()] if preact else []  # He 2016: final BN-ReLU before pooling
+    head = [ops.norm(cin, spec.norm), ops.act(spec.norm)] if preact else []  # He 2016: final BN-ReLU before pooling
     head += [ops.global_pool(), nn.Flatten(), ops.linear(cin, num_classes)]
     net = Trunk(nn.Sequential(*stem), stages, nn.Sequential(*head))
     init_weights(net)

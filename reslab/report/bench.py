@@ -25,6 +25,18 @@ def load_benchmark(path: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(THROUGHPUT_KEYS))
 
 
+def load_ratios(path: str | Path) -> pd.DataFrame:
+    """One row per benchmark that compares two ways of doing the same work (`ratio` in its extra_info, with its
+    target): reslab's step against a plain loop or a hand-written net. These are the numbers a change must keep."""
+    data = json.loads(Path(path).read_text())
+    rows = [
+        {"benchmark": b["name"], "ratio": b["extra_info"]["ratio"], "target": b["extra_info"].get("target_ratio"),
+         "what": b["extra_info"].get("what", "")}
+        for b in data.get("benchmarks", []) if "ratio" in b.get("extra_info", {})
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=["benchmark", "ratio", "target", "what"])
+
+
 def throughput_for_figure(df: pd.DataFrame) -> pd.DataFrame:
     """The rows the throughput-vs-depth figure draws: He's ResNets in fp32 (other families and the bf16/compile
     variants have their own depths and would zig-zag the lines), or everything when the run has no such rows."""
