@@ -235,3 +235,28 @@ def test_report_shows_diverged_cells_and_ignores_superseded_runs(tmp_path, monke
     assert "<h2>Diverged</h2>" in page and "<b>plain-8-w4-s0</b>: training loss became nan in epoch 3" in page
     assert "- **plain-8-w4-s0**: training loss became nan in epoch 3" in markdown
     assert "1/1 (1 diverged)" in page
+
+
+def test_load_sweep_gives_a_notebook_the_reports_tables(tmp_path, monkeypatch) -> None:
+    import reslab
+    from reslab.report import ReportError
+
+    uri, store, _, parent = sweep_in_store(tmp_path, monkeypatch, "nb", ["plain", "residual"])
+    tags = {"family": "resnet", "block": "plain", "depth": 8, "width": 4, "shortcut": "A", "norm": "batch",
+            "seed": 0, "reslab.cell": "resnet-plain-8-w4-A-batch-s0"}  # fmt: skip
+    run = store.start_run("nb", "plain-8-w4-s0", tags, {"net.params": 100}, parent_run_id=parent)
+    store.log_metrics(run, [("train_error", 0.5, 1), ("train_error", 0.25, 2), ("test_error", 0.3, 2)])
+    store.finish_run(run, "FINISHED")
+    sweep = reslab.load_sweep("nb", tracking_uri=uri)
+    assert isinstance(sweep.cells, pd.DataFrame) and isinstance(sweep.epochs, pd.DataFrame)
+    assert dict(zip(sweep.cells["name"], sweep.cells["status"], strict=True)) == {
+        "plain-8-w4-s0": "FINISHED", "residual-8-w4-s0": "missing"}  # fmt: skip
+    assert sweep.epochs["train_error"].tolist() == [0.5, 0.25]
+    # the README's notebook example
+    assert sweep.cells[["name", "status", "train_error", "test_error"]].shape == (2, 4)
+    curves = sweep.epochs.pivot_table(index="epoch", columns="name", values="train_error")
+    assert curves["plain-8-w4-s0"].tolist() == [0.5, 0.25]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # the same store as the CLI finds it
+    assert len(reslab.load_sweep("nb").runs) == 1
+    with pytest.raises(ReportError, match="no sweep named 'other'"):
+        reslab.load_sweep("other", tracking_uri=uri)
