@@ -261,7 +261,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_bench_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from reslab.report.bench import load_depth_scaling, render_benchmark, summary
+    from reslab.report.bench import load_depth_scaling, load_ratios, render_benchmark, summary
 
     path = Path(args.json)
     if not path.is_file():
@@ -270,6 +270,9 @@ def cmd_bench_report(args: argparse.Namespace) -> int:
     table = summary(path)
     if not table.empty:
         print(table.to_string())
+    for row in load_ratios(path).itertuples():
+        target = f" (target <= {row.target:g})" if row.target else ""
+        print(f"{row.benchmark}: ratio {row.ratio:.3f}{target}" + (f"  {row.what}" if row.what else ""))
     scaling = load_depth_scaling(path)
     if scaling is not None:
         t, m = scaling["time_fit"], scaling["memory_fit"]

@@ -260,3 +260,20 @@ def test_load_sweep_gives_a_notebook_the_reports_tables(tmp_path, monkeypatch) -
     assert len(reslab.load_sweep("nb").runs) == 1
     with pytest.raises(ReportError, match="no sweep named 'other'"):
         reslab.load_sweep("other", tracking_uri=uri)
+
+
+def test_bench_report_prints_every_ratio_with_its_target(tmp_path, capsys) -> None:
+    import json
+
+    from reslab.cli import main
+
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"benchmarks": [
+        {"name": "test_reslab_step_vs_hand_written[channels_last]",
+         "extra_info": {"ratio": 1.0012, "target_ratio": 1.02, "what": "reslab / hand-written"}},
+        {"name": "test_data_path", "extra_info": {"data_images_per_s": 5e5}},
+    ]}))  # fmt: skip
+    assert main(["bench-report", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "test_reslab_step_vs_hand_written[channels_last]: ratio 1.001 (target <= 1.02)  reslab / hand-written" in out
+    assert "test_data_path" not in out
