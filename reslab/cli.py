@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from reslab.models.blocks import BLOCK_KINDS, NORMS, SHORTCUTS
+from reslab.models.catalog import BLOCK_KINDS, FAMILY_INFO, NORMS, SHORTCUTS
 
 EXIT_USAGE = 2
 
@@ -52,9 +52,7 @@ def _positive_int(text: str) -> int:
 
 def add_net_arguments(p: argparse.ArgumentParser) -> None:
     """The options that describe one network (shared by summary and train)."""
-    from reslab.models.registry import FAMILIES
-
-    p.add_argument("--family", default="resnet", choices=list(FAMILIES), help="network family (default resnet)")
+    p.add_argument("--family", default="resnet", choices=list(FAMILY_INFO), help="network family (default resnet)")
     p.add_argument("--block", default="residual", choices=BLOCK_KINDS, help="how each block combines F(x) and x")
     p.add_argument("--depth", type=_positive_int, help="weighted layers (resnet: 6n+2; mlp: 2n+2; convnet: 6k+1)")
     p.add_argument("--width", type=_positive_int, help="base width (resnet 16, mlp 64, convnet 32 by default)")
@@ -104,11 +102,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         track = TrackingConfig(uri=args.tracking_uri, experiment=args.experiment)
     except ValidationError as exc:
         raise UsageError("; ".join(_pydantic_messages(exc))) from None
-    from reslab.data.registry import DATASETS
+    from reslab.data.catalog import DATASET_INFO
     from reslab.limits import memory_problem, training_device
-    from reslab.models.registry import output_units
+    from reslab.models.catalog import output_units
 
-    shape, classes = DATASETS[data.name].shape(data.options)
+    shape, classes = DATASET_INFO[data.name].shape(data.options)
     problem = memory_problem(spec.name, spec, shape, output_units(spec, classes), train, training_device(train.device))
     if problem:
         raise UsageError(problem)
@@ -182,14 +180,17 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from reslab.limits import refuse_impossible
     from reslab.sweep.config import ConfigError, load_config
-    from reslab.sweep.runner import run_sweep
 
     assign = {key: value for key, value in (("sweep.workers", args.workers), ("sweep.storage", args.storage),
                                             ("tracking.uri", args.tracking_uri)) if value is not None}  # fmt: skip
     try:
         config = load_config(args.config, list(args.set or []), assign)
         source, env_hint = _source(args)
+        refuse_impossible(config, source)  # before the runner's imports (Optuna, MLflow, torch): one line, at once
+        from reslab.sweep.runner import run_sweep
+
         code = run_sweep(config, dry_run=args.dry_run, source=source, env_hint=env_hint)
         if args.report and code in (0, 1) and not args.dry_run:  # failed cells are listed in the report too
             report_args = argparse.Namespace(sweep=config.name, tracking_uri=config.tracking.uri or args.tracking_uri,
@@ -233,17 +234,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     import re
     import time
 
-    from reslab.report import ReportError, collect
-    from reslab.report.bench import latest_benchmark
-    from reslab.report.render import write_report
     from reslab.sweep.config import NAME_PATTERN
-    from reslab.tracking import TrackingError, check_server, resolve_uri
 
     if not re.fullmatch(NAME_PATTERN, args.sweep):
         raise UsageError(
             f"{args.sweep!r} is not a sweep name: sweep names are letters, digits, '.', '_' or '-' (the `name` of "
             f"the sweep's config)"
         )
+    from reslab.report import ReportError, collect
+    from reslab.report.bench import latest_benchmark
+    from reslab.report.render import write_report
+    from reslab.tracking import TrackingError, check_server, resolve_uri
+
     t0 = time.perf_counter()
     uri = resolve_uri(args.tracking_uri)
     try:
@@ -314,11 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=cmd_summary)
 
-    from reslab.data.registry import DATASETS
+    from reslab.data.catalog import DATASET_INFO
 
     p = sub.add_parser("train", help="train one network and record it as one MLflow run")
     add_net_arguments(p)
-    p.add_argument("--dataset", default="mnist1d", choices=list(DATASETS), help="dataset (default mnist1d, offline)")
+    p.add_argument("--dataset", default="mnist1d", choices=list(DATASET_INFO), help="dataset (default mnist1d)")
     p.add_argument("--data-option", action="append", type=_key_value, metavar="KEY=VALUE",
                    help="dataset option, e.g. val_size=5000 for cifar10 (repeatable)")  # fmt: skip
     p.add_argument("--data-dir", help="dataset cache (default $RESLAB_DATA_DIR or ~/.cache/reslab)")

@@ -92,8 +92,8 @@ def memory_problem(
 def check_sweep(config: SweepConfig) -> list[str]:
     """Every reason this machine cannot run `config`: too many workers for its cores or GPUs, cells that cannot
     fit in memory (one line per network, the seeds of a network share it)."""
-    from reslab.data.registry import DATASETS
-    from reslab.models.registry import output_units
+    from reslab.data.catalog import DATASET_INFO
+    from reslab.models.catalog import output_units
     from reslab.sweep.grid import expand
 
     problems = []
@@ -110,7 +110,7 @@ def check_sweep(config: SweepConfig) -> list[str]:
                 f"sweep.workers: {workers} workers for {device.count} CPU core(s) is more than {WORKERS_PER_CORE} "
                 f"per core; valid: 1 to {WORKERS_PER_CORE * device.count}, or auto"
             )
-    shape, classes = DATASETS[config.dataset.name].shape(config.dataset.options)
+    shape, classes = DATASET_INFO[config.dataset.name].shape(config.dataset.options)
     seen = set()
     for cell in expand(config.grid):
         spec = cell.spec()
@@ -122,3 +122,12 @@ def check_sweep(config: SweepConfig) -> list[str]:
         if problem:
             problems.append(problem)
     return problems
+
+
+def refuse_impossible(config: SweepConfig, source: str) -> None:
+    """Raise the ConfigError of every reason `check_sweep` finds (`source` names the command in it)."""
+    from reslab.sweep.config import ConfigError
+
+    problems = check_sweep(config)
+    if problems:
+        raise ConfigError(source, problems)

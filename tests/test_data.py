@@ -258,3 +258,15 @@ def test_cifar_val_split_and_augmentation(served_cifar: Path) -> None:
     assert torch.equal(first[0], first_again[0])  # augmentation is seeded
     plain = splits.eval_transform(splits.train.x.index_select(0, torch.arange(16)), None)
     assert not torch.equal(first[0], plain)
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_the_catalogs_options_are_the_loaders(name: str) -> None:
+    """The torch-free catalog states each dataset's options so configs are checked without importing loaders; they
+    must stay the loader's own keyword defaults."""
+    import inspect
+
+    from reslab.data.catalog import DATASET_INFO
+
+    params = inspect.signature(DATASETS[name].loader).parameters
+    assert DATASET_INFO[name].options() == {k: p.default for k, p in params.items() if k not in ("name", "data_dir")}

@@ -1,4 +1,4 @@
-"""The registry of datasets by name, as configs and the CLI say them, with their options."""
+"""The registry of datasets: each dataset of `reslab.data.catalog` with its loader, and the cached loading."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from reslab.data.catalog import DATASET_INFO, DatasetInfo
 from reslab.data.cifar import load_cifar
 from reslab.data.digits import load_digits
 from reslab.data.mnist1d import load_mnist1d
@@ -17,45 +18,18 @@ from reslab.data.tensors import Splits
 
 
 @dataclass(frozen=True)
-class DatasetEntry:
-    loader: Callable[..., Splits]
-    description: str
-    offline: bool
-    meta: Callable[[dict], tuple[tuple[int, ...], int]]  # options -> (input shape, classes), without loading
+class DatasetEntry(DatasetInfo):
+    """A dataset of `catalog.DATASET_INFO` with its loader."""
 
-    def shape(self, options: dict | None = None) -> tuple[tuple[int, ...], int]:
-        """(input shape, number of classes) for `options`, known without loading or downloading anything."""
-        return self.meta({**self.options(), **(options or {})})
-
-    def options(self) -> dict[str, object]:
-        """The options a config may set for this dataset, with their defaults."""
-        params = inspect.signature(self.loader).parameters
-        return {k: p.default for k, p in params.items() if k not in ("name", "data_dir")}
+    loader: Callable[..., Splits] | None = None
 
 
-DATASETS: dict[str, DatasetEntry] = {
-    "mnist1d": DatasetEntry(
-        load_mnist1d, "MNIST-1D, 4000/1000 sequences of length 40, generated offline", True, lambda o: ((1, 40), 10)
-    ),
-    "cifar10": DatasetEntry(
-        functools.partial(load_cifar, "cifar10"), "CIFAR-10, 50k/10k 3x32x32 images", False, lambda o: ((3, 32, 32), 10)
-    ),
-    "cifar100": DatasetEntry(
-        functools.partial(load_cifar, "cifar100"),
-        "CIFAR-100, 50k/10k 3x32x32 images",
-        False,
-        lambda o: ((3, 32, 32), 100),
-    ),
-    "digits": DatasetEntry(
-        load_digits, "scikit-learn's 8x8 digits, 1437/360 images, offline", True, lambda o: ((1, 8, 8), 10)
-    ),
-    "synthetic": DatasetEntry(
-        load_synthetic,
-        "random inputs with a fixed linear labelling rule",
-        True,
-        lambda o: (tuple(int(d) for d in o["shape"]), int(o["num_classes"])),
-    ),
-}
+_LOADERS: dict[str, Callable[..., Splits]] = {
+    "mnist1d": load_mnist1d, "cifar10": functools.partial(load_cifar, "cifar10"),
+    "cifar100": functools.partial(load_cifar, "cifar100"), "digits": load_digits, "synthetic": load_synthetic,
+}  # fmt: skip
+DATASETS: dict[str, DatasetEntry] = {name: DatasetEntry(**vars(info), loader=_LOADERS[name])
+                                     for name, info in DATASET_INFO.items()}  # fmt: skip
 
 
 def load_dataset(name: str, options: dict | None = None, data_dir: str | Path | None = None) -> Splits:

@@ -18,10 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reslab.models.catalog import BLOCK_KINDS, NORMS, SHORTCUTS  # noqa: F401 - NORMS: re-exported
+
 BlockKind = Literal["plain", "residual", "preact", "rezero"]
-BLOCK_KINDS: tuple[str, ...] = ("plain", "residual", "preact", "rezero")
-SHORTCUTS: tuple[str, ...] = ("A", "B", "C")
-NORMS: tuple[str, ...] = ("batch", "none")
 
 #: A tap takes the block input and returns (input seen by the branch, input seen by the shortcut).
 Tap = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]

@@ -1,5 +1,5 @@
-"""The registry of network families: the names configs and the CLI use, each with its builder, depth rule and
-defaults. Tests parametrize over it, so a family added here is tested everywhere."""
+"""The registry of network families: each family of `reslab.models.catalog` with its builder. Tests parametrize
+over it, so a family added to the catalog and given a builder here is tested everywhere."""
 
 from __future__ import annotations
 
@@ -9,59 +9,25 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
+from reslab.models.catalog import FAMILY_INFO, FamilyInfo, output_units  # noqa: F401 - output_units: re-exported
 from reslab.models.convnet import build_convnet
 from reslab.models.mlp import build_mlp
 from reslab.models.resnet import build_resnet
-from reslab.models.rules import DepthRule, SpecError
+from reslab.models.rules import SpecError
 
 if TYPE_CHECKING:
     from reslab.models.spec import NetSpec
 
 
 @dataclass(frozen=True)
-class Family:
-    name: str
-    description: str
+class Family(FamilyInfo):
+    """A family of `catalog.FAMILY_INFO` with its builder."""
+
     build: Callable[[NetSpec, tuple[int, ...], int], nn.Module]
-    depth_rule: Callable[[NetSpec], DepthRule]
-    default_depth: int
-    default_width: int
-    default_shortcut: str
-    default_norm: str
-    default_input: tuple[int, ...]
-    default_classes: int
-    input_ranks: tuple[int, ...]  # accepted len(input_shape): 2 = (C, L), 3 = (C, H, W)
 
 
-def _rule(step: int, offset: int, form: str) -> Callable[[NetSpec], DepthRule]:
-    rule = DepthRule(step, offset, form)
-    return lambda spec: rule
-
-
-def _convnet_rule(spec: NetSpec) -> DepthRule:
-    s = len(spec.stages) if spec.stages else 3
-    return DepthRule(2 * s, 1, f"{2 * s}k+1 for {s} stages")
-
-
-FAMILIES: dict[str, Family] = {
-    "resnet": Family(
-        "resnet", "He et al. 2015 CIFAR ResNet, 6n+2 layers, widths w/2w/4w",
-        build_resnet, _rule(6, 2, "6n+2"), 20, 16, "A", "batch", (3, 32, 32), 10, (2, 3),
-    ),
-    "mlp": Family(
-        "mlp", "dense residual net (seed 004), 2n+2 linear layers of width w",
-        build_mlp, _rule(2, 2, "2n+2"), 10, 64, "A", "batch", (1, 40), 10, (1, 2, 3),
-    ),
-    "convnet": Family(
-        "convnet", "the Keras residual convnet of seed 000: stages of two 3x3 convs + max-pool",
-        build_convnet, _convnet_rule, 7, 32, "B", "none", (3, 32, 32), 1, (2, 3),
-    ),
-}  # fmt: skip
-
-
-def output_units(spec: NetSpec, num_classes: int) -> int:
-    """A binary dataset on a family whose head is one sigmoid unit (the seed's convnet) gets 1 output and BCE."""
-    return 1 if num_classes == 2 and FAMILIES[spec.family].default_classes == 1 else num_classes
+_BUILDERS = {"resnet": build_resnet, "mlp": build_mlp, "convnet": build_convnet}
+FAMILIES: dict[str, Family] = {name: Family(**vars(info), build=_BUILDERS[name]) for name, info in FAMILY_INFO.items()}
 
 
 def build_net(spec: NetSpec, input_shape: tuple[int, ...] | None = None, num_classes: int | None = None) -> nn.Module:

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from reslab.models.blocks import BLOCK_KINDS, NORMS, SHORTCUTS
-from reslab.models.registry import FAMILIES
+from reslab.models.catalog import BLOCK_KINDS, FAMILY_INFO, NORMS, SHORTCUTS
 from reslab.models.rules import SpecError
 
 
@@ -34,8 +33,8 @@ class NetSpec:
     stages: tuple[tuple[int, bool], ...] | None = field(default=None)
 
     def __post_init__(self) -> None:
-        _one_of(self.family, tuple(FAMILIES), "family")
-        fam = FAMILIES[self.family]
+        _one_of(self.family, tuple(FAMILY_INFO), "family")
+        fam = FAMILY_INFO[self.family]
         _one_of(self.block, BLOCK_KINDS, "block")
         for name, default in (
             ("depth", fam.default_depth),
@@ -74,7 +73,7 @@ class NetSpec:
     @property
     def blocks_per_stage(self) -> int:
         """n of the family's depth rule: blocks in each stage."""
-        return FAMILIES[self.family].depth_rule(self).blocks(self.depth)
+        return FAMILY_INFO[self.family].depth_rule(self).blocks(self.depth)
 
     @property
     def name(self) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from reslab.models.registry import FAMILIES
+from reslab.models.catalog import FAMILY_INFO as FAMILIES
 from reslab.models.rules import SpecError
 from reslab.redact import STORAGE_ENV, TRACKING_ENV, redact, redact_uri
 from reslab.train.config import DataConfig, TrackingConfig, TrainConfig
@@ -195,9 +195,9 @@ class SweepConfig(_Frozen):
     @model_validator(mode="after")
     def _val_metric_needs_val(self) -> SweepConfig:
         if self.tune is not None and self.tune.metric == "val_error":
-            from reslab.data.registry import DATASETS
+            from reslab.data.catalog import DATASET_INFO
 
-            options = {**DATASETS[self.dataset.name].options(), **self.dataset.options}
+            options = {**DATASET_INFO[self.dataset.name].options(), **self.dataset.options}
             if not options.get("val_size"):
                 raise ValueError(
                     f"tune.metric val_error needs a validation split: set dataset.options.val_size "

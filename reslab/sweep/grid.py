@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from reslab.models.registry import FAMILIES
+from reslab.models.catalog import FAMILY_INFO
 from reslab.models.spec import NetSpec
 from reslab.sweep.config import GridConfig
 
@@ -31,7 +31,7 @@ class Cell:
     @property
     def name(self) -> str:
         """A readable run name such as `residual-56-w16-s0` (shortcut and norm shown when not the family's)."""
-        fam = FAMILIES[self.family]
+        fam = FAMILY_INFO[self.family]
         extra = "" if self.block == "plain" or self.shortcut == fam.default_shortcut else f"-{self.shortcut}"
         extra += "" if self.norm == fam.default_norm else f"-norm{self.norm}"
         return f"{self.block}-{self.depth}-w{self.width}{extra}-s{self.seed}"

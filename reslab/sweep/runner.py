@@ -150,9 +150,9 @@ class Coordinator:
 
     # -- dry run ---------------------------------------------------------------------------------------------------
     def dry_run(self) -> int:
-        from reslab.data.registry import DATASETS
+        from reslab.data.catalog import DATASET_INFO
+        from reslab.models.catalog import output_units
         from reslab.models.estimate import estimate
-        from reslab.models.registry import output_units
 
         statuses: dict[Item, ItemStatus] = {}
         storage = None
@@ -160,7 +160,7 @@ class Coordinator:
             storage = open_storage(self.storage_url, create=False, retry_s=self.config.sweep.storage_retry_s)
         if storage is not None and study_exists(storage, self.config.name):
             statuses = SweepQueue(storage, self.config.name, create=False).status(self.items)
-        shape, classes = DATASETS[self.config.dataset.name].shape(self.config.dataset.options)
+        shape, classes = DATASET_INFO[self.config.dataset.name].shape(self.config.dataset.options)
         table = Table(title=f"sweep {self.config.name}: {len(self.items)} runs ({self._plan_line()})")
         for col in ("run", "params", "MACs", "status", "attempts", "lease"):
             table.add_column(col, justify="right" if col in ("params", "MACs", "attempts") else "left")
@@ -498,11 +498,9 @@ def run_sweep(
 ) -> int:
     """Run (or with dry_run, list) a sweep. A request this machine cannot run (see `reslab.limits`) is a
     ConfigError before anything is created; bad storage or tracking: one clear error, exit code 2, nothing run."""
-    from reslab.limits import check_sweep
+    from reslab.limits import refuse_impossible
 
-    problems = check_sweep(config)
-    if problems:
-        raise ConfigError(source or config.name, problems)
+    refuse_impossible(config, source or config.name)
     coordinator = Coordinator(config, console, source, env_hint)
     try:
         return coordinator.dry_run() if dry_run else coordinator.run()

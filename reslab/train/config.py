@@ -97,7 +97,7 @@ class TrainConfig(BaseModel):
 
 
 class DataConfig(BaseModel):
-    """Which dataset, with which options (see `reslab.data.DATASETS[name].options()`), cached where."""
+    """Which dataset, with which options (see `reslab.data.catalog.DATASET_INFO[name].options()`), cached where."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -107,11 +107,11 @@ class DataConfig(BaseModel):
 
     @model_validator(mode="after")
     def _known(self) -> DataConfig:
-        from reslab.data.registry import DATASETS
+        from reslab.data.catalog import DATASET_INFO
 
-        if self.name not in DATASETS:
-            raise ValueError(f"unknown dataset {self.name!r}; valid: {', '.join(DATASETS)}")
-        valid = DATASETS[self.name].options()
+        if self.name not in DATASET_INFO:
+            raise ValueError(f"unknown dataset {self.name!r}; valid: {', '.join(DATASET_INFO)}")
+        valid = DATASET_INFO[self.name].options()
         unknown = sorted(set(self.options) - set(valid))
         if unknown:
             raise ValueError(

@@ -1,0 +1,50 @@
+"""The datasets by name, without torch or their loaders: what each is, its options with their defaults, and its
+input shape and classes for given options.
+
+Configs and the CLI validate against this (an unknown dataset or option is refused before anything loads), the
+memory check and the dry run read shapes from it, and `reslab.data.registry` pairs each entry with its loader; a
+test holds the options here equal to the loaders' signatures, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    description: str
+    offline: bool
+    meta: Callable[[dict], tuple[tuple[int, ...], int]]  # options -> (input shape, classes), without loading
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    def options(self) -> dict[str, object]:
+        """The options a config may set for this dataset, with their defaults."""
+        return dict(self.defaults)
+
+    def shape(self, options: dict | None = None) -> tuple[tuple[int, ...], int]:
+        """(input shape, number of classes) for `options`, known without loading or downloading anything."""
+        return self.meta({**self.defaults, **(options or {})})
+
+
+_CIFAR = {"val_size": 0, "augment": True, "split_seed": 0}
+
+DATASET_INFO: dict[str, DatasetInfo] = {
+    "mnist1d": DatasetInfo(
+        "MNIST-1D, 4000/1000 sequences of length 40, generated offline", True, lambda o: ((1, 40), 10),
+        {"num_samples": 5000, "train_split": 0.8, "seed": 42},
+    ),
+    "cifar10": DatasetInfo("CIFAR-10, 50k/10k 3x32x32 images", False, lambda o: ((3, 32, 32), 10), _CIFAR),
+    "cifar100": DatasetInfo("CIFAR-100, 50k/10k 3x32x32 images", False, lambda o: ((3, 32, 32), 100), _CIFAR),
+    "digits": DatasetInfo(
+        "scikit-learn's 8x8 digits, 1437/360 images, offline", True, lambda o: ((1, 8, 8), 10),
+        {"test_fraction": 0.2, "split_seed": 0},
+    ),
+    "synthetic": DatasetInfo(
+        "random inputs with a fixed linear labelling rule", True,
+        lambda o: (tuple(int(d) for d in o["shape"]), int(o["num_classes"])),
+        {"shape": (1, 40), "num_classes": 10, "train_size": 1024, "test_size": 256, "val_size": 0, "seed": 0},
+    ),
+}  # fmt: skip
