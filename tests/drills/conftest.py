@@ -4,6 +4,7 @@ started once per session and stopped after. Drills run only under `nox -s drills
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -14,6 +15,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -117,17 +119,16 @@ def create_database(server: str, name: str) -> str:
     return f"{server}/{name}"
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(postgres: str, tmp_path_factory: pytest.TempPathFactory):
-    """http://127.0.0.1:PORT: `mlflow server` on a PostgreSQL backend store with a local artifact destination."""
-    root = tmp_path_factory.mktemp("mlflow")
-    backend = create_database(postgres, "mlflow")
+@contextlib.contextmanager
+def serving_mlflow(root: Path, backend: str, *options: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`mlflow server` on `backend` with artifacts under `root`, on a free port of 127.0.0.1, until the block ends:
+    yields its URL once /health answers."""
     port = free_port()
     log = open(root / "server.log", "w")  # noqa: SIM115 - open for the server's lifetime
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination",
-         str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [sys.executable, "-m", "mlflow", "server", *options, "--backend-store-uri", backend, "--artifacts-destination",
+         str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port)],
+        cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -147,6 +148,14 @@ def mlflow_server(postgres: str, tmp_path_factory: pytest.TempPathFactory):
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(postgres: str, tmp_path_factory: pytest.TempPathFactory):
+    """http://127.0.0.1:PORT: `mlflow server` on a PostgreSQL backend store with a local artifact destination."""
+    backend = create_database(postgres, "mlflow")
+    with serving_mlflow(tmp_path_factory.mktemp("mlflow"), backend, "--workers", "2") as url:
+        yield url
 
 
 def record(figures: dict) -> None:

@@ -12,14 +12,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 import yaml
 
-from tests.drills.conftest import PgServer, create_database, free_port
+from tests.drills.conftest import PgServer, create_database, serving_mlflow
 
 pytestmark = pytest.mark.drills
 
@@ -191,33 +190,11 @@ def test_a_sweep_and_its_report_on_password_protected_postgresql_leak_no_passwor
 def auth_server(tmp_path_factory: pytest.TempPathFactory):
     """`mlflow server --app-name basic-auth`: every REST call needs a user; the admin's password is PASSWORD."""
     root = tmp_path_factory.mktemp("auth-mlflow")
-    port = free_port()
     env = dict(os.environ, MLFLOW_AUTH_ADMIN_PASSWORD=PASSWORD, MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16))
     env.pop("MLFLOW_TRACKING_URI", None)
-    log = open(root / "server.log", "w")  # noqa: SIM115 - open for the server's lifetime
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--backend-store-uri",
-         f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail(f"mlflow basic-auth server did not answer: {(root / 'server.log').read_text()[-2000:]}")
-    try:
-        yield port
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
-        log.close()
+    with serving_mlflow(root, f"sqlite:///{root / 'mlflow.db'}", "--app-name", "basic-auth", "--workers", "1",
+                        env=env) as url:  # fmt: skip
+        yield int(url.rsplit(":", 1)[1])
 
 
 def test_credentials_in_an_http_tracking_uri_reach_the_server_not_the_logs(tmp_path: Path, auth_server: int) -> None:
