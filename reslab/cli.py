@@ -145,6 +145,7 @@ def _train_fields(args: argparse.Namespace) -> dict:
         "schedule": args.schedule, "milestones": args.milestones, "warmup_epochs": args.warmup_epochs,
         "warmup_start_factor": args.warmup_start_factor, "seed": args.seed, "device": args.device,
         "precision": args.precision, "telemetry_every": args.telemetry_every, "threads": args.threads,
+        "clip_grad_norm": args.clip_grad_norm,
         "devices": args.devices, "strategy": args.strategy,
     }  # fmt: skip
 
@@ -342,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", type=_devices, help="Lightning devices per run, e.g. 2 (with --strategy ddp)")
     p.add_argument("--strategy", help="Lightning strategy, e.g. ddp (gloo on CPU, NCCL on GPUs)")
     p.add_argument("--telemetry-every", type=_positive_int, help="gradient telemetry every K steps (default 10)")
+    p.add_argument("--clip-grad-norm", type=float, help="clip the gradient's global norm to this (default: off)")
     p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--experiment", default="reslab", help="MLflow experiment (default reslab)")
     p.add_argument("--no-tracking", action="store_true", help="train without recording an MLflow run")

@@ -363,3 +363,13 @@ def test_degradation_on_mnist1d(block: str, depth: int, bound: tuple[str, float]
     op, value = bound
     error = result.metrics["train_error"]
     assert error <= value if op == "<=" else error >= value, f"{block}-{depth}: train_error {error:.4f}"
+
+
+def test_gradient_clipping_is_a_recipe_setting_off_by_default() -> None:
+    from reslab.train.trainer import make_trainer
+
+    assert make_trainer(TrainConfig(), "cpu").gradient_clip_val is None  # the papers' recipes do not clip
+    clipped = make_trainer(TrainConfig(clip_grad_norm=5.0), "cpu")
+    assert (clipped.gradient_clip_val, clipped.gradient_clip_algorithm) == (5.0, "norm")
+    with pytest.raises(ValueError, match="greater than 0"):
+        TrainConfig(clip_grad_norm=0)

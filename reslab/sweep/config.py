@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from reslab.models.catalog import BLOCK_KINDS, NORMS, SHORTCUTS
 from reslab.models.catalog import FAMILY_INFO as FAMILIES
 from reslab.models.rules import SpecError
 from reslab.redact import STORAGE_ENV, TRACKING_ENV, redact, redact_uri
@@ -45,17 +46,26 @@ class _Frozen(BaseModel):
 
 class GridConfig(_Frozen):
     """The cells: every combination of the lists (a plain block has no shortcut, so plain cells take the first
-    shortcut only)."""
+    shortcut only). Widths, shortcuts and norms left out are the family's own defaults, the ones `reslab train` and
+    `NetSpec` use, so a grid cell and the same net trained alone are one network."""
 
     family: str = "resnet"
-    blocks: list[Literal["plain", "residual", "preact", "rezero"]] = Field(
-        default_factory=lambda: ["plain", "residual"], min_length=1
-    )
+    blocks: list[Literal[BLOCK_KINDS]] = Field(default_factory=lambda: ["plain", "residual"], min_length=1)
     depths: list[int] = Field(min_length=1)
-    widths: list[int] = Field(default_factory=lambda: [16], min_length=1)
-    shortcuts: list[Literal["A", "B", "C"]] = Field(default_factory=lambda: ["A"], min_length=1)
-    norms: list[Literal["batch", "none"]] = Field(default_factory=lambda: ["batch"], min_length=1)
+    widths: list[int] = Field(min_length=1)
+    shortcuts: list[Literal[SHORTCUTS]] = Field(min_length=1)
+    norms: list[Literal[NORMS]] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_defaults(cls, data: Any) -> Any:
+        family = data.get("family", "resnet") if isinstance(data, dict) else None
+        if isinstance(family, str) and family in FAMILIES:  # a bad family is the family validator's to report
+            fam = FAMILIES[family]
+            defaults = {"widths": [fam.default_width], "shortcuts": [fam.default_shortcut], "norms": [fam.default_norm]}
+            data = {**defaults, **data}
+        return data
 
     @field_validator("family")
     @classmethod

@@ -53,6 +53,10 @@ class TrainConfig(BaseModel):
     devices: int | str = Field(1, description="Lightning devices: a count, 'auto', or a list like '0,1'")
     strategy: str = Field("auto", description="Lightning strategy, e.g. ddp")
     telemetry_every: int = Field(10, gt=0, description="gradient telemetry every K training steps")
+    clip_grad_norm: float | None = Field(
+        None, gt=0, description="clip the gradient's global norm to this before each step (off: the papers' recipes "
+        "do not clip; deep nets without normalisation may need it at a high learning rate)"
+    )  # fmt: skip
     drop_last: bool = False
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
     deterministic: bool | None = Field(None, description="deterministic algorithms (default: on CPU only)")

@@ -54,5 +54,7 @@ def make_trainer(
         num_sanity_val_steps=0,
         limit_val_batches=None if evaluate else 0,
         deterministic=train.deterministic if train.deterministic is not None else acc == "cpu",
+        gradient_clip_val=train.clip_grad_norm,
+        gradient_clip_algorithm="norm",
         default_root_dir=None,
     )
