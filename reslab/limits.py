@@ -56,10 +56,31 @@ def training_device(device: str) -> Device:
         return cpu
     import torch
 
-    if not torch.cuda.is_available():
+    count = torch.cuda.device_count()  # asks the driver; creates no CUDA context
+    if count == 0:
         return cpu
-    free = min(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
-    return Device("cuda", int(free), torch.cuda.device_count())
+    return Device("cuda", _smallest_free_gpu_memory(count), count)
+
+
+def _smallest_free_gpu_memory(count: int) -> int:
+    """NVML's free memory of the fullest GPU, which needs no CUDA context (torch's `mem_get_info` would create
+    one per GPU and keep it, half a GiB each, in a coordinator that never trains); the total memory of the
+    smallest GPU where NVML (nvidia-ml-py, the `gpu` extra) is missing."""
+    try:
+        if os.environ.get("CUDA_VISIBLE_DEVICES"):
+            raise LookupError("NVML numbers every GPU, not the visible ones")
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return min(int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).free)
+                       for i in range(count))  # fmt: skip
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no NVML library or module: the datasheet memory is the best known bound
+        import torch
+
+        return min(int(torch.cuda.get_device_properties(i).total_memory) for i in range(count))
 
 
 def training_bytes(spec: NetSpec, input_shape: tuple[int, ...], classes: int, train: TrainConfig) -> tuple[int, str]:

@@ -131,3 +131,36 @@ def test_the_devices_kept_are_ones_lightning_parses(devices: object) -> None:
     if value != "auto":  # Lightning's own syntax checks take what the config keeps
         _check_data_type(value)
         _normalize_parse_gpu_string_input(value)
+
+
+def test_a_gpu_machine_is_judged_by_its_fullest_gpu_without_a_cuda_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU machine the limit is the least free memory over the GPUs, read through NVML (no CUDA context in a
+    coordinator that never trains), else each GPU's total memory."""
+    import sys
+    import types
+
+    import torch
+
+    from reslab import limits
+    from reslab.models.spec import NetSpec
+    from reslab.train.config import TrainConfig
+
+    gib = 1024**3
+    free = {0: 8 * gib, 1: 3 * gib}
+    nvml = types.SimpleNamespace(
+        nvmlInit=lambda: None, nvmlShutdown=lambda: None, nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetMemoryInfo=lambda i: types.SimpleNamespace(free=free[i]),
+    )  # fmt: skip
+    monkeypatch.setattr(limits, "_nvidia_driver", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: pytest.fail("a CUDA context was created"))
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert limits.training_device("auto") == limits.Device("cuda", 3 * gib, 2)
+    assert limits.training_device("cpu").kind == "cpu"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")  # NVML's numbering is not the visible one: totals instead
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace(total_memory=80 * gib))
+    assert limits.training_device("cuda") == limits.Device("cuda", 80 * gib, 2)
+    wide = NetSpec("resnet", "residual", 8, 100000)
+    too_big = limits.memory_problem("grid cell x", wide, (3, 32, 32), 10, TrainConfig(), limits.training_device("cuda"))
+    assert too_big is not None and "the GPU has 80.0 GiB free" in too_big
