@@ -14,6 +14,7 @@ import torch
 
 from reslab.models import BLOCK_KINDS, FAMILIES, NORMS, SHORTCUTS, NetSpec, SpecError, build_net, describe
 from reslab.models.estimate import Estimate, estimate
+from reslab.models.remedies import REMEDIES
 
 # The second depth of each family has 4 blocks per stage: from the fourth block on the estimate multiplies instead
 # of walking, so only these nets check that closed form against real ones.
@@ -76,6 +77,22 @@ def test_estimate_matches_the_built_net(
     assert est.macs == describe(spec, shape, CLASSES).macs
     measured = saved_bytes_per_example(net, shape)
     assert abs(est.activation_bytes - measured) <= 0.2 * measured, (est.activation_bytes, measured)
+
+
+@pytest.mark.parametrize(("remedy", "norm"), [(r, n) for r in REMEDIES for n in NORMS
+                                               if n == "none" or "norm" not in REMEDIES[r].fields])  # fmt: skip
+@pytest.mark.parametrize(("family", "depth", "shape"), [("resnet", 26, (1, 9)), ("resnet", 8, (3, 7, 6)),
+                                                        ("mlp", 10, (12,))])  # fmt: skip
+def test_estimate_matches_the_remedies(remedy: str, norm: str, family: str, depth: int, shape: tuple[int, ...]) -> None:
+    """Fixup's scalar biases and multipliers, TAT's leaky ReLU (which saves its input, not its output), the scaled
+    branches with and without batch norm: exact, activations included."""
+    spec = NetSpec(family, depth=depth, width=6, norm=norm, remedy=remedy)
+    est = estimate(spec, shape, CLASSES)
+    net = build_net(spec, shape, CLASSES)
+    assert est.params == sum(p.numel() for p in net.parameters())
+    assert est.macs == describe(spec, shape, CLASSES).macs
+    measured = saved_bytes_per_example(net, shape)
+    assert est.activation_bytes == measured
 
 
 @pytest.mark.parametrize("shortcut", ["B", "C"])

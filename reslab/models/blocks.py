@@ -12,13 +12,18 @@ branch and through the shortcut separately, inside the one backward pass that tr
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from reslab.models.catalog import BLOCK_KINDS, NORMS, SHORTCUTS  # noqa: F401 - NORMS: re-exported
+
+if TYPE_CHECKING:
+    from reslab.models.spec import NetSpec
 
 BlockKind = Literal["plain", "residual", "preact", "rezero"]
 
@@ -30,10 +35,11 @@ class Ops:
     """The layer constructors for one dimensionality: Conv1d/BatchNorm1d for sequences, Conv2d/BatchNorm2d for
     images, Linear/BatchNorm1d for the dense family. Families ask for layers by role, not by class."""
 
-    def __init__(self, dims: int) -> None:
+    def __init__(self, dims: int, activation: str = "relu") -> None:
         if dims not in (0, 1, 2):
             raise ValueError(f"dims must be 0 (dense), 1 or 2, got {dims}")
         self.dims = dims
+        self.activation = activation
 
     def conv(self, cin: int, cout: int, kernel: int, stride: int = 1, bias: bool = False) -> nn.Module:
         cls = nn.Conv1d if self.dims == 1 else nn.Conv2d
@@ -51,8 +57,13 @@ class Ops:
         """The ReLU after a norm layer: in place behind batch norm, whose output is a fresh tensor nothing else
         reads (batch norm's backward needs its input, not its output), as torchvision's ResNets do; one allocation
         and one pass over memory fewer per ReLU. Without norm the ReLU may follow a block's input itself (the
-        pre-activation unit), which the shortcut still reads: out of place there."""
-        return nn.ReLU(inplace=norm == "batch")
+        pre-activation unit), which the shortcut still reads: out of place there. TAT nets take the tailored
+        leaky ReLU instead (its slope is set once the whole net is built, see `reslab.models.remedy_init`)."""
+        return self.post_act(inplace=norm == "batch")
+
+    def post_act(self, inplace: bool = True) -> nn.Module:
+        """The activation on a fresh tensor (a residual sum, a plain block's output): in place for ReLU."""
+        return TailoredLeakyReLU() if self.activation == "tat" else nn.ReLU(inplace=inplace)
 
     def max_pool(self) -> nn.Module:
         # ceil_mode reproduces Keras' MaxPooling(2, padding="same") on odd sizes (seed 000).
@@ -83,6 +94,49 @@ class ZeroPadShortcut(nn.Module):
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}, extra_channels={self.extra_channels}"
+
+
+class TailoredLeakyReLU(nn.Module):
+    """TAT's normalised leaky ReLU (Zhang, Botev & Martens 2022): sqrt(2/(1+alpha^2))·LReLU_alpha(x), so that
+    E[phi(z)^2] = 1 for z ~ N(0, 1). `alpha` is chosen for the whole net from its number of activations
+    (`reslab.models.remedy_init.tailor`); 0 is a plain, rescaled ReLU."""
+
+    def __init__(self, alpha: float = 0.0) -> None:
+        super().__init__()
+        self.alpha = alpha
+
+    @property
+    def gain(self) -> float:
+        return math.sqrt(2.0 / (1.0 + self.alpha**2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(x, self.alpha) * self.gain
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha:.6g}"
+
+
+class ScalarBias(nn.Module):
+    """Fixup's learnable scalar bias (Zhang et al. 2019), 0 at initialisation: one number per site, shared by all
+    channels, in place of a norm layer's per-channel shift."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.bias
+
+
+class Multiplier(nn.Module):
+    """Fixup's learnable scalar multiplier of a branch (Zhang et al. 2019), 1 at initialisation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
 
 
 class Gate(nn.Module):
@@ -121,6 +175,9 @@ class Block(nn.Module):
     - residual: y = post(F(x) + S(x))      (He 2015)
     - preact:   y = F(x) + S(x)            (He 2016; F starts with norm-ReLU)
     - rezero:   y = a·F(x) + S(x), a = 0   (seed 002)
+
+    `scale` multiplies F(x) by a fixed number (depth-scaled branches, Hayou et al. 2021); it is set by
+    `reslab.models.remedy_init` once the number of residual branches of the whole net is known.
     """
 
     def __init__(
@@ -140,6 +197,7 @@ class Block(nn.Module):
         self.shortcut = shortcut
         self.gate = Gate() if kind == "rezero" else None
         self.post = post
+        self.scale: float | None = None
         self.tap: Tap | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -147,11 +205,41 @@ class Block(nn.Module):
         out = self.branch(xb)
         if self.gate is not None:
             out = self.gate(out)
+        if self.scale is not None:
+            out = out * self.scale
         if self.shortcut is not None:
             out = out + self.shortcut(xs)
         if self.post is not None:
             out = self.post(out)
         return out
+
+
+def branch_layers(
+    spec: NetSpec,
+    ops: Ops,
+    first: Callable[[bool], nn.Module],
+    second: Callable[[bool], nn.Module],
+    cin: int,
+    cout: int,
+    act_after: bool = False,
+) -> list[nn.Module]:
+    """The layers of a branch F in order, the one place every family takes them from. `first(bias)` and
+    `second(bias)` build its two weighted layers (convs or linears); `act_after` adds the activation after the
+    second norm (the seed's convnet, whose blocks have no activation after the sum).
+
+    - post-activation (He et al. 2015): first-norm-act-second-norm[-act]
+    - pre-activation (He et al. 2016):  norm-act-first-norm-act-second
+    - Fixup (Zhang et al. 2019):        bias-first-bias-act-bias-second-multiplier-bias (no norm layers)
+    """
+    bias = spec.norm == "none"
+    if spec.init == "fixup":
+        return [ScalarBias(), first(False), ScalarBias(), ops.act(spec.norm), ScalarBias(), second(False),
+                Multiplier(), ScalarBias()]  # fmt: skip
+    if spec.block == "preact":
+        return [ops.norm(cin, spec.norm), ops.act(spec.norm), first(bias),
+                ops.norm(cout, spec.norm), ops.act(spec.norm), second(bias)]  # fmt: skip
+    layers = [first(bias), ops.norm(cout, spec.norm), ops.act(spec.norm), second(bias), ops.norm(cout, spec.norm)]
+    return [*layers, ops.act(spec.norm)] if act_after else layers
 
 
 def init_weights(model: nn.Module) -> None:

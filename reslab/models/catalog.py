@@ -22,6 +22,15 @@ BLOCK_KINDS: tuple[str, ...] = ("plain", "residual", "preact", "rezero")
 #: He et al. 2015 §3.3: zero-padding (A), projection where the shape changes (B), projection everywhere (C).
 SHORTCUTS: tuple[str, ...] = ("A", "B", "C")
 NORMS: tuple[str, ...] = ("batch", "none")
+#: How the weights start: He et al. 2015 ("Delving Deep into Rectifiers"), Fixup (Zhang, Dauphin & Ma 2019) or
+#: delta-orthogonal (Xiao et al. 2018).
+INITS: tuple[str, ...] = ("kaiming", "fixup", "delta_orthogonal")
+#: The nonlinearity: ReLU, or TAT's normalised leaky ReLU tailored to the depth (Zhang, Botev & Martens 2022).
+ACTIVATIONS: tuple[str, ...] = ("relu", "tat")
+#: A fixed multiplier on every residual branch: none, or 1/sqrt(L) for L residual branches (Hayou et al. 2021).
+BRANCH_SCALES: tuple[str, ...] = ("none", "inv_sqrt_branches")
+#: The families whose blocks the remedies for depth are defined on (the seed's convnet has its own recipe).
+REMEDY_FAMILIES: tuple[str, ...] = ("resnet", "mlp")
 
 
 @dataclass(frozen=True)

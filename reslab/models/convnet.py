@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from reslab.models.blocks import Block, Ops, init_weights, make_shortcut
+from reslab.models.blocks import Block, Ops, branch_layers, make_shortcut
 from reslab.models.trunk import Trunk
 
 if TYPE_CHECKING:
@@ -21,15 +21,12 @@ if TYPE_CHECKING:
 
 
 def pooled_block(spec: NetSpec, ops: Ops, cin: int, cout: int, pool: bool) -> Block:
-    """conv-ReLU-conv-ReLU[-pool] (+ shortcut), as the seed's `residual_block`; norm layers after each conv when
-    norm is batch; pre-activated: ReLU-conv-ReLU-conv[-pool]."""
-    bias = spec.norm == "none"
-    if spec.block == "preact":
-        layers = [ops.norm(cin, spec.norm), ops.act(spec.norm), ops.conv(cin, cout, 3, 1, bias),
-                  ops.norm(cout, spec.norm), ops.act(spec.norm), ops.conv(cout, cout, 3, 1, bias)]  # fmt: skip
-    else:
-        layers = [ops.conv(cin, cout, 3, 1, bias), ops.norm(cout, spec.norm), ops.act(spec.norm),
-                  ops.conv(cout, cout, 3, 1, bias), ops.norm(cout, spec.norm), ops.act(spec.norm)]  # fmt: skip
+    """conv-ReLU-conv-ReLU[-pool] (+ shortcut), as the seed's `residual_block`, in the order of `branch_layers`
+    with the activation after the second conv; norm layers after each conv when norm is batch."""
+    layers = branch_layers(
+        spec, ops, lambda bias: ops.conv(cin, cout, 3, 1, bias), lambda bias: ops.conv(cout, cout, 3, 1, bias),
+        cin, cout, act_after=True,
+    )  # fmt: skip
     if pool:
         layers.append(ops.max_pool())
     stride = 2 if pool else 1
@@ -50,6 +47,4 @@ def build_convnet(spec: NetSpec, input_shape: tuple[int, ...], num_classes: int)
         stages.append(blocks)
     head = [ops.norm(cin, spec.norm), ops.act(spec.norm)] if spec.block == "preact" else []
     head += [ops.global_pool(), nn.Flatten(), ops.linear(cin, num_classes)]
-    net = Trunk(nn.Identity(), stages, nn.Sequential(*head))
-    init_weights(net)
-    return net
+    return Trunk(nn.Identity(), stages, nn.Sequential(*head))

@@ -72,7 +72,8 @@ class _Tally:
     the branch output it scales. Additions, padding, slicing, flattening and the global average pool (a mean for
     an output of size 1) save nothing."""
 
-    def __init__(self, norm: str) -> None:
+    def __init__(self, norm: str, activation: str = "relu") -> None:
+        self.tailored = activation == "tat"
         self.batch_norm = norm == "batch"
         self.bias = norm == "none"
         self.params = 0
@@ -106,9 +107,15 @@ class _Tally:
         return _Tensor(x.channels, x.spatial)
 
     def relu(self, x: _Tensor) -> _Tensor:
+        """ReLU saves its output; TAT's leaky ReLU saves its input, and the gain after it saves nothing."""
         out = _Tensor(x.channels, x.spatial)
-        self.save(out)
+        self.save(x if self.tailored else out)
         return out
+
+    def scalar_bias(self, x: _Tensor) -> _Tensor:
+        """Fixup's x + b: one parameter, nothing saved."""
+        self.params += 1
+        return _Tensor(x.channels, x.spatial)
 
     def max_pool(self, x: _Tensor) -> _Tensor:
         # kernel 2, stride 2 and ceil_mode keep a last window that starts inside the input: ceil(s / 2)
@@ -145,8 +152,12 @@ def _refuse(message: str) -> NoReturn:
 
 
 def _two_conv_block(t: _Tally, spec: NetSpec, x: _Tensor, cout: int, stride: int, kernel: int) -> _Tensor:
-    """The resnet and mlp block: conv-BN-ReLU-conv-BN (+ shortcut, ReLU), gated, or pre-activated."""
-    if spec.block == "preact":
+    """The resnet and mlp block: conv-BN-ReLU-conv-BN (+ shortcut, ReLU), gated, pre-activated, or Fixup's
+    bias-conv-bias-ReLU-bias-conv-multiplier-bias (the multiplier saves its input, like the gate)."""
+    if spec.init == "fixup":
+        h = t.relu(t.scalar_bias(t.conv(t.scalar_bias(x), cout, kernel, stride, bias=False)))
+        f = t.scalar_bias(t.gate(t.conv(t.scalar_bias(h), cout, kernel, bias=False)))
+    elif spec.block == "preact":
         h = t.conv(t.relu(t.norm(x)), cout, kernel, stride)
         f = t.conv(t.relu(t.norm(h)), cout, kernel)
     else:
@@ -207,7 +218,7 @@ def estimate(spec: NetSpec, input_shape: tuple[int, ...], classes: int) -> Estim
         _refuse(f"family {spec.family!r} takes inputs of rank {' or '.join(map(str, ranks))}; got {shape}")
     if classes <= 0:
         _refuse(f"the number of classes must be positive, got {classes}")
-    t = _Tally(spec.norm)
+    t = _Tally(spec.norm, spec.activation)
     n = spec.blocks_per_stage
     preact = spec.block == "preact"
     if spec.family == "mlp":

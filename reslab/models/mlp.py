@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from reslab.models.blocks import Block, Ops, init_weights, make_shortcut
+from reslab.models.blocks import Block, Ops, branch_layers, make_shortcut
 from reslab.models.trunk import Trunk
 
 if TYPE_CHECKING:
@@ -19,26 +19,20 @@ if TYPE_CHECKING:
 
 
 def dense_block(spec: NetSpec, ops: Ops, width: int) -> Block:
-    """linear-BN-ReLU-linear-BN (+ a_l, ReLU) or, pre-activated, BN-ReLU-linear-BN-ReLU-linear."""
-    bias = spec.norm == "none"
-    if spec.block == "preact":
-        branch = nn.Sequential(
-            ops.norm(width, spec.norm), ops.act(spec.norm), ops.linear(width, width, bias),
-            ops.norm(width, spec.norm), ops.act(spec.norm), ops.linear(width, width, bias),
-        )  # fmt: skip
-    else:
-        branch = nn.Sequential(
-            ops.linear(width, width, bias), ops.norm(width, spec.norm), ops.act(spec.norm),
-            ops.linear(width, width, bias), ops.norm(width, spec.norm),
-        )  # fmt: skip
+    """Two linear layers in the order of `branch_layers` (+ a_l, and an activation on the sum unless pre-activated
+    or gated)."""
+    branch = branch_layers(
+        spec, ops, lambda bias: ops.linear(width, width, bias), lambda bias: ops.linear(width, width, bias),
+        width, width,
+    )  # fmt: skip
     shortcut = None if spec.block == "plain" else make_shortcut(spec.shortcut, ops, width, width, 1, spec.norm)
-    post = nn.ReLU(inplace=True) if spec.block in ("plain", "residual") else None  # on the fresh sum
-    return Block(spec.block, branch, shortcut, post)
+    post = ops.post_act() if spec.block in ("plain", "residual") else None  # on the fresh sum
+    return Block(spec.block, nn.Sequential(*branch), shortcut, post)
 
 
 def build_mlp(spec: NetSpec, input_shape: tuple[int, ...], num_classes: int) -> Trunk:
     """The dense net of `spec`: flatten, project to width, n blocks, head."""
-    ops = Ops(0)
+    ops = Ops(0, spec.activation)
     w, bias = spec.width, spec.norm == "none"
     stem = [nn.Flatten(), ops.linear(math.prod(input_shape), w, bias)]
     if spec.block != "preact":
@@ -46,6 +40,4 @@ def build_mlp(spec: NetSpec, input_shape: tuple[int, ...], num_classes: int) -> 
     blocks = [dense_block(spec, ops, w) for _ in range(spec.blocks_per_stage)]
     head = [ops.norm(w, spec.norm), ops.act(spec.norm)] if spec.block == "preact" else []
     head.append(ops.linear(w, num_classes))
-    net = Trunk(nn.Sequential(*stem), [blocks], nn.Sequential(*head))
-    init_weights(net)
-    return net
+    return Trunk(nn.Sequential(*stem), [blocks], nn.Sequential(*head))

@@ -41,4 +41,6 @@ def build_net(spec: NetSpec, input_shape: tuple[int, ...] | None = None, num_cla
         raise SpecError(f"family {spec.family!r} takes inputs {ranks}; got {'x'.join(map(str, shape))}")
     if classes <= 0:
         raise SpecError(f"the number of classes must be positive, got {classes}")
-    return fam.build(spec, shape, classes)
+    from reslab.models.remedy_init import initialise  # it imports the spec, which this module's callers load
+
+    return initialise(fam.build(spec, shape, classes), spec)

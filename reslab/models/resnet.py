@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from reslab.models.blocks import Block, Ops, init_weights, make_shortcut
+from reslab.models.blocks import Block, Ops, branch_layers, make_shortcut
 from reslab.models.trunk import Trunk
 
 if TYPE_CHECKING:
@@ -19,27 +19,20 @@ if TYPE_CHECKING:
 
 
 def conv_block(spec: NetSpec, ops: Ops, cin: int, cout: int, stride: int) -> Block:
-    """Two 3x3 convs: conv-BN-ReLU-conv-BN (+ shortcut, ReLU) or, pre-activated, BN-ReLU-conv-BN-ReLU-conv."""
-    bias = spec.norm == "none"
-    if spec.block == "preact":
-        branch = nn.Sequential(
-            ops.norm(cin, spec.norm), ops.act(spec.norm),
-            ops.conv(cin, cout, 3, stride, bias), ops.norm(cout, spec.norm), ops.act(spec.norm),
-            ops.conv(cout, cout, 3, 1, bias),
-        )  # fmt: skip
-    else:
-        branch = nn.Sequential(
-            ops.conv(cin, cout, 3, stride, bias), ops.norm(cout, spec.norm), ops.act(spec.norm),
-            ops.conv(cout, cout, 3, 1, bias), ops.norm(cout, spec.norm),
-        )  # fmt: skip
+    """Two 3x3 convs in the order of `branch_layers` (+ shortcut, and an activation on the sum unless
+    pre-activated or gated)."""
+    branch = branch_layers(
+        spec, ops, lambda bias: ops.conv(cin, cout, 3, stride, bias), lambda bias: ops.conv(cout, cout, 3, 1, bias),
+        cin, cout,
+    )  # fmt: skip
     shortcut = None if spec.block == "plain" else make_shortcut(spec.shortcut, ops, cin, cout, stride, spec.norm)
-    post = nn.ReLU(inplace=True) if spec.block in ("plain", "residual") else None  # on the fresh sum
-    return Block(spec.block, branch, shortcut, post)
+    post = ops.post_act() if spec.block in ("plain", "residual") else None  # on the fresh sum
+    return Block(spec.block, nn.Sequential(*branch), shortcut, post)
 
 
 def build_resnet(spec: NetSpec, input_shape: tuple[int, ...], num_classes: int) -> Trunk:
     """The 6n+2 CIFAR ResNet of `spec` for inputs (C, L) (Conv1d) or (C, H, W) (Conv2d)."""
-    ops = Ops(len(input_shape) - 1)
+    ops = Ops(len(input_shape) - 1, spec.activation)
     w, n, bias = spec.width, spec.blocks_per_stage, spec.norm == "none"
     preact = spec.block == "preact"
     stem = [ops.conv(input_shape[0], w, 3, 1, bias)]
@@ -54,6 +47,4 @@ def build_resnet(spec: NetSpec, input_shape: tuple[int, ...], num_classes: int) 
         stages.append(blocks)
     head = [ops.norm(cin, spec.norm), ops.act(spec.norm)] if preact else []  # He 2016: final BN-ReLU before pooling
     head += [ops.global_pool(), nn.Flatten(), ops.linear(cin, num_classes)]
-    net = Trunk(nn.Sequential(*stem), stages, nn.Sequential(*head))
-    init_weights(net)
-    return net
+    return Trunk(nn.Sequential(*stem), stages, nn.Sequential(*head))

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from reslab.models.catalog import BLOCK_KINDS, FAMILY_INFO, NORMS, SHORTCUTS
+from reslab.models.catalog import (
+    ACTIVATIONS, BLOCK_KINDS, BRANCH_SCALES, FAMILY_INFO, INITS, NORMS, REMEDY_FAMILIES, SHORTCUTS,
+)
+from reslab.models.remedies import remedy as find_remedy
 from reslab.models.rules import SpecError
 
 
@@ -25,18 +28,27 @@ class NetSpec:
     when not given."""
 
     family: str = "resnet"
-    block: str = "residual"
+    block: str | None = None
     depth: int | None = None
     width: int | None = None
     shortcut: str | None = None
     norm: str | None = None
     stages: tuple[tuple[int, bool], ...] | None = field(default=None)
+    init: str | None = None
+    activation: str | None = None
+    branch_scale: str | None = None
+    remedy: str | None = None
 
     def __post_init__(self) -> None:
         _one_of(self.family, tuple(FAMILY_INFO), "family")
         fam = FAMILY_INFO[self.family]
-        _one_of(self.block, BLOCK_KINDS, "block")
+        if self.remedy is not None:
+            self._expand_remedy()
         for name, default in (
+            ("block", "residual"),
+            ("init", INITS[0]),
+            ("activation", ACTIVATIONS[0]),
+            ("branch_scale", BRANCH_SCALES[0]),
             ("depth", fam.default_depth),
             ("width", fam.default_width),
             ("shortcut", fam.default_shortcut),
@@ -44,8 +56,13 @@ class NetSpec:
         ):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, default)
+        _one_of(self.block, BLOCK_KINDS, "block")
         _one_of(self.shortcut, SHORTCUTS, "shortcut")
         _one_of(self.norm, NORMS, "norm")
+        _one_of(self.init, INITS, "init")
+        _one_of(self.activation, ACTIVATIONS, "activation")
+        _one_of(self.branch_scale, BRANCH_SCALES, "branch_scale")
+        self._check_remedy_fields()
         for name in ("depth", "width"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -70,6 +87,47 @@ class NetSpec:
                 f"nearest valid depths: {near}"
             )
 
+    def _expand_remedy(self) -> None:
+        """Fill the fields the preset sets; a field given otherwise contradicts the preset and is refused."""
+        preset = find_remedy(self.remedy)
+        if self.family not in REMEDY_FAMILIES:
+            raise SpecError(
+                f"remedy {self.remedy!r} applies to the families {', '.join(REMEDY_FAMILIES)}, not {self.family!r}"
+            )
+        for name, value in preset.fields.items():
+            given = getattr(self, name)
+            if given is None:
+                object.__setattr__(self, name, value)
+            elif given != value:
+                raise SpecError(
+                    f"remedy {preset.summary} sets {name} {value}, but {name} {given} was asked for: leave {name} "
+                    f"out or choose another remedy"
+                )
+
+    def _check_remedy_fields(self) -> None:
+        """The combinations the papers define, whether set by a preset or one field at a time."""
+        changed = [f"{k} {getattr(self, k)}" for k, default in
+                   (("init", INITS[0]), ("activation", ACTIVATIONS[0]), ("branch_scale", BRANCH_SCALES[0]))
+                   if getattr(self, k) != default]  # fmt: skip
+        if changed and self.family not in REMEDY_FAMILIES:
+            raise SpecError(f"{', '.join(changed)} apply to the families {', '.join(REMEDY_FAMILIES)}, not "
+                            f"{self.family!r}")  # fmt: skip
+        if self.init == "fixup" and (self.block != "residual" or self.norm != "none"):
+            raise SpecError(
+                f"init fixup (Zhang et al. 2019) replaces normalisation in residual nets: it needs block residual "
+                f"and norm none, got block {self.block} and norm {self.norm}"
+            )
+        if self.activation == "tat" and (self.block != "plain" or self.norm != "none"):
+            raise SpecError(
+                f"activation tat (Zhang et al. 2022) is tailored to plain nets without normalisation: it needs block "
+                f"plain and norm none, got block {self.block} and norm {self.norm}"
+            )
+        if self.branch_scale != "none" and self.block not in ("residual", "preact"):
+            raise SpecError(
+                f"branch_scale {self.branch_scale} scales the branch of a residual sum: it needs block residual or "
+                f"preact, got {self.block}"
+            )
+
     @property
     def blocks_per_stage(self) -> int:
         """n of the family's depth rule: blocks in each stage."""
@@ -77,5 +135,7 @@ class NetSpec:
 
     @property
     def name(self) -> str:
-        """A readable identifier such as `residual-56-w16` (run names add the seed)."""
-        return f"{self.block}-{self.depth}-w{self.width}"
+        """A readable identifier such as `residual-56-w16` or `mlp-fixup-20-w64` (run names add the seed): the
+        family when it is not the default one, the remedy in place of the block."""
+        family = "" if self.family == "resnet" else f"{self.family}-"
+        return f"{family}{self.remedy or self.block}-{self.depth}-w{self.width}"
