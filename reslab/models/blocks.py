@@ -11,10 +11,9 @@ branch and through the shortcut separately, inside the one backward pass that tr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
-
-import math
 
 import torch
 import torch.nn.functional as F

@@ -10,7 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from reslab.models.catalog import (
-    ACTIVATIONS, BLOCK_KINDS, BRANCH_SCALES, FAMILY_INFO, INITS, NORMS, REMEDY_FAMILIES, SHORTCUTS,
+    ACTIVATIONS,
+    BLOCK_KINDS,
+    BRANCH_SCALES,
+    FAMILY_INFO,
+    INITS,
+    NORMS,
+    REMEDY_FAMILIES,
+    SHORTCUTS,
 )
 from reslab.models.remedies import remedy as find_remedy
 from reslab.models.rules import SpecError
