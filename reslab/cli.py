@@ -11,7 +11,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from reslab.models.catalog import BLOCK_KINDS, FAMILY_INFO, NORMS, SHORTCUTS
+from reslab.models.catalog import ACTIVATIONS, BLOCK_KINDS, BRANCH_SCALES, FAMILY_INFO, INITS, NORMS, SHORTCUTS
+from reslab.models.remedies import REMEDIES
 
 EXIT_USAGE = 2
 
@@ -51,13 +52,29 @@ def _positive_int(text: str) -> int:
 
 
 def add_net_arguments(p: argparse.ArgumentParser) -> None:
-    """The options that describe one network (shared by summary and train)."""
+    """The options that describe one network (shared by summary and train); choices, defaults and depth rules come
+    from the catalog the spec validates against."""
+    from reslab.models.spec import NetSpec
+
+    defaults = {name: NetSpec(name) for name in FAMILY_INFO}
+
+    def per_family(what) -> str:
+        return "; ".join(f"{name}: {what(spec)}" for name, spec in defaults.items())
+
     p.add_argument("--family", default="resnet", choices=list(FAMILY_INFO), help="network family (default resnet)")
-    p.add_argument("--block", default="residual", choices=BLOCK_KINDS, help="how each block combines F(x) and x")
-    p.add_argument("--depth", type=_positive_int, help="weighted layers (resnet: 6n+2; mlp: 2n+2; convnet: 6k+1)")
-    p.add_argument("--width", type=_positive_int, help="base width (resnet 16, mlp 64, convnet 32 by default)")
-    p.add_argument("--shortcut", type=str.upper, choices=SHORTCUTS, help="A zero-pad, B projection, C all-projection")
-    p.add_argument("--norm", choices=NORMS, help="batch (default; none for convnet) or none")
+    p.add_argument("--block", choices=BLOCK_KINDS, help="how each block combines F(x) and x (default residual)")
+    p.add_argument("--depth", type=_positive_int, help="weighted layers ("
+                   + per_family(lambda s: FAMILY_INFO[s.family].depth_rule(s).form) + ")")  # fmt: skip
+    p.add_argument("--width", type=_positive_int, help="base width (default " + per_family(lambda s: s.width) + ")")
+    p.add_argument("--shortcut", type=str.upper, choices=SHORTCUTS,
+                   help="A zero-pad, B projection, C all-projection (default " + per_family(lambda s: s.shortcut) + ")")
+    p.add_argument("--norm", choices=NORMS, help="normalisation (default " + per_family(lambda s: s.norm) + ")")
+    p.add_argument("--remedy", choices=list(REMEDIES), help="a remedy for depth, short for the settings it names: "
+                   + "; ".join(r.summary for r in REMEDIES.values()))  # fmt: skip
+    p.add_argument("--init", choices=INITS, help=f"weight initialisation (default {INITS[0]})")
+    p.add_argument("--activation", choices=ACTIVATIONS, help=f"nonlinearity (default {ACTIVATIONS[0]})")
+    p.add_argument("--branch-scale", choices=BRANCH_SCALES,
+                   help=f"fixed multiplier of every residual branch (default {BRANCH_SCALES[0]})")
 
 
 def _net_spec(args: argparse.Namespace):
@@ -65,7 +82,8 @@ def _net_spec(args: argparse.Namespace):
 
     return NetSpec(
         family=args.family, block=args.block, depth=args.depth, width=args.width, shortcut=args.shortcut,
-        norm=args.norm,
+        norm=args.norm, init=args.init, activation=args.activation, branch_scale=args.branch_scale,
+        remedy=args.remedy,
     )  # fmt: skip
 
 

@@ -22,6 +22,8 @@ import pandas as pd
 import yaml
 
 from reslab import tracking
+from reslab.models.catalog import FAMILY_INFO
+from reslab.models.remedies import NO_REMEDY, variant
 from reslab.redact import redact_uri
 from reslab.sweep.parent import find_sweep, sweep_runs
 from reslab.tags import Tag
@@ -30,7 +32,7 @@ EPOCH_KEYS = ("train_error", "train_loss", "val_error", "val_loss", "test_error"
               "train_images_per_s")  # fmt: skip
 FINAL_KEYS = ("train_error", "test_error", "val_error", "train_loss", "test_loss", "val_loss")
 TELEMETRY = re.compile(r"^(grad_branch|grad_shortcut|grad_out|gate)/b(\d+)$|^(grad_weight)/(\d+)\.(.+)$")
-CELL_COLUMNS = ["cell", "name", "family", "block", "depth", "width", "shortcut", "norm", "seed"]
+CELL_COLUMNS = ["cell", "name", "family", "block", "depth", "width", "shortcut", "norm", "seed", "remedy", "variant"]
 
 
 class ReportError(RuntimeError):
@@ -116,6 +118,8 @@ def _runs_frame(children: list) -> pd.DataFrame:
             "shortcut": tags.get("shortcut"),
             "norm": tags.get("norm"),
             "seed": _int(tags.get("seed")),
+            "remedy": tags.get("remedy", "none"),
+            "variant": _variant(tags),
             "slot": _int(tags.get(Tag.SLOT, "0")),
             "status": info.status,
             "failure": tags.get(Tag.FAILURE, ""),
@@ -163,7 +167,7 @@ def _cells_frame(runs: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
         cells = pd.concat([cells, filler], ignore_index=True) if not cells.empty else filler
     if cells.empty:
         return pd.DataFrame(columns=[*runs.columns, "attempts"])
-    return cells.sort_values(["block", "width", "depth", "seed"], kind="stable").reset_index(drop=True)
+    return cells.sort_values(["variant", "width", "lr", "depth", "seed"], kind="stable").reset_index(drop=True)
 
 
 def _grid_cells(config: dict[str, Any]) -> list[dict[str, Any]]:
@@ -176,8 +180,11 @@ def _grid_cells(config: dict[str, Any]) -> list[dict[str, Any]]:
         cells = expand(GridConfig.model_validate(config["grid"]))
     except Exception:
         return []
+    lr = (config.get("train") or {}).get("lr")
     return [{"cell": c.key, "name": c.name, "family": c.family, "block": c.block, "depth": c.depth, "width": c.width,
-             "shortcut": c.shortcut, "norm": c.norm, "seed": c.seed} for c in cells]  # fmt: skip
+             "shortcut": c.shortcut, "norm": c.norm, "seed": c.seed, "remedy": c.remedy or NO_REMEDY,
+             "variant": variant(c.family, c.block, c.norm, c.remedy), "lr": c.lr if c.lr is not None else lr}
+            for c in cells]  # fmt: skip
 
 
 def _history(store: tracking.Store, run: dict[str, Any]) -> pd.DataFrame:
@@ -223,6 +230,14 @@ def _provenance(parent, children: list) -> dict[str, str]:
     prefix = Tag.VERSION_PREFIX
     out.update({k.removeprefix(prefix): v for k, v in child_tags.items() if k.startswith(prefix)})
     return out
+
+
+def _variant(tags: dict[str, str]) -> str | None:
+    """The report's name for a run's net (`reslab.models.remedies.variant`), from its tags."""
+    family, block, norm = tags.get("family"), tags.get("block"), tags.get("norm")
+    if family not in FAMILY_INFO or block is None or norm is None:
+        return block
+    return variant(family, block, norm, tags.get("remedy"))
 
 
 def _int(value: Any) -> int | None:

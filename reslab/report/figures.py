@@ -32,8 +32,13 @@ SPLIT_DASHES = {"training": "", "test": (4, 2)}
 sns.set_theme(context="notebook", style="whitegrid")
 
 
-def _blocks(df: pd.DataFrame) -> list[str]:
-    present = list(dict.fromkeys(df["block"]))
+#: What a sweep's figures group nets by: the block, or the remedy, with the norm where the sweep varies it
+#: (`reslab.models.remedies.variant`), so nets that share a block but not a remedy or a norm never mix.
+GROUP = "variant"
+
+
+def _blocks(df: pd.DataFrame, column: str = GROUP) -> list[str]:
+    present = list(dict.fromkeys(df[column]))
     return [b for b in BLOCK_ORDER if b in present] + [b for b in present if b not in BLOCK_ORDER]
 
 
@@ -54,13 +59,13 @@ def _depth_palette(depths: list[int]) -> dict[int, tuple]:
 def curves_figure(epochs: pd.DataFrame, log_scale: bool = False) -> Figure:
     """He et al. Fig. 6: training error (solid) and test error (dashed) vs epoch; one line per depth (mean over
     seeds), one panel per block."""
-    df = _percent(epochs, {"train_error": "training", "test_error": "test"}, ["block", "depth", "seed", "epoch"])
+    df = _percent(epochs, {"train_error": "training", "test_error": "test"}, [GROUP, "depth", "seed", "epoch"])
     blocks = _blocks(df)
     depths = sorted(df["depth"].unique())
     fig, axes = plt.subplots(1, len(blocks), figsize=(4.4 * len(blocks), 3.8), sharey=True, squeeze=False)
     palette = _depth_palette(depths)
     for ax, block in zip(axes[0], blocks, strict=True):
-        part = df[df["block"] == block]
+        part = df[df[GROUP] == block]
         for depth in depths:
             for split, dashes in SPLIT_DASHES.items():
                 line = part[(part["depth"] == depth) & (part["split"] == split)].groupby("epoch")["error"].mean()
@@ -87,7 +92,7 @@ def curves_figure(epochs: pd.DataFrame, log_scale: bool = False) -> Figure:
 def depth_figure(cells: pd.DataFrame, anchors: pd.DataFrame | None = None) -> Figure:
     """Final training and test error vs depth, hue = block, mean and 95 % CI over seeds; a row per width when the
     sweep has several. `anchors` (block, depth, test_error in %, source) are drawn as stars on the test panels."""
-    df = _percent(cells, {"train_error": "training", "test_error": "test"}, ["block", "depth", "width", "seed"])
+    df = _percent(cells, {"train_error": "training", "test_error": "test"}, [GROUP, "depth", "width", "seed"])
     widths = sorted(df["width"].unique())
     blocks = _blocks(df)
     fig, axes = plt.subplots(len(widths), 2, figsize=(10, 3.8 * len(widths)), squeeze=False, sharex=True)
@@ -95,7 +100,7 @@ def depth_figure(cells: pd.DataFrame, anchors: pd.DataFrame | None = None) -> Fi
         for col, split in enumerate(("training", "test")):
             ax = axes[row][col]
             part = df[(df["width"] == width) & (df["split"] == split)]
-            sns.lineplot(data=part, x="depth", y="error", hue="block", hue_order=blocks, marker="o",
+            sns.lineplot(data=part, x="depth", y="error", hue=GROUP, hue_order=blocks, marker="o",
                          errorbar=("ci", 95), err_style="bars", ax=ax, legend=(row == 0 and col == 0))  # fmt: skip
             if anchors is not None and split == "test" and not anchors.empty:
                 for source, group in anchors.groupby("source"):
@@ -113,7 +118,7 @@ def depth_figure(cells: pd.DataFrame, anchors: pd.DataFrame | None = None) -> Fi
 
 def _deepest(tele: pd.DataFrame) -> pd.DataFrame:
     """Telemetry of the deepest depth that has more than one block kind (else the deepest), lowest seed."""
-    kinds_per_depth = tele.groupby("depth")["block"].nunique()
+    kinds_per_depth = tele.groupby("depth")[GROUP].nunique()
     shared = kinds_per_depth[kinds_per_depth > 1]
     depth = (shared.index if not shared.empty else kinds_per_depth.index).max()
     part = tele[tele["depth"] == depth]
@@ -133,7 +138,7 @@ def gradient_flow_figure(telemetry: pd.DataFrame, block_index: int | None = None
     blocks = _blocks(tele)
     fig, axes = plt.subplots(1, len(blocks), figsize=(4.4 * len(blocks), 3.6), sharey=True, squeeze=False)
     for ax, block in zip(axes[0], blocks, strict=True):
-        part = tele[tele["block"] == block]
+        part = tele[tele[GROUP] == block]
         for kind, style, label in (("grad_branch", "-", "through the branch F"),
                                    ("grad_shortcut", "--", "through the shortcut")):  # fmt: skip
             line = part[part["kind"] == kind].sort_values("step")
@@ -159,7 +164,7 @@ def gradient_heatmap_figure(telemetry: pd.DataFrame, kind: str = "grad_out") -> 
     blocks = _blocks(tele)
     grids = {}
     for block in blocks:
-        part = tele[tele["block"] == block]
+        part = tele[tele[GROUP] == block]
         grids[block] = part.pivot_table(index="index", columns="step", values="value", aggfunc="mean")
     values = np.log10(np.concatenate([g.to_numpy().ravel() for g in grids.values()]).clip(1e-12))
     vmin, vmax = np.nanpercentile(values, 2), np.nanpercentile(values, 98)
@@ -189,7 +194,7 @@ def weight_gradient_figure(telemetry: pd.DataFrame) -> Figure | None:
     blocks = _blocks(tele)
     fig, axes = plt.subplots(1, len(blocks), figsize=(4.4 * len(blocks), 3.6), sharey=True, squeeze=False)
     for ax, block in zip(axes[0], blocks, strict=True):
-        part = tele[tele["block"] == block]
+        part = tele[tele[GROUP] == block]
         steps = sorted(part["step"].unique())
         picks = dict.fromkeys([steps[0], steps[len(steps) // 2], steps[-1]])
         for step, color in zip(picks, sns.color_palette("crest", n_colors=len(picks)), strict=True):
@@ -233,7 +238,7 @@ def throughput_figure(cells: pd.DataFrame) -> Figure:
     """Training images/s vs depth as the sweep measured them (mean over seeds), hue = block."""
     df = cells.dropna(subset=["train_images_per_s"])
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    sns.lineplot(data=df, x="depth", y="train_images_per_s", hue="block", hue_order=_blocks(df), marker="o",
+    sns.lineplot(data=df, x="depth", y="train_images_per_s", hue=GROUP, hue_order=_blocks(df), marker="o",
                  errorbar=None, ax=ax)  # fmt: skip
     ax.set_yscale("log")
     ax.set_xlabel("depth (weighted layers)")
@@ -247,7 +252,7 @@ def benchmark_figure(bench: pd.DataFrame) -> Figure:
     """pytest-benchmark results: images/s and achieved TFLOP/s vs depth, hue = block, style = phase."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for ax, column, label in ((axes[0], "images_per_s", "images/s"), (axes[1], "tflops", "achieved TFLOP/s")):
-        sns.lineplot(data=bench, x="depth", y=column, hue="block", hue_order=_blocks(bench), style="phase",
+        sns.lineplot(data=bench, x="depth", y=column, hue="block", hue_order=_blocks(bench, "block"), style="phase",
                      marker="o", errorbar=None, ax=ax)  # fmt: skip
         ax.set_yscale("log")
         ax.set_xlabel("depth (weighted layers)")

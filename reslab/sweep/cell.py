@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     guard_streams(config.storage_url, config.tracking.uri)
     cells, _ = items_of(config)
     cell = cells[args.cell]
-    train = config.train.model_copy(update={"seed": cell.seed, **({"threads": args.threads} if args.threads else {})})
+    train = cell.recipe(config.train.model_copy(update={"threads": args.threads}) if args.threads else config.train)
     uri = tracking.resolve_uri(config.tracking.uri)
     storage = open_storage(config.storage_url, config.sweep.heartbeat_s, config.sweep.grace_s,
                            retry_s=config.sweep.storage_retry_s)

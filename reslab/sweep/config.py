@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from reslab.models.catalog import BLOCK_KINDS, NORMS, SHORTCUTS
 from reslab.models.catalog import FAMILY_INFO as FAMILIES
+from reslab.models.remedies import NO_REMEDY, REMEDIES, REMEDY_CHOICES
 from reslab.models.rules import SpecError
 from reslab.redact import STORAGE_ENV, TRACKING_ENV, redact, redact_uri
 from reslab.train.config import DataConfig, TrackingConfig, TrainConfig
@@ -56,6 +57,13 @@ class GridConfig(_Frozen):
     shortcuts: list[Literal[SHORTCUTS]] = Field(min_length=1)
     norms: list[Literal[NORMS]] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    remedies: list[Literal[REMEDY_CHOICES]] = Field(
+        default_factory=lambda: [NO_REMEDY], min_length=1,
+        description="remedies for depth (reslab.models.remedies); `none` = the grid's blocks and norms as they are",
+    )  # fmt: skip
+    lr: list[float] | None = Field(
+        None, min_length=1, description="a learning-rate axis: each cell once per value (instead of train.lr)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -102,6 +110,37 @@ class GridConfig(_Frozen):
         if len(set(v)) != len(v):
             raise ValueError(f"depths repeat: {v}")
         return v
+
+    @field_validator("lr")
+    @classmethod
+    def _lr(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None:
+            bad = [x for x in v if not x > 0]
+            if bad:
+                raise ValueError(f"learning rates must be positive, got {bad}")
+            if len(set(v)) != len(v):
+                raise ValueError(f"learning rates repeat: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _remedies_fit_the_grid(self) -> GridConfig:
+        """Each remedy with each norm it leaves free must be a net the family can build (Fixup has no batch norm,
+        TAT no shortcut, no remedy is defined on the convnet): said here, before any cell exists."""
+        from reslab.models.spec import NetSpec
+
+        problems = []
+        for remedy in dict.fromkeys(self.remedies):
+            if remedy == NO_REMEDY:
+                continue
+            fixed = REMEDIES[remedy].fields
+            for norm in [None] if "norm" in fixed else self.norms:
+                try:
+                    NetSpec(self.family, depth=min(self.depths), remedy=remedy, norm=norm)
+                except SpecError as exc:
+                    problems.append(str(exc))
+        if problems:
+            raise ValueError("; ".join(dict.fromkeys(problems)))
+        return self
 
 
 class ExecConfig(_Frozen):
@@ -200,6 +239,15 @@ class SweepConfig(_Frozen):
         devices = self.train.devices
         if self.tune is not None and devices not in (1, "1", "auto"):
             raise ValueError(f"tune works with one device per run; train.devices is {devices!r}: set it to 1")
+        return self
+
+    @model_validator(mode="after")
+    def _one_source_of_lr(self) -> SweepConfig:
+        if self.tune is not None and self.grid.lr is not None:
+            raise ValueError(
+                "grid.lr and tune both choose the learning rate: remove grid.lr to tune it, or the tune section to "
+                "sweep it"
+            )
         return self
 
     @model_validator(mode="after")

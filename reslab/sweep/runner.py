@@ -433,7 +433,7 @@ def make_console() -> Console:
 
 
 def summary_table(config: SweepConfig, cells: dict[str, Cell], statuses: dict[Item, ItemStatus]) -> Table:
-    """Block (x width, shortcut, norm when they vary) by depth: final train / test error, mean over seeds (the
+    """Block or remedy (x width, shortcut, norm, lr when they vary) by depth: final train / test error, mean over seeds (the
     best trial per cell when tuned)."""
     best: dict[str, dict[str, Any]] = {}
     for (key, _), st in statuses.items():
@@ -444,9 +444,10 @@ def summary_table(config: SweepConfig, cells: dict[str, Cell], statuses: dict[It
     rows: dict[str, dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
     for key, attrs in best.items():
         cell = cells[key]
-        label = cell.block + (f" w{cell.width}" if len(config.grid.widths) > 1 else "")
+        label = (cell.remedy or cell.block) + (f" w{cell.width}" if len(config.grid.widths) > 1 else "")
         label += f" {cell.shortcut}" if len(config.grid.shortcuts) > 1 and cell.block != "plain" else ""
         label += f" norm {cell.norm}" if len(config.grid.norms) > 1 else ""
+        label += f" lr {cell.lr:g}" if cell.lr is not None else ""
         rows[label][cell.depth].append((attrs.get("train_error", float("nan")), attrs.get("test_error", float("nan"))))
     depths = sorted(config.grid.depths)
     tuned = ", best trial per cell" if config.tune is not None else ""

@@ -145,7 +145,7 @@ class Worker:
         if multi_device(self.config) and self.config_path:
             self.run_item_in_process(trial, key, slot, attempt)
             return
-        train = self.train.model_copy(update={"seed": cell.seed})
+        train = cell.recipe(self.train)
         tags = item_tags(self.config, key, slot, trial.number, attempt)
         tuner = Tuner(self.config, self.storage, cell, slot) if self.config.tune else None
         if tuner is not None:

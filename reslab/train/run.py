@@ -148,7 +148,9 @@ def resolved_config(spec: NetSpec, data: DataConfig, train: TrainConfig) -> dict
 def run_tags(spec: NetSpec, seed: int, dataset: str) -> dict[str, Any]:
     """The tags every training run carries, so MLflow searches and reports can slice runs by them."""
     return {"family": spec.family, "block": spec.block, "depth": spec.depth, "width": spec.width,
-            "shortcut": spec.shortcut, "norm": spec.norm, "seed": seed, "dataset": dataset}  # fmt: skip
+            "shortcut": spec.shortcut, "norm": spec.norm, "seed": seed, "dataset": dataset,
+            "remedy": spec.remedy or "none", "init": spec.init, "activation": spec.activation,
+            "branch_scale": spec.branch_scale}  # fmt: skip
 
 
 def flat_params(config: dict[str, Any]) -> dict[str, Any]:
