@@ -433,8 +433,8 @@ def make_console() -> Console:
 
 
 def summary_table(config: SweepConfig, cells: dict[str, Cell], statuses: dict[Item, ItemStatus]) -> Table:
-    """Block or remedy (x width, shortcut, norm, lr when they vary) by depth: final train / test error, mean over seeds (the
-    best trial per cell when tuned)."""
+    """Block or remedy (x width, shortcut, norm, lr when they vary) by depth: final train / test error, mean over
+    seeds (the best trial per cell when tuned)."""
     best: dict[str, dict[str, Any]] = {}
     for (key, _), st in statuses.items():
         if st.state != "done" or st.trial is None or st.trial.value is None:
