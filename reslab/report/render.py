@@ -7,6 +7,7 @@ pycls' htmlbook does the same with its figures; the point is a file a reader can
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import html
 import io
@@ -24,6 +25,7 @@ from reslab.report import figures as F
 from reslab.report.anchors import anchors_for
 from reslab.report.bench import load_benchmark, throughput_for_figure
 from reslab.report.collect import SweepData
+from reslab.report.leaderboard import Leaderboard, best_lr, is_remedy_sweep, leaderboard
 from reslab.report.verdict import Verdict, verdict
 
 
@@ -48,12 +50,13 @@ class ReportPaths:
 
 
 def cell_table(data: SweepData) -> pd.DataFrame:
-    """Per network (block x depth x width x shortcut x norm): params, MACs, final errors mean ± sd over seeds,
-    epoch time, seeds finished of seeds run."""
+    """Per network (block or remedy x depth x width x shortcut x norm, x lr where the grid sweeps it): params,
+    MACs, final errors mean ± sd over seeds, epoch time, seeds finished of seeds run."""
     cells = data.cells
     if cells.empty:
         return pd.DataFrame()
-    keys = ["block", "depth", "width", "shortcut", "norm"]
+    named = "variant" if "variant" in cells and (cells["variant"] != cells["block"]).any() else "block"
+    keys = [named, "depth", "width", "shortcut", "norm"] + (["lr"] if cells["lr"].nunique() > 1 else [])
     rows = []
     for key, group in cells.groupby(keys, sort=False, dropna=False):
         done = group[group["status"] == "FINISHED"]
@@ -73,6 +76,20 @@ def cell_table(data: SweepData) -> pd.DataFrame:
             row["seeds"] += f" ({diverged} diverged)"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def at_best_lr(data: SweepData) -> SweepData:
+    """The sweep as its figures and verdict see it: where the grid sweeps the learning rate, each net at its best
+    rate only (`reslab.report.leaderboard.best_lr`), so curves of different rates are never averaged together."""
+    if not (data.config.get("grid") or {}).get("lr") or data.finished.empty:
+        return data
+    best = best_lr(data.cells)
+    keep = set(best["run_id"])
+
+    def only(df: pd.DataFrame) -> pd.DataFrame:
+        return df[df["run_id"].isin(keep)].reset_index(drop=True) if not df.empty else df
+
+    return dataclasses.replace(data, cells=best, epochs=only(data.epochs), telemetry=only(data.telemetry))
 
 
 def build_figures(data: SweepData, bench: pd.DataFrame | None = None, log_scale: bool = False) -> list[Rendered]:
@@ -136,7 +153,8 @@ def write_report(
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     bench = load_benchmark(bench_path) if bench_path else None
-    figures = build_figures(data, bench, log_scale)
+    view = at_best_lr(data)
+    figures = build_figures(view, bench, log_scale)
     written: list[Path] = []
 
     def write(path: Path, content: str | bytes) -> None:
@@ -149,11 +167,13 @@ def write_report(
     for fig in figures:
         write(out / "figures" / f"{fig.slug}.png", fig.png)
         write(out / "figures" / f"{fig.slug}.svg", fig.svg)
-    v = verdict(data.cells)
+    v = verdict(view.cells)
     table = cell_table(data)
     write(out / "summary.csv", redact(data.cells.to_csv(index=False)))
     write(out / "epochs.csv", redact(data.epochs.to_csv(index=False)))
     context = _context(data, v, table, bench_path)
+    if is_remedy_sweep(data.config):
+        context["leaderboard"] = leaderboard(data.cells, (data.config.get("train") or {}).get("lr"))
     write(out / "index.html", _html(context, figures))
     write(out / "report.md", _markdown(context, figures))
     if log_to_mlflow and data.parent.get("run_id"):
@@ -220,6 +240,12 @@ def _html(ctx: dict, figures: list[Rendered]) -> str:
         f"<p class='lead'>{e(ctx['description'])} — {e(ctx['progress'])}</p>",
         f"<div class='verdict {klass}' id='verdict'>{e(v.text)}</div>",
     ]
+    board: Leaderboard | None = ctx.get("leaderboard")
+    if board is not None and not board.table.empty:
+        parts.append(f"<h2 id='leaderboard'>Remedies leaderboard</h2><p>{e(_board_intro(board))}</p>")
+        parts.append(_html_table(board.table))
+        parts.append(f"<h3>Per remedy at depth {board.deepest}</h3><p>{e(BOARD_NOTE)}</p>"
+                     + _html_table(board.remedies))  # fmt: skip
     for fig in figures:
         data = base64.b64encode(fig.png).decode()
         parts.append(f"<figure id='{fig.slug}'><h2>{e(fig.title)}</h2>"
@@ -239,6 +265,19 @@ def _html(ctx: dict, figures: list[Rendered]) -> str:
     prov = "".join(f"<tr><th>{e(k)}</th><td>{e(str(val))}</td></tr>" for k, val in ctx["provenance"].items())
     parts.append(f"<h2>Provenance</h2><table>{prov}</table></body></html>")
     return "\n".join(parts)
+
+
+BOARD_NOTE = (
+    "A remedy trains at a depth when its best final training error there is within 5 points of the residual net "
+    "with batch norm. The papers report CIFAR or ImageNet with their own recipes, so they are compared "
+    "qualitatively; a disagreement is stated only when two or more seeds agree on it."
+)
+
+
+def _board_intro(board: Leaderboard) -> str:
+    shared = f" at the shared recipe's lr {board.recipe_lr:g} and" if board.recipe_lr is not None else ""
+    return (f"Final training and test error per remedy and depth{shared} at each remedy's best learning rate of the "
+            "sweep (lowest mean final training error; which one is shown). Mean ± sd over seeds.")  # fmt: skip
 
 
 def _html_table(df: pd.DataFrame) -> str:
@@ -284,6 +323,10 @@ def _markdown(ctx: dict, figures: list[Rendered]) -> str:
     v: Verdict = ctx["verdict"]
     lines = [f"# reslab report: {e(ctx['name'])}", "", f"{e(ctx['description'])} — {e(ctx['progress'])}", "",
              f"> {e(v.text)}", ""]  # fmt: skip
+    board: Leaderboard | None = ctx.get("leaderboard")
+    if board is not None and not board.table.empty:
+        lines += ["## Remedies leaderboard", "", e(_board_intro(board)), "", _md_table(board.table), "",
+                  f"### Per remedy at depth {board.deepest}", "", e(BOARD_NOTE), "", _md_table(board.remedies), ""]
     for fig in figures:
         lines += [f"## {e(fig.title)}", "", f"![{e(fig.title)}](figures/{fig.slug}.png)", "", e(fig.caption), ""]
     lines += ["## Cells", "", _md_table(ctx["table"]), ""]

@@ -29,7 +29,8 @@ def pct(x: float) -> str:
 
 
 def verdict(cells: pd.DataFrame) -> Verdict:
-    """The verdict over the finished cells (`block`, `depth`, `width`, `seed`, `train_error`)."""
+    """The verdict over the finished cells (`variant` or `block`, `depth`, `width`, `seed`, `train_error`), one
+    learning rate per net (the report passes each net at its best rate when the grid sweeps it)."""
     done = cells[(cells["status"] == "FINISHED") & cells["train_error"].notna()] if "status" in cells else cells
     if done.empty:
         return Verdict(None, "No finished runs yet: nothing to judge.")
@@ -38,15 +39,21 @@ def verdict(cells: pd.DataFrame) -> Verdict:
     known = [p.reproduced for p in parts if p.reproduced is not None]
     reproduced = None if not known else any(known)
     numbers = {k: v for p in parts for k, v in p.numbers.items()}
-    n_seeds = int(done.groupby(["block", "depth", "width"])["seed"].nunique().max())
+    n_seeds = int(done.groupby([_group(done), "depth", "width"])["seed"].nunique().max())
     note = f" Final-epoch training error, mean over {n_seeds} seed{'s' * (n_seeds > 1)}."
     return Verdict(reproduced, " ".join(p.text for p in parts) + note, numbers)
+
+
+def _group(df: pd.DataFrame) -> str:
+    """Nets are told apart by their variant (block or remedy, and norm) where the sweep records it: a plain net
+    with batch norm and one without, or TAT's plain net, are different nets."""
+    return "variant" if "variant" in df and df["variant"].notna().all() else "block"
 
 
 def _one_width(df: pd.DataFrame, width: int | None) -> Verdict:
     where = f" at width {width}" if width is not None else ""
     tag = f"-w{width}" if width is not None else ""
-    mean = df.groupby(["block", "depth"])["train_error"].mean()
+    mean = df.groupby([_group(df), "depth"])["train_error"].mean()
     plain = mean.get("plain")
     numbers = {f"{b}-{d}{tag}": float(v) for (b, d), v in mean.items()}
     residual_kind = next((k for k in RESIDUAL_KINDS if k in mean.index.get_level_values(0)), None)
