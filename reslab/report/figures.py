@@ -37,6 +37,13 @@ sns.set_theme(context="notebook", style="whitegrid")
 GROUP = "variant"
 
 
+def _with_group(df: pd.DataFrame) -> pd.DataFrame:
+    """Frames from older sweeps (or built by hand) have no variant: their block is the variant."""
+    if GROUP in df and df[GROUP].notna().all():
+        return df
+    return df.assign(**{GROUP: df["block"]})
+
+
 def _blocks(df: pd.DataFrame, column: str = GROUP) -> list[str]:
     present = list(dict.fromkeys(df[column]))
     return [b for b in BLOCK_ORDER if b in present] + [b for b in present if b not in BLOCK_ORDER]
@@ -59,7 +66,8 @@ def _depth_palette(depths: list[int]) -> dict[int, tuple]:
 def curves_figure(epochs: pd.DataFrame, log_scale: bool = False) -> Figure:
     """He et al. Fig. 6: training error (solid) and test error (dashed) vs epoch; one line per depth (mean over
     seeds), one panel per block."""
-    df = _percent(epochs, {"train_error": "training", "test_error": "test"}, [GROUP, "depth", "seed", "epoch"])
+    splits = {"train_error": "training", "test_error": "test"}
+    df = _percent(_with_group(epochs), splits, [GROUP, "depth", "seed", "epoch"])
     blocks = _blocks(df)
     depths = sorted(df["depth"].unique())
     fig, axes = plt.subplots(1, len(blocks), figsize=(4.4 * len(blocks), 3.8), sharey=True, squeeze=False)
@@ -92,7 +100,8 @@ def curves_figure(epochs: pd.DataFrame, log_scale: bool = False) -> Figure:
 def depth_figure(cells: pd.DataFrame, anchors: pd.DataFrame | None = None) -> Figure:
     """Final training and test error vs depth, hue = block, mean and 95 % CI over seeds; a row per width when the
     sweep has several. `anchors` (block, depth, test_error in %, source) are drawn as stars on the test panels."""
-    df = _percent(cells, {"train_error": "training", "test_error": "test"}, [GROUP, "depth", "width", "seed"])
+    splits = {"train_error": "training", "test_error": "test"}
+    df = _percent(_with_group(cells), splits, [GROUP, "depth", "width", "seed"])
     widths = sorted(df["width"].unique())
     blocks = _blocks(df)
     fig, axes = plt.subplots(len(widths), 2, figsize=(10, 3.8 * len(widths)), squeeze=False, sharex=True)
@@ -118,6 +127,7 @@ def depth_figure(cells: pd.DataFrame, anchors: pd.DataFrame | None = None) -> Fi
 
 def _deepest(tele: pd.DataFrame) -> pd.DataFrame:
     """Telemetry of the deepest depth that has more than one block kind (else the deepest), lowest seed."""
+    tele = _with_group(tele)
     kinds_per_depth = tele.groupby("depth")[GROUP].nunique()
     shared = kinds_per_depth[kinds_per_depth > 1]
     depth = (shared.index if not shared.empty else kinds_per_depth.index).max()
@@ -236,7 +246,7 @@ def gate_figure(telemetry: pd.DataFrame) -> Figure | None:
 
 def throughput_figure(cells: pd.DataFrame) -> Figure:
     """Training images/s vs depth as the sweep measured them (mean over seeds), hue = block."""
-    df = cells.dropna(subset=["train_images_per_s"])
+    df = _with_group(cells).dropna(subset=["train_images_per_s"])
     fig, ax = plt.subplots(figsize=(6, 3.8))
     sns.lineplot(data=df, x="depth", y="train_images_per_s", hue=GROUP, hue_order=_blocks(df), marker="o",
                  errorbar=None, ax=ax)  # fmt: skip
