@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -147,3 +148,18 @@ def test_which_sweeps_get_a_leaderboard() -> None:
     assert is_remedy_sweep({"grid": {"remedies": ["none", "fixup"]}})
     assert is_remedy_sweep({"grid": {"lr": [0.1, 0.01]}})
     assert not is_remedy_sweep({"grid": {"remedies": ["none"]}}) and not is_remedy_sweep({})
+
+
+@pytest.mark.parametrize("remedy", ["fixup", "skipinit", "scaled", "tat"])
+def test_summary_takes_a_remedy(remedy: str) -> None:
+    from reslab.models import NetSpec
+    from reslab.models.estimate import estimate
+
+    proc = subprocess.run([sys.executable, "-m", "reslab.cli", "summary", "--remedy", remedy, "--depth", "20",
+                           "--width", "8", "--input", "1x40", "--json"], capture_output=True, text=True, timeout=120,
+                          check=True)  # fmt: skip
+    summary = json.loads(proc.stdout)
+    spec = NetSpec("resnet", depth=20, width=8, remedy=remedy)
+    assert summary["params"] == estimate(spec, (1, 40), 10).params
+    kinds = {layer["type"] for layer in summary["layers"]}
+    assert ("ScalarBias" in kinds) == (remedy == "fixup") and ("TailoredLeakyReLU" in kinds) == (remedy == "tat")
