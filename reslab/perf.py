@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from reslab.data.tensors import DeviceBatches, Split, Splits
 from reslab.models import NetSpec, build_net
+from reslab.models.blocks import param_groups
 from reslab.train.config import TrainConfig
 from reslab.train.schedule import lr_lambda
 
@@ -46,8 +47,9 @@ def plain_loop_step_times(
     torch.manual_seed(cfg.seed)
     net = build_net(spec, splits.input_shape, splits.num_classes).to(device)
     opt = torch.optim.SGD(
-        net.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
-    )
+        param_groups(net, cfg.lr), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+        weight_decay=cfg.weight_decay,
+    )  # fmt: skip
     batches = DeviceBatches(splits.train.to(device), cfg.batch_size, shuffle=True, seed=cfg.seed)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, len(batches)))
     ends: list[float] = [time.perf_counter()]

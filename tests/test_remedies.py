@@ -231,3 +231,14 @@ def test_remedies_are_not_defined_on_the_convnet() -> None:
 def test_blocks_found_by_the_trunk_are_the_remedy_blocks() -> None:
     net = build_net(NetSpec("resnet", depth=20, width=4, remedy="scaled"), (1, 40))
     assert all(isinstance(b, Block) and b.scale is not None for _, b in net.blocks())
+
+
+def test_fixup_scalars_train_at_a_tenth_of_the_learning_rate() -> None:
+    from reslab.models.blocks import param_groups
+
+    net = build_net(NetSpec("resnet", depth=20, width=4, remedy="fixup"), (1, 40))
+    weights, scalars = param_groups(net, 0.1)
+    assert weights["lr"] == 0.1 and scalars["lr"] == pytest.approx(0.01)
+    assert len(scalars["params"]) == 5 * len(residual_blocks(net))  # 4 biases and 1 multiplier per branch
+    assert all(p.dim() == 0 for p in scalars["params"])
+    assert len(param_groups(build_net(NetSpec("resnet", depth=20, width=4), (1, 40)), 0.1)) == 1

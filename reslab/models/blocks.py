@@ -115,9 +115,16 @@ class TailoredLeakyReLU(nn.Module):
         return f"alpha={self.alpha:.6g}"
 
 
+#: Zhang et al. 2019 (Fixup, §3 and their reference training script) train the scalar biases and multipliers at a
+#: tenth of the learning rate of the weights: a scalar moves every activation of its layer at once.
+FIXUP_SCALAR_LR = 0.1
+
+
 class ScalarBias(nn.Module):
     """Fixup's learnable scalar bias (Zhang et al. 2019), 0 at initialisation: one number per site, shared by all
-    channels, in place of a norm layer's per-channel shift."""
+    channels, in place of a norm layer's per-channel shift. Trained at `lr_factor` times the learning rate."""
+
+    lr_factor = FIXUP_SCALAR_LR
 
     def __init__(self) -> None:
         super().__init__()
@@ -128,7 +135,10 @@ class ScalarBias(nn.Module):
 
 
 class Multiplier(nn.Module):
-    """Fixup's learnable scalar multiplier of a branch (Zhang et al. 2019), 1 at initialisation."""
+    """Fixup's learnable scalar multiplier of a branch (Zhang et al. 2019), 1 at initialisation. Trained at
+    `lr_factor` times the learning rate."""
+
+    lr_factor = FIXUP_SCALAR_LR
 
     def __init__(self) -> None:
         super().__init__()
@@ -239,6 +249,20 @@ def branch_layers(
                 ops.norm(cout, spec.norm), ops.act(spec.norm), second(bias)]  # fmt: skip
     layers = [first(bias), ops.norm(cout, spec.norm), ops.act(spec.norm), second(bias), ops.norm(cout, spec.norm)]
     return [*layers, ops.act(spec.norm)] if act_after else layers
+
+
+def param_groups(model: nn.Module, lr: float) -> list[dict]:
+    """The optimizer's parameter groups: every parameter at `lr`, except those of modules that declare an
+    `lr_factor` (Fixup's scalars), which get `lr` times it. Learning-rate schedules scale every group alike."""
+    factors: dict[int, float] = {}
+    for module in model.modules():
+        factor = getattr(type(module), "lr_factor", None)
+        if factor is not None:
+            factors.update({id(p): factor for p in module.parameters(recurse=False)})
+    groups: dict[float, list[nn.Parameter]] = {1.0: []}  # the weights' group first: its lr is the one logged
+    for p in model.parameters():
+        groups.setdefault(factors.get(id(p), 1.0), []).append(p)
+    return [{"params": params, "lr": lr * factor} for factor, params in groups.items() if params]
 
 
 def init_weights(model: nn.Module) -> None:

@@ -49,6 +49,27 @@ def _blocks(df: pd.DataFrame, column: str = GROUP) -> list[str]:
     return [b for b in BLOCK_ORDER if b in present] + [b for b in present if b not in BLOCK_ORDER]
 
 
+#: Panels per row: a remedies sweep has nine kinds of net, which in one row would make figures too wide to read.
+MAX_COLUMNS = 4
+
+
+def _panels(n: int, width: float, height: float, **kwargs) -> tuple[Figure, list]:
+    """A figure of `n` panels, at most `MAX_COLUMNS` to a row, each `width` x `height` inches."""
+    cols = min(n, MAX_COLUMNS)
+    rows = -(-n // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False, **kwargs)
+    axes = list(grid.flat)
+    for ax in axes[n:]:
+        fig.delaxes(ax)
+    return fig, axes[:n]
+
+
+def _ylabel(axes: list, label: str) -> None:
+    """The y label on the first panel of every row."""
+    for ax in axes[::MAX_COLUMNS]:
+        ax.set_ylabel(label)
+
+
 def _percent(df: pd.DataFrame, columns: dict[str, str], id_vars: list[str]) -> pd.DataFrame:
     """Long format: one row per id x split, error in percent."""
     present = {k: v for k, v in columns.items() if k in df and df[k].notna().any()}
@@ -70,9 +91,9 @@ def curves_figure(epochs: pd.DataFrame, log_scale: bool = False) -> Figure:
     df = _percent(_with_group(epochs), splits, [GROUP, "depth", "seed", "epoch"])
     blocks = _blocks(df)
     depths = sorted(df["depth"].unique())
-    fig, axes = plt.subplots(1, len(blocks), figsize=(4.4 * len(blocks), 3.8), sharey=True, squeeze=False)
+    fig, axes = _panels(len(blocks), 4.4, 3.8, sharey=True)
     palette = _depth_palette(depths)
-    for ax, block in zip(axes[0], blocks, strict=True):
+    for ax, block in zip(axes, blocks, strict=True):
         part = df[df[GROUP] == block]
         for depth in depths:
             for split, dashes in SPLIT_DASHES.items():
@@ -87,7 +108,7 @@ def curves_figure(epochs: pd.DataFrame, log_scale: bool = False) -> Figure:
         ax.set_xlabel("epoch")
         if log_scale:
             ax.set_yscale("log")
-    axes[0][0].set_ylabel("error (%)")
+    _ylabel(axes, "error (%)")
     handles = [plt.Line2D([], [], color=palette[d], label=f"depth {d}") for d in depths]
     handles += [plt.Line2D([], [], color="0.3", dashes=(4, 2) if s == "test" else (None, None), label=s)
                 for s in SPLIT_DASHES]  # fmt: skip
@@ -146,8 +167,8 @@ def gradient_flow_figure(telemetry: pd.DataFrame, block_index: int | None = None
         block_index = int(tele["index"].max()) // 2
     tele = tele[tele["index"] == block_index]
     blocks = _blocks(tele)
-    fig, axes = plt.subplots(1, len(blocks), figsize=(4.4 * len(blocks), 3.6), sharey=True, squeeze=False)
-    for ax, block in zip(axes[0], blocks, strict=True):
+    fig, axes = _panels(len(blocks), 4.4, 3.6, sharey=True)
+    for ax, block in zip(axes, blocks, strict=True):
         part = tele[tele[GROUP] == block]
         for kind, style, label in (("grad_branch", "-", "through the branch F"),
                                    ("grad_shortcut", "--", "through the shortcut")):  # fmt: skip
@@ -158,7 +179,7 @@ def gradient_flow_figure(telemetry: pd.DataFrame, block_index: int | None = None
         ax.set_title(f"{block}-{int(part['depth'].iloc[0])}, block {block_index}")
         ax.set_xlabel("training step")
         ax.legend(fontsize="small")
-    axes[0][0].set_ylabel("gradient norm at block input")
+    _ylabel(axes, "gradient norm at block input")
     fig.suptitle("Gradient flow through branch vs shortcut", y=1.02)
     fig.tight_layout()
     return fig
@@ -178,9 +199,9 @@ def gradient_heatmap_figure(telemetry: pd.DataFrame, kind: str = "grad_out") -> 
         grids[block] = part.pivot_table(index="index", columns="step", values="value", aggfunc="mean")
     values = np.log10(np.concatenate([g.to_numpy().ravel() for g in grids.values()]).clip(1e-12))
     vmin, vmax = np.nanpercentile(values, 2), np.nanpercentile(values, 98)
-    fig, axes = plt.subplots(1, len(blocks), figsize=(4.6 * len(blocks), 3.8), squeeze=False, sharey=True)
+    fig, axes = _panels(len(blocks), 4.6, 3.8, sharey=True)
     image = None
-    for ax, block in zip(axes[0], blocks, strict=True):
+    for ax, block in zip(axes, blocks, strict=True):
         grid = grids[block]
         image = ax.imshow(np.log10(grid.to_numpy().clip(1e-12)), aspect="auto", origin="lower", cmap="magma",
                           vmin=vmin, vmax=vmax,
@@ -188,8 +209,8 @@ def gradient_heatmap_figure(telemetry: pd.DataFrame, kind: str = "grad_out") -> 
         ax.grid(False)
         ax.set_title(f"{block}-{int(tele['depth'].iloc[0])}")
         ax.set_xlabel("training step")
-    axes[0][0].set_ylabel("block index (input at the bottom)")
-    fig.colorbar(image, ax=axes[0].tolist(), label="log10 gradient norm at block output")
+    _ylabel(axes, "block index (input at the bottom)")
+    fig.colorbar(image, ax=axes, label="log10 gradient norm at block output")
     fig.suptitle("Gradient norm by block and training step", y=1.02)
     return fig
 
@@ -202,8 +223,8 @@ def weight_gradient_figure(telemetry: pd.DataFrame) -> Figure | None:
         return None
     tele = _deepest(tele)
     blocks = _blocks(tele)
-    fig, axes = plt.subplots(1, len(blocks), figsize=(4.4 * len(blocks), 3.6), sharey=True, squeeze=False)
-    for ax, block in zip(axes[0], blocks, strict=True):
+    fig, axes = _panels(len(blocks), 4.4, 3.6, sharey=True)
+    for ax, block in zip(axes, blocks, strict=True):
         part = tele[tele[GROUP] == block]
         steps = sorted(part["step"].unique())
         picks = dict.fromkeys([steps[0], steps[len(steps) // 2], steps[-1]])
@@ -214,7 +235,7 @@ def weight_gradient_figure(telemetry: pd.DataFrame) -> Figure | None:
         ax.set_title(f"{block}-{int(part['depth'].iloc[0])}")
         ax.set_xlabel("layer index (input first)")
         ax.legend(fontsize="small")
-    axes[0][0].set_ylabel("weight-gradient norm")
+    _ylabel(axes, "weight-gradient norm")
     fig.suptitle("Per-layer weight-gradient norm early, midway and late in training", y=1.02)
     fig.tight_layout()
     return fig

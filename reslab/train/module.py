@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reslab.models.blocks import param_groups
 from reslab.train.config import TrainConfig
 from reslab.train.schedule import lr_lambda
 
@@ -118,7 +119,7 @@ class ResLabModule(pl.LightningModule):
     def configure_optimizers(self):
         cfg = self.cfg
         optimizer = torch.optim.SGD(
-            self.net.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+            param_groups(self.net, cfg.lr), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
             weight_decay=cfg.weight_decay,
         )  # fmt: skip
         steps_per_epoch = len(self.trainer.datamodule.train_dataloader())  # per rank, as the optimizer steps
