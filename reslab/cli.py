@@ -1,4 +1,4 @@
-"""The `reslab` console script: summary, train, sweep, report, ui.
+"""The `reslab` console script: summary, train, probe, sweep, report, ui.
 
 Each command imports what it needs when it runs, so `reslab summary` does not pay for Lightning or MLflow. Bad
 input ends in one line on stderr that says what is wrong and what is valid, and exit code 2, before any work.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from reslab.models.catalog import ACTIVATIONS, BLOCK_KINDS, BRANCH_SCALES, FAMILY_INFO, INITS, NORMS, SHORTCUTS
 from reslab.models.remedies import REMEDIES
@@ -51,9 +51,32 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def add_net_arguments(p: argparse.ArgumentParser) -> None:
+#: `reslab probe`'s width where none is given: the default sweep's (configs/default.yaml), for the resnet family.
+PROBE_WIDTH = {"resnet": 8}
+
+
+def _list_of(kind: Callable[[str], object], what: str) -> Callable[[str], tuple]:
+    """An argparse type for comma-separated values, each parsed by `kind` (`reslab probe --depth 20,56,110`)."""
+
+    def parse(text: str) -> tuple:
+        parts = [part.strip() for part in text.split(",")]
+        if not all(parts):
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
+        return tuple(kind(part) for part in parts)
+
+    return parse
+
+
+def _block_kind(text: str) -> str:
+    if text not in BLOCK_KINDS:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(BLOCK_KINDS)})")
+    return text
+
+
+def add_net_arguments(p: argparse.ArgumentParser, lists: bool = False) -> None:
     """The options that describe one network (shared by summary and train); choices, defaults and depth rules come
-    from the catalog the spec validates against."""
+    from the catalog the spec validates against. With `lists` (reslab probe), --block and --depth take
+    comma-separated lists: one network per combination."""
     from reslab.models.spec import NetSpec
 
     defaults = {name: NetSpec(name) for name in FAMILY_INFO}
@@ -62,10 +85,17 @@ def add_net_arguments(p: argparse.ArgumentParser) -> None:
         return "; ".join(f"{name}: {what(spec)}" for name, spec in defaults.items())
 
     p.add_argument("--family", default="resnet", choices=list(FAMILY_INFO), help="network family (default resnet)")
-    p.add_argument("--block", choices=BLOCK_KINDS, help="how each block combines F(x) and x (default residual)")
-    p.add_argument("--depth", type=_positive_int, help="weighted layers ("
-                   + per_family(lambda s: FAMILY_INFO[s.family].depth_rule(s).form) + ")")  # fmt: skip
-    p.add_argument("--width", type=_positive_int, help="base width (default " + per_family(lambda s: s.width) + ")")
+    depth_help = "weighted layers (" + per_family(lambda s: FAMILY_INFO[s.family].depth_rule(s).form) + ")"
+    widths = per_family(lambda s: PROBE_WIDTH.get(s.family, s.width) if lists else s.width)
+    if lists:
+        p.add_argument("--block", type=_list_of(_block_kind, "blocks"), metavar="BLOCK[,BLOCK...]",
+                       help=f"blocks to probe, e.g. plain,residual ({', '.join(BLOCK_KINDS)}; default residual)")
+        p.add_argument("--depth", type=_list_of(_positive_int, "depths"), metavar="N[,N...]", required=True,
+                       help="depths to probe, e.g. 20,56,110,1202: " + depth_help)  # fmt: skip
+    else:
+        p.add_argument("--block", choices=BLOCK_KINDS, help="how each block combines F(x) and x (default residual)")
+        p.add_argument("--depth", type=_positive_int, help=depth_help)
+    p.add_argument("--width", type=_positive_int, help=f"base width (default {widths})")
     p.add_argument("--shortcut", type=str.upper, choices=SHORTCUTS,
                    help="A zero-pad, B projection, C all-projection (default " + per_family(lambda s: s.shortcut) + ")")
     p.add_argument("--norm", choices=NORMS, help="normalisation (default " + per_family(lambda s: s.norm) + ")")
@@ -156,6 +186,119 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _probe_specs(args: argparse.Namespace) -> list:
+    """Every (block, depth) network `reslab probe` was asked for, each checked against its family's depth rule
+    before anything is built (NetSpec raises SpecError with the nearest valid depths)."""
+    from reslab.models import NetSpec
+
+    width = args.width if args.width is not None else PROBE_WIDTH.get(args.family)
+    blocks = args.block or (None,)
+    return [NetSpec(family=args.family, block=block, depth=depth, width=width, shortcut=args.shortcut,
+                    norm=args.norm, init=args.init, activation=args.activation, branch_scale=args.branch_scale,
+                    remedy=args.remedy) for block in dict.fromkeys(blocks) for depth in dict.fromkeys(args.depth)]
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from reslab.train.config import DataConfig, TrainConfig
+
+    specs = _probe_specs(args)
+    try:
+        data = DataConfig(name=args.dataset, options=dict(args.data_option or []), data_dir=args.data_dir)
+        recipe = TrainConfig(batch_size=args.batch, seed=args.seed, device=args.device)
+    except ValidationError as exc:
+        raise UsageError("; ".join(_pydantic_messages(exc))) from None
+    from reslab.data.catalog import DATASET_INFO
+    from reslab.limits import memory_problem, training_device
+    from reslab.models.catalog import output_units
+
+    shape, classes = DATASET_INFO[data.name].shape(data.options)
+    for spec in specs:  # a probe holds what a training step holds, less the optimizer's state
+        problem = memory_problem(spec.name, spec, shape, output_units(spec, classes), recipe,
+                                 training_device(recipe.device))  # fmt: skip
+        if problem:
+            raise UsageError(problem.replace("to train", "to probe"))
+    import time
+
+    from reslab.probe.measure import probe_spec, resolve_device
+    from reslab.probe.result import SCHEMA, format_table, table_row
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        device = resolve_device(recipe.device)
+        from reslab.data.registry import load_dataset
+
+        splits = load_dataset(data.name, data.options, data.data_dir)
+    except (ValueError, RuntimeError) as exc:
+        raise UsageError(str(exc)) from None
+    if args.batch > len(splits.train):
+        raise UsageError(f"--batch {args.batch} is larger than the {len(splits.train)} training examples of "
+                         f"{data.name}")  # fmt: skip
+    progress = sys.stderr if args.json else sys.stdout
+    results, rows = [], []
+    for spec in specs:
+        t0 = time.perf_counter()
+        probe = probe_spec(spec, splits, args.batch, args.seed, device)
+        seconds = time.perf_counter() - t0
+        results.append((spec, probe, seconds))
+        rows.append(table_row(spec.name, probe, seconds))
+        if not args.json or progress.isatty():
+            print(f"probed {spec.name} ({len(probe.blocks)} blocks) in {seconds:.1f} s" + "".join(
+                  f"; {a.describe()}" for a in probe.anomalies), file=progress, flush=True)  # fmt: skip
+    document = {"schema": SCHEMA, "dataset": data.name, "options": data.options, "batch": args.batch,
+                "seed": args.seed, "device": device, "probes": [p.to_json(**_probe_labels(s), wall_s=round(t, 3))
+                                                                for s, p, t in results]}  # fmt: skip
+    if args.out:
+        for path in _write_probe_out(args.out, document, results, args.seed):
+            print(f"wrote {path}", file=progress)
+    if args.json:
+        print(json.dumps(document))
+        return 0
+    print(format_table(rows))
+    if args.per_block:
+        from reslab.probe.result import block_table
+
+        for spec, probe, _ in results:
+            print(f"\n{spec.name}\n{block_table(probe)}")
+    return 0
+
+
+def _write_probe_out(out: str, document: dict, results: list, seed: int) -> list:
+    """`reslab probe --out`: the figures of `reslab.report.signal` (PNG) and the JSON document, into `out`."""
+    from pathlib import Path
+
+    import matplotlib.pyplot as plt
+
+    from reslab.report.signal import cmap_figure, probe_frame, shortcut_share_figure, signal_gradient_figure
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    frame = probe_frame([(dict(_probe_labels(spec), seed=seed), probe) for spec, probe, _ in results])
+    written = []
+    for slug, draw in (("signal_gradient", signal_gradient_figure), ("signal_shortcut", shortcut_share_figure),
+                       ("signal_cmap", cmap_figure)):  # fmt: skip
+        fig = draw(frame)
+        if fig is not None:
+            fig.savefig(folder / f"{slug}.png", dpi=100, bbox_inches="tight")
+            plt.close(fig)
+            written.append(folder / f"{slug}.png")
+    (folder / "probe.json").write_text(json.dumps(document, indent=1) + "\n")
+    return [*written, folder / "probe.json"]
+
+
+def _probe_labels(spec) -> dict:
+    from reslab.models.remedies import variant
+
+    return {"name": spec.name, "family": spec.family, "block": spec.block, "depth": spec.depth, "width": spec.width,
+            "shortcut": spec.shortcut, "norm": spec.norm, "remedy": spec.remedy, "init": spec.init,
+            "activation": spec.activation, "branch_scale": spec.branch_scale,
+            "variant": variant(spec.family, spec.block, spec.norm, spec.remedy)}  # fmt: skip
+
+
 def _train_fields(args: argparse.Namespace) -> dict:
     return {
         "epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size, "lr": args.lr,
@@ -163,7 +306,7 @@ def _train_fields(args: argparse.Namespace) -> dict:
         "schedule": args.schedule, "milestones": args.milestones, "warmup_epochs": args.warmup_epochs,
         "warmup_start_factor": args.warmup_start_factor, "seed": args.seed, "device": args.device,
         "precision": args.precision, "telemetry_every": args.telemetry_every, "threads": args.threads,
-        "clip_grad_norm": args.clip_grad_norm,
+        "clip_grad_norm": args.clip_grad_norm, "probe": False if args.no_probe else None,
         "devices": args.devices, "strategy": args.strategy,
     }  # fmt: skip
 
@@ -362,11 +505,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", help="Lightning strategy, e.g. ddp (gloo on CPU, NCCL on GPUs)")
     p.add_argument("--telemetry-every", type=_positive_int, help="gradient telemetry every K steps (default 10)")
     p.add_argument("--clip-grad-norm", type=float, help="clip the gradient's global norm to this (default: off)")
+    p.add_argument("--no-probe", action="store_true",
+                   help="skip the probe of the signal at initialisation before the first step (it changes nothing "
+                   "in the training)")  # fmt: skip
     p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--experiment", default="reslab", help="MLflow experiment (default reslab)")
     p.add_argument("--no-tracking", action="store_true", help="train without recording an MLflow run")
     p.add_argument("--json", action="store_true", help="print one JSON object with the final metrics")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("probe", help="signal propagation at initialisation over depths: activations, gradients, "
+                       "the shortcut's share, the C-map, the input-output Jacobian; no training")  # fmt: skip
+    add_net_arguments(p, lists=True)
+    p.add_argument("--dataset", default="mnist1d", choices=list(DATASET_INFO), help="dataset (default mnist1d)")
+    p.add_argument("--data-option", action="append", type=_key_value, metavar="KEY=VALUE",
+                   help="dataset option (repeatable)")  # fmt: skip
+    p.add_argument("--data-dir", help="dataset cache (default $RESLAB_DATA_DIR or ~/.cache/reslab)")
+    p.add_argument("--batch", type=_positive_int, default=128, help="examples in the probed batch (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and of the batch (default 0)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="default auto")
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    p.add_argument("--json", action="store_true", help="print one JSON object (schema reslab.probe/1)")
+    p.add_argument("--per-block", action="store_true", help="print every block's values after the table")
+    p.add_argument("--out", help="folder for the figures (gradient, shortcut share, C-map) and probe.json")
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("sweep", help="run a sweep config: every cell once, resumable, N workers")
     p.add_argument("config", help="a sweep config, e.g. configs/default.yaml")

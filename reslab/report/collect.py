@@ -6,8 +6,9 @@
   `missing` for cells of the sweep's config that have no run yet;
 - `epochs`: one row per finished cell x epoch (train/val/test error and loss, lr, epoch time), from MLflow's metric
   histories;
-- `telemetry`: one row per finished cell x probed step x metric (gradient norms, gates), from each run's
-  telemetry.csv artifact, or its metric histories when the artifact is missing.
+- `telemetry`: one row per finished cell x probed step x metric (gradient norms, gates, and at step 0 the probe of
+  the signal at initialisation, `reslab.probe`), from each run's telemetry.csv artifact, or its metric histories
+  when the artifact is missing.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from reslab.tags import Tag
 EPOCH_KEYS = ("train_error", "train_loss", "val_error", "val_loss", "test_error", "test_loss", "lr", "epoch_time_s",
               "train_images_per_s")  # fmt: skip
 FINAL_KEYS = ("train_error", "test_error", "val_error", "train_loss", "test_loss", "val_loss")
-TELEMETRY = re.compile(r"^(grad_branch|grad_shortcut|grad_out|gate)/b(\d+)$|^(grad_weight)/(\d+)\.(.+)$")
+TELEMETRY = re.compile(r"^(grad_branch|grad_shortcut|grad_out|gate|probe_act|probe_grad_in|probe_grad_out|probe_share|"
+                       r"probe_cmap)/b(\d+)$|^(grad_weight)/(\d+)\.(.+)$|^(probe)/([a-z0-9_]+)$")
 CELL_COLUMNS = ["cell", "name", "family", "block", "depth", "width", "shortcut", "norm", "seed", "remedy", "variant"]
 
 
@@ -58,12 +60,16 @@ class SweepData:
 
 
 def parse_telemetry_key(key: str) -> tuple[str, int, str] | None:
-    """'grad_branch/b007' -> ('grad_branch', 7, ''); 'grad_weight/012.stages.0.1.branch.0' -> (..., 12, layer)."""
+    """'grad_branch/b007' -> ('grad_branch', 7, ''); 'grad_weight/012.stages.0.1.branch.0' -> (..., 12, layer);
+    the probe at initialisation's 'probe_act/b007' -> ('probe_act', 7, '') and whole-net 'probe/grad_ratio' ->
+    ('probe', -1, 'grad_ratio')."""
     m = TELEMETRY.match(key)
     if m is None:
         return None
     if m.group(1):
         return m.group(1), int(m.group(2)), ""
+    if m.group(6):
+        return m.group(6), -1, m.group(7)
     return m.group(3), int(m.group(4)), m.group(5)
 
 

@@ -26,6 +26,7 @@ from reslab.report.anchors import anchors_for
 from reslab.report.bench import load_benchmark, throughput_for_figure
 from reslab.report.collect import SweepData
 from reslab.report.leaderboard import Leaderboard, best_lr, is_remedy_sweep, leaderboard
+from reslab.report.signal import signal_figures
 from reslab.report.verdict import Verdict, verdict
 
 
@@ -100,6 +101,7 @@ def build_figures(data: SweepData, bench: pd.DataFrame | None = None, log_scale:
         out.append(("curves", "Training and test error vs epoch",
                     "He et al. 2015 Fig. 6 style: solid = training error, dashed = test error, one line per depth "
                     "(mean over seeds), one panel per block.", F.curves_figure(data.epochs, log_scale)))  # fmt: skip
+    out += signal_figures(finished, data.telemetry)  # beside the curves: the cause (step 0) next to the effect
     if not finished.empty:
         anchors = anchors_for(dataset, list(finished["block"].unique()), [int(d) for d in finished["depth"].unique()])
         anchor_note = f" Stars: {', '.join(sorted(anchors['source'].unique()))}." if not anchors.empty else ""

@@ -57,6 +57,11 @@ class TrainConfig(BaseModel):
         None, gt=0, description="clip the gradient's global norm to this before each step (off: the papers' recipes "
         "do not clip; deep nets without normalisation may need it at a high learning rate)"
     )  # fmt: skip
+    probe: bool = Field(
+        True, description="measure the signal at initialisation before the first step (reslab probe: per-block rows "
+        "in telemetry.csv, five probe/ metrics); on a copy of the net with every RNG state kept, so the training is "
+        "the same with or without it"
+    )  # fmt: skip
     drop_last: bool = False
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
     deterministic: bool | None = Field(None, description="deterministic algorithms (default: on CPU only)")

@@ -2,8 +2,11 @@
 
 The sweep's objective calls this and nothing else (a thin objective). Everything a later reader needs to
 trust the number is recorded with it: the resolved spec and recipe, the code version, the package versions, the
-device, per-epoch curves, system metrics, and gradient telemetry (its summary series as metrics, every per-block
-value in the `telemetry.csv` artifact, written however the run ends so a failed run shows where gradients went).
+device, per-epoch curves, system metrics, gradient telemetry (its summary series as metrics, every per-block
+value in the `telemetry.csv` artifact, written however the run ends so a failed run shows where gradients went),
+and the signal at initialisation (`reslab.probe`: measured before the first step on a copy of the net with every
+RNG state kept, so it changes nothing in the training; its per-block rows at step 0 of the same artifact, five
+`probe/` summary metrics).
 """
 
 from __future__ import annotations
@@ -243,6 +246,7 @@ def _fit(plan: FitPlan) -> RunResult:
             plan.parent_run_id,
         )  # fmt: skip
     committed = telemetry_written = False
+    at_init: list[tuple[str, float, int]] = []  # the probe at initialisation's telemetry rows (step 0)
 
     def keep_telemetry() -> None:
         """On the way out of a run that did not finish: the telemetry recorded so far, the steps of the epoch cut
@@ -251,8 +255,8 @@ def _fit(plan: FitPlan) -> RunResult:
             return
         try:
             probe.flush(log=False)  # the store may be what failed: one artifact write is all that is tried
-            if probe.history:
-                store.log_text(run_id, telemetry_csv(probe.history), TELEMETRY_ARTIFACT)
+            if at_init or probe.history:
+                store.log_text(run_id, telemetry_csv([*at_init, *probe.history]), TELEMETRY_ARTIFACT)
         except Exception as err:
             print(f"run {run_id}: {TELEMETRY_ARTIFACT} not written: {type(err).__name__}: {err}", file=sys.stderr)
 
@@ -265,6 +269,13 @@ def _fit(plan: FitPlan) -> RunResult:
             probe.sink = lambda rows: store.log_metrics(run_id, rows)
         if plan.on_start is not None and is_rank_zero():
             plan.on_start(run_id)
+        if train.probe and is_rank_zero():  # step 0, before Lightning touches the net
+            from reslab.probe.measure import probe_at_init
+
+            measured = probe_at_init(plan.net, plan.splits, train.batch_size, train.seed, plan.device)
+            at_init = measured.telemetry_rows(step=0)
+            if run_id is not None:
+                store.log_metrics(run_id, measured.summary_rows(step=0))
         module = ResLabModule(plan.net, train, dm.eval_names, on_epoch=plan.on_epoch)
         if run_id is not None and tracking_cfg.system_metrics:
             with store.system_metrics(run_id, tracking_cfg.system_metrics_interval_s):
@@ -277,14 +288,14 @@ def _fit(plan: FitPlan) -> RunResult:
         result = RunResult(
             run_id=run_id, spec=spec, metrics=final, history=module.history, params=summary.params,
             macs=summary.macs, wall_s=time.perf_counter() - plan.t_start, device=device_desc,
-            telemetry=probe.history, diverged=module.diverged,
+            telemetry=[*at_init, *probe.history], diverged=module.diverged,
         )  # fmt: skip
         if run_id is not None:
             if result.diverged:
                 store.set_tags(run_id, {Tag.DIVERGED: result.diverged})
             store.log_json(run_id, {**result.to_json(), "metrics": final}, "final_metrics.json")
-            if probe.history:  # every per-block value, in one file: reports read it in one call
-                store.log_text(run_id, telemetry_csv(probe.history), TELEMETRY_ARTIFACT)
+            if result.telemetry:  # every per-block value, in one file: reports read it in one call
+                store.log_text(run_id, telemetry_csv(result.telemetry), TELEMETRY_ARTIFACT)
             telemetry_written = True
         if plan.commit is not None and is_rank_zero():
             plan.commit(result)

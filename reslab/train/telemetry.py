@@ -22,6 +22,10 @@ shortcut carries:
 - `telemetry/grad_weight_first`, `telemetry/grad_weight_last`: the weight-gradient norm of the first layer (the
   stem) and of the last (the head);
 - `telemetry/gate_mean`: the mean rezero gate a (rezero nets only).
+
+The same artifact holds, at step 0, the probe of the signal at initialisation that `reslab.train.run` takes before
+the first step (`reslab.probe.result`: keys `probe_act/bNNN`, `probe_grad_in/bNNN`, `probe_grad_out/bNNN`,
+`probe_share/bNNN`, `probe_cmap/bNNN` and the whole net's `probe/<name>`).
 """
 
 from __future__ import annotations
