@@ -57,3 +57,19 @@ def sweep_in_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, b
               "grid": {"family": "resnet", "blocks": blocks, "depths": [8], "widths": [4]}}  # fmt: skip
     parent, _ = ensure_sweep_run(store, name, name, yaml.safe_dump(config), {})
     return uri, store, config, parent
+
+
+def sweep_with_report(workdir: Path, config: dict) -> str:
+    """`reslab sweep tiny.yaml --report` on `config` in `workdir`, in a fresh process with the default store
+    (./mlflow.db); asserts it succeeded and returns its stdout."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.run([sys.executable, "-m", "reslab.cli", "sweep", "tiny.yaml", "--report"], cwd=workdir,
+                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout

@@ -4,14 +4,12 @@ cells grouped the same way."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
+
+from tests.helpers import sweep_with_report
 
 pytestmark = pytest.mark.slow
 
@@ -29,11 +27,7 @@ CONFIG = {
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
     workdir = tmp_path_factory.mktemp("remedies")
-    (workdir / "tiny.yaml").write_text(yaml.safe_dump(CONFIG))
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.run([sys.executable, "-m", "reslab.cli", "sweep", "tiny.yaml", "--report"], cwd=workdir,
-                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    sweep_with_report(workdir, CONFIG)
     return workdir
 
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
-import yaml
+
+from tests.helpers import sweep_with_report
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,12 +38,7 @@ CONFIG = {
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
     workdir = tmp_path_factory.mktemp("report")
-    (workdir / "tiny.yaml").write_text(yaml.safe_dump(CONFIG))
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.run([sys.executable, "-m", "reslab.cli", "sweep", "tiny.yaml", "--report"], cwd=workdir,
-                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "report: reports/tinyreport/index.html" in proc.stdout
+    assert "report: reports/tinyreport/index.html" in sweep_with_report(workdir, CONFIG)
     return workdir
 
 
