@@ -138,7 +138,9 @@ def test_leaderboard_verdicts_and_agreement_with_the_papers() -> None:
 def test_a_disagreement_is_stated_when_two_seeds_agree_and_not_when_they_differ() -> None:
     base = [("residual", 110, 0.1, s, 0.01) for s in (0, 1)]
     both = leaderboard(cells([*base, ("tat", 110, 0.1, 0, 0.5), ("tat", 110, 0.1, 1, 0.4)]), 0.1)
-    assert both.remedies.set_index("remedy").loc["tat", "agreement"] == "disagrees (2 seeds agree)"
+    assert both.remedies.set_index("remedy").loc["tat", "agreement"] == (
+        "disagrees with Zhang et al. 2022: does not train at depth 110 with each of 2 seeds"
+    )
     split = leaderboard(cells([*base, ("tat", 110, 0.1, 0, 0.5), ("tat", 110, 0.1, 1, 0.02)]), 0.1)
     verdict = split.remedies.set_index("remedy").loc["tat"]
     assert verdict["agreement"] == "seeds disagree with each other: no conclusion"

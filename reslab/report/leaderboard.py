@@ -151,12 +151,12 @@ def _verdicts(best: pd.DataFrame, deepest: int) -> pd.DataFrame:
         row["verdict"] = (f"trains at depth {deepest}" if trains else f"does not train at depth {deepest}") + (
             f" ({pct(mean)} at lr {deep['lr'].iloc[0]:g}; {gap:+.1f} points vs {REFERENCE})"
         )
-        row["agreement"] = _agreement(claim, trains, deep.groupby("seed")["train_error"].mean(), ref_seed)
+        row["agreement"] = _agreement(claim, trains, deep.groupby("seed")["train_error"].mean(), ref_seed, deepest)
         rows.append(row)
     return pd.DataFrame(rows).sort_values("remedy", key=_order).reset_index(drop=True)
 
 
-def _agreement(claim: Claim | None, trains: bool, seeds: pd.Series, ref_seed: pd.Series) -> str:
+def _agreement(claim: Claim | None, trains: bool, seeds: pd.Series, ref_seed: pd.Series, depth: int) -> str:
     """Agrees, disagrees (when two or more seeds agree with each other), or a tentative disagreement (one seed)."""
     if claim is None:
         return "-"
@@ -165,7 +165,8 @@ def _agreement(claim: Claim | None, trains: bool, seeds: pd.Series, ref_seed: pd
     paired = [s for s in seeds.index if s in ref_seed.index]
     each = [bool(seeds[s] <= ref_seed[s] + TRAINS_WITHIN) for s in paired]
     if len(each) >= 2 and all(e == trains for e in each):
-        return f"disagrees ({len(each)} seeds agree)"
+        outcome = "trains" if trains else "does not train"
+        return f"disagrees with {claim.source}: {outcome} at depth {depth} with each of {len(each)} seeds"
     if len(each) >= 2:
         return "seeds disagree with each other: no conclusion"
     alone = f"seed {paired[0]} alone" if paired else "one seed alone"
