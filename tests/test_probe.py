@@ -208,3 +208,16 @@ def test_a_net_without_a_stem_and_a_one_logit_head() -> None:
     assert len(probe.jacobian_sv) == 1 and probe.anomalies == []
     assert probe.blocks[0].grad_in_rms > 0 and 0 < probe.summary["shortcut_share_mean"] < 1
     assert probe_at_init(build_net(spec, (3, 8, 8), 1), splits, 32, 0).batch == 32
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_probing_on_cuda_measures_what_the_cpu_does_and_keeps_the_cuda_rng(mnist1d) -> None:
+    spec = NetSpec("resnet", "residual", 20, 8)
+    torch.cuda.manual_seed_all(5)
+    torch.cuda.init()
+    states = torch.cuda.get_rng_state_all()
+    on_gpu = probe_spec(spec, mnist1d, 128, 0, "cuda")
+    assert all(torch.equal(a, b) for a, b in zip(states, torch.cuda.get_rng_state_all(), strict=True))
+    on_cpu = probe_spec(spec, mnist1d, 128, 0, "cpu")
+    assert on_gpu.summary == pytest.approx(on_cpu.summary, rel=0.02)  # cuDNN convolutions may use TF32

@@ -35,10 +35,14 @@ def probe_frame(probes: list[tuple[dict, SignalProbe]]) -> pd.DataFrame:
 
 
 def probe_rows(telemetry: pd.DataFrame) -> pd.DataFrame:
-    """The rows of the probe at initialisation in a telemetry table (empty when it has none)."""
+    """The rows of the probe at initialisation in a telemetry table (empty when it has none), of one width: the
+    smallest, where a sweep has several (a line per depth must not average nets of different widths)."""
     if telemetry.empty or "kind" not in telemetry:
         return pd.DataFrame()
-    return _with_group(telemetry[telemetry["kind"].isin(PROBE_KINDS)])
+    rows = telemetry[telemetry["kind"].isin(PROBE_KINDS)]
+    if "width" in rows and rows["width"].nunique() > 1:
+        rows = rows[rows["width"] == rows["width"].min()]
+    return _with_group(rows)
 
 
 def _per_depth(probe: pd.DataFrame, kind: str, geometric: bool = False) -> dict[tuple[str, int], pd.Series]:
@@ -51,7 +55,7 @@ def _per_depth(probe: pd.DataFrame, kind: str, geometric: bool = False) -> dict[
             values = np.log10(values.where(values > 0))
         line = values.groupby(rows["index"]).mean().sort_index()
         out[(group, int(depth))] = 10**line if geometric else line
-    return out
+    return dict(sorted(out.items(), key=lambda item: item[0][1]))  # legends from the shallowest net
 
 
 def _panels(probe: pd.DataFrame, title: str, height: float = 3.6) -> tuple[Figure, dict[str, plt.Axes], dict]:
@@ -84,6 +88,13 @@ def signal_gradient_figure(probe: pd.DataFrame) -> Figure | None:
         ref = float(last.iloc[-1]) if last is not None and len(last) else math.nan
         ratio = (line / ref).replace([np.inf, -np.inf], np.nan)
         axes[group].plot(ratio.index + 1, ratio.to_numpy(), color=palette[depth], label=f"depth {depth}")
+        finite = ratio.dropna()
+        if not finite.empty and ratio.isna().any() and ratio.index.min() < finite.index.min():
+            # nearer the input the gradient left float32's range: mark where the line ends
+            first = finite.index.min()
+            axes[group].plot([first + 1], [finite[first]], "x", color=palette[depth], ms=8)
+            axes[group].annotate("overflows", (first + 1, finite[first]), textcoords="offset points", xytext=(-6, 0),
+                                 ha="right", va="center", fontsize="small", color=palette[depth])  # fmt: skip
     for group, ax in axes.items():
         ax.set_yscale("log")
         ax.axhline(1, color="0.5", lw=0.8)
@@ -199,8 +210,13 @@ def signal_figures(cells: pd.DataFrame, telemetry: pd.DataFrame) -> list[tuple[s
     probe = probe_rows(telemetry)
     if probe.empty:
         return []
+    if "width" in probe and "width" in cells and not cells.empty:
+        cells = cells[cells["width"] == probe["width"].iloc[0]]
     sentence = signal_sentence(cells, probe)
     lead = (sentence + " ") if sentence else ""
+    widths = sorted(telemetry["width"].dropna().unique()) if "width" in telemetry else []
+    if len(widths) > 1:
+        lead = f"Width {probe['width'].iloc[0]} (of {', '.join(str(w) for w in widths)}). " + lead
     return [
         ("signal_gradient", "Signal at initialisation: gradient by block",
          lead + "RMS of the loss gradient at each block's input over the one at the last block's output, measured "
