@@ -173,7 +173,8 @@ def test_rows_summaries_and_json_agree(mnist1d) -> None:
     probe = _probe(mnist1d, "residual", 20)
     rows = probe.telemetry_rows(step=0)
     assert all(parse_telemetry_key(key) is not None for key, _, _ in rows)
-    per_block = [k for k, _, _ in rows if not k.startswith("probe/")]
+    per_block = [k for k, _, _ in rows if not k.startswith("probe_net/")]
+    assert all(parse_telemetry_key(key) is None for key, _, _ in probe.summary_rows())  # MLflow's are summaries
     assert len(per_block) == 5 * len(probe.blocks) == 45
     summary = probe.summary_rows()
     assert [k for k, _, _ in summary] == [f"probe/{k}" for k in SUMMARY_METRICS]

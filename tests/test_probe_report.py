@@ -75,10 +75,10 @@ def _sweep() -> SweepData:
 def test_collect_reads_the_probe_rows_of_telemetry_csv() -> None:
     tele = _sweep().telemetry
     kinds = set(tele["kind"])
-    assert {"probe_act", "probe_grad_in", "probe_grad_out", "probe_share", "probe_cmap", "probe", "grad_out"} <= kinds
-    whole = tele[(tele["kind"] == "probe") & (tele["cell"] == "plain56")].set_index("layer")["value"]
+    assert {"probe_act", "probe_grad_in", "probe_grad_out", "probe_share", "probe_cmap", "probe_net"} < kinds
+    whole = tele[(tele["kind"] == "probe_net") & (tele["cell"] == "plain56")].set_index("layer")["value"]
     assert whole["log10_grad_ratio"] == pytest.approx(4.0)
-    assert (tele[tele["kind"] == "probe"]["index"] == -1).all()
+    assert (tele[tele["kind"] == "probe_net"]["index"] == -1).all()
 
 
 def test_the_sentence_ties_the_gradient_at_step_0_to_the_final_error() -> None:

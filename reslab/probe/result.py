@@ -34,8 +34,10 @@ FLOAT32_TINY = 1.1754943508222875e-38
 #: Per-block quantities and their telemetry.csv key kinds (`probe_act/b007`, ...).
 BLOCK_KINDS = {"act_rms": "probe_act", "grad_in_rms": "probe_grad_in", "grad_out_rms": "probe_grad_out",
                "shortcut_share": "probe_share", "cmap": "probe_cmap"}  # fmt: skip
-#: Whole-net quantities are telemetry.csv rows `probe/<name>`; these five (when finite) are also MLflow metrics.
-NET_PREFIX = "probe/"
+#: Whole-net quantities are telemetry.csv rows `probe_net/<name>`; five of them (where finite) are also MLflow
+#: metrics, `probe/<name>` (as gradient telemetry's MLflow summaries are `telemetry/...`, never an artifact key).
+NET_PREFIX = "probe_net/"
+SUMMARY_PREFIX = "probe/"
 SUMMARY_METRICS = ("log10_grad_ratio", "shortcut_share_mean", "cmap_last", "log10_jacobian_cond",
                    "jacobian_log_sv_std")  # fmt: skip
 
@@ -166,7 +168,7 @@ class SignalProbe:
         return out
 
     def telemetry_rows(self, step: int = 0) -> list[tuple[str, float, int]]:
-        """(key, value, step) rows for telemetry.csv: `probe_<kind>/bNNN` per block, `probe/<name>` for the net."""
+        """(key, value, step) rows for telemetry.csv: `probe_<kind>/bNNN` per block, `probe_net/<name>` for the net."""
         rows = [(f"{kind}/b{i:03d}", float(getattr(b, attr)), step)
                 for i, b in enumerate(self.blocks) for attr, kind in BLOCK_KINDS.items()]  # fmt: skip
         rows += [(NET_PREFIX + k, float(v), step) for k, v in self.summary.items()]
@@ -175,7 +177,7 @@ class SignalProbe:
     def summary_rows(self, step: int = 0) -> list[tuple[str, float, int]]:
         """The MLflow summary metrics: `SUMMARY_METRICS` that are finite (at most five, whatever the depth)."""
         s = self.summary
-        return [(NET_PREFIX + k, float(s[k]), step) for k in SUMMARY_METRICS if _finite(s[k])]
+        return [(SUMMARY_PREFIX + k, float(s[k]), step) for k in SUMMARY_METRICS if _finite(s[k])]
 
     def to_json(self, **labels: Any) -> dict[str, Any]:
         """One entry of `reslab probe --json`'s `probes` list (the schema is in the README)."""
@@ -196,7 +198,7 @@ class SignalProbe:
         """Tidy rows (kind, index, value and `labels`), the shape of the report's telemetry table."""
         rows = [{**labels, "kind": kind, "index": i, "layer": "", "value": float(getattr(b, attr)), "step": 0}
                 for i, b in enumerate(self.blocks) for attr, kind in BLOCK_KINDS.items()]  # fmt: skip
-        rows += [{**labels, "kind": "probe", "index": -1, "layer": k, "value": float(v), "step": 0}
+        rows += [{**labels, "kind": "probe_net", "index": -1, "layer": k, "value": float(v), "step": 0}
                  for k, v in self.summary.items()]  # fmt: skip
         return rows
 

@@ -33,7 +33,7 @@ EPOCH_KEYS = ("train_error", "train_loss", "val_error", "val_loss", "test_error"
               "train_images_per_s")  # fmt: skip
 FINAL_KEYS = ("train_error", "test_error", "val_error", "train_loss", "test_loss", "val_loss")
 TELEMETRY = re.compile(r"^(grad_branch|grad_shortcut|grad_out|gate|probe_act|probe_grad_in|probe_grad_out|probe_share|"
-                       r"probe_cmap)/b(\d+)$|^(grad_weight)/(\d+)\.(.+)$|^(probe)/([a-z0-9_]+)$")
+                       r"probe_cmap)/b(\d+)$|^(grad_weight)/(\d+)\.(.+)$|^(probe_net)/([a-z0-9_]+)$")
 CELL_COLUMNS = ["cell", "name", "family", "block", "depth", "width", "shortcut", "norm", "seed", "remedy", "variant"]
 
 
@@ -61,8 +61,8 @@ class SweepData:
 
 def parse_telemetry_key(key: str) -> tuple[str, int, str] | None:
     """'grad_branch/b007' -> ('grad_branch', 7, ''); 'grad_weight/012.stages.0.1.branch.0' -> (..., 12, layer);
-    the probe at initialisation's 'probe_act/b007' -> ('probe_act', 7, '') and whole-net 'probe/grad_ratio' ->
-    ('probe', -1, 'grad_ratio')."""
+    the probe at initialisation's 'probe_act/b007' -> ('probe_act', 7, '') and whole-net 'probe_net/grad_ratio' ->
+    ('probe_net', -1, 'grad_ratio')."""
     m = TELEMETRY.match(key)
     if m is None:
         return None

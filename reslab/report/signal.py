@@ -9,7 +9,7 @@ correlation of different inputs block by block, the empirical C-map of Martens e
 Each figure takes a tidy frame with columns `kind`, `index` (block, input first), `value`, `depth`, `seed` and the
 report's `variant` (or `block`), as `reslab.report.collect` reads it from telemetry.csv and `reslab probe` builds
 it from its measurements: kinds `probe_grad_in`, `probe_grad_out`, `probe_share`, `probe_cmap`, `probe_act` per
-block and `probe` (the quantity in `layer`) for the whole net. A panel per variant, plain next to residual, a line
+block and `probe_net` (the quantity in `layer`) for the whole net. A panel per variant, plain next to residual, a line
 per depth (the mean over seeds, geometric for the gradients).
 """
 
@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from reslab.probe.result import SignalProbe
 from reslab.report.figures import GROUP, _blocks, _depth_palette, _with_group
 
-PROBE_KINDS = ("probe_act", "probe_grad_in", "probe_grad_out", "probe_share", "probe_cmap", "probe")
+PROBE_KINDS = ("probe_act", "probe_grad_in", "probe_grad_out", "probe_share", "probe_cmap", "probe_net")
 
 
 def probe_frame(probes: list[tuple[dict, SignalProbe]]) -> pd.DataFrame:
@@ -134,7 +134,7 @@ def cmap_figure(probe: pd.DataFrame) -> Figure | None:
     cmaps = _per_depth(probe, "probe_cmap")
     if not cmaps:
         return None
-    net = probe[(probe["kind"] == "probe") & (probe["layer"] == "cmap_input")] if "layer" in probe else probe[:0]
+    net = probe[(probe["kind"] == "probe_net") & (probe["layer"] == "cmap_input")] if "layer" in probe else probe[:0]
     fig, axes, palette = _panels(probe, "Correlation of two inputs' representations by block, at initialisation")
     for (group, depth), line in cmaps.items():
         axes[group].plot(line.index + 1, line.to_numpy(), color=palette[depth], label=f"depth {depth}")

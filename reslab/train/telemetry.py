@@ -25,7 +25,8 @@ shortcut carries:
 
 The same artifact holds, at step 0, the probe of the signal at initialisation that `reslab.train.run` takes before
 the first step (`reslab.probe.result`: keys `probe_act/bNNN`, `probe_grad_in/bNNN`, `probe_grad_out/bNNN`,
-`probe_share/bNNN`, `probe_cmap/bNNN` and the whole net's `probe/<name>`).
+`probe_share/bNNN`, `probe_cmap/bNNN` and the whole net's `probe_net/<name>`; its five MLflow metrics are
+`probe/<name>`).
 """
 
 from __future__ import annotations
