@@ -136,7 +136,8 @@ def _verdicts(best: pd.DataFrame, deepest: int) -> pd.DataFrame:
         row: dict[str, object] = {"remedy": variant}
         shallow = int(by_depth.index.min())
         change = by_depth.iloc[-1] - by_depth.iloc[0] if len(by_depth) > 1 else None
-        row[f"change {shallow} → {deepest}"] = f"{100 * change:+.1f} points" if change is not None else "-"
+        points = (round(100 * change, 1) or 0.0) if change is not None else None  # never "-0.0"
+        row[f"change {shallow} → {deepest}"] = f"{points:+.1f} points" if points is not None else "-"
         deep = group[group["depth"] == deepest]
         claim = CLAIMS.get(variant)
         row["paper"] = f"{claim.text} ({claim.source})" if claim else "-"
@@ -147,7 +148,7 @@ def _verdicts(best: pd.DataFrame, deepest: int) -> pd.DataFrame:
             continue
         mean = deep["train_error"].mean()
         trains = mean <= ref_mean + TRAINS_WITHIN
-        gap = 100 * (mean - ref_mean)
+        gap = round(100 * (mean - ref_mean), 1) or 0.0
         row["verdict"] = (f"trains at depth {deepest}" if trains else f"does not train at depth {deepest}") + (
             f" ({pct(mean)} at lr {deep['lr'].iloc[0]:g}; {gap:+.1f} points vs {REFERENCE})"
         )
