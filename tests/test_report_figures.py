@@ -80,7 +80,7 @@ def test_depth_figure_and_paper_anchors() -> None:
     fig = F.depth_figure(cells_frame())
     assert [ax.get_title() for ax in fig.axes] == ["training error", "test error"]
     assert fig.axes[0].get_xlabel() == "depth (weighted layers)"
-    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]  # beside the panels, not over them
     assert legend == ["plain", "residual"]
     anchors = anchors_for("cifar10", ["residual"])
     with_anchors = F.depth_figure(cells_frame(), anchors)

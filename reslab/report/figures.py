@@ -141,6 +141,11 @@ def depth_figure(cells: pd.DataFrame, anchors: pd.DataFrame | None = None) -> Fi
             ax.set_xlabel("depth (weighted layers)")
             ax.set_ylabel("final error (%)")
             ax.set_xticks(sorted(df["depth"].unique()))
+    first = axes[0][0]
+    if first.get_legend() is not None:  # beside the panels: nine kinds of net would cover the curves
+        handles, labels = first.get_legend_handles_labels()
+        first.get_legend().remove()
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.suptitle("Final error vs depth (mean, 95 % CI over seeds)", y=1.02)
     fig.tight_layout()
     return fig
