@@ -25,7 +25,7 @@ activations, output to input for the gradients); the probe itself never fails on
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 SCHEMA = "reslab.probe/1"
@@ -118,7 +118,6 @@ class SignalProbe:
     jacobian_log_sv_std: float
     jacobian_examples: int
     batch: int
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def summary(self) -> dict[str, float]:
