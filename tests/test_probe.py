@@ -222,3 +222,13 @@ def test_probing_on_cuda_measures_what_the_cpu_does_and_keeps_the_cuda_rng(mnist
     assert all(torch.equal(a, b) for a, b in zip(states, torch.cuda.get_rng_state_all(), strict=True))
     on_cpu = probe_spec(spec, mnist1d, 128, 0, "cpu")
     assert on_gpu.summary == pytest.approx(on_cpu.summary, rel=0.02)  # cuDNN convolutions may use TF32
+
+
+def test_a_zero_classifier_reads_as_zero_not_as_an_overflow(mnist1d) -> None:
+    """Fixup starts with a zero classifier: no gradient reaches any block and the Jacobian is zero (0/0 ratios)."""
+    from reslab.probe.result import COLUMNS, table_row
+
+    probe = _probe(mnist1d, "residual", 20, norm="none", init="fixup")
+    row = dict(zip(COLUMNS, table_row("fixup-20-w8", probe, 0.1), strict=True))
+    shown = (row["grad in/out"], row["shortcut share"], row["J max/min"], row["log10 sv sd"])
+    assert shown == ("zero", "-", "zero", "-")

@@ -224,9 +224,17 @@ COLUMNS = ("net", "blocks", "act RMS last", "grad in/out", "shortcut share", "C-
 
 def table_row(name: str, probe: SignalProbe, seconds: float) -> tuple[str, ...]:
     s = probe.summary
-    return (name, str(len(probe.blocks)), fmt(s["act_rms_last"]), fmt_power(s["grad_ratio"]),
-            fmt(s["shortcut_share_mean"], 2), f"{fmt(s['cmap_input'], 2)} -> {fmt(s['cmap_last'], 2)}",
-            fmt(s["jacobian_cond"]), fmt(s["jacobian_log_sv_std"], 2), f"{seconds:.1f} s")  # fmt: skip
+    # Behind a zero-initialised classifier (Fixup) no gradient reaches the blocks and the Jacobian is zero: their
+    # ratios are 0/0, which the table says as `zero`, not as an overflow.
+    zero_grad = s["grad_in_first"] == 0 and s["grad_out_last"] == 0
+    zero_jacobian = s["jacobian_sv_max"] == 0
+    ratio = "zero" if zero_grad else fmt_power(s["grad_ratio"])
+    share = "-" if zero_grad and not _finite(s["shortcut_share_mean"]) else fmt(s["shortcut_share_mean"], 2)
+    cond = "zero" if zero_jacobian else fmt(s["jacobian_cond"])
+    spread = "-" if zero_jacobian else fmt(s["jacobian_log_sv_std"], 2)
+    cmap = f"{fmt(s['cmap_input'], 2)} -> {fmt(s['cmap_last'], 2)}"
+    return (name, str(len(probe.blocks)), fmt(s["act_rms_last"]), ratio, share, cmap, cond, spread,
+            f"{seconds:.1f} s")  # fmt: skip
 
 
 def format_table(rows: list[tuple[str, ...]]) -> str:
