@@ -221,7 +221,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
             raise UsageError(problem.replace("to train", "to probe"))
     import time
 
-    from reslab.probe.measure import probe_spec, resolve_device
+    from reslab.devices import resolve_device
+    from reslab.probe.measure import probe_spec
     from reslab.probe.result import SCHEMA, format_table, table_row
 
     if args.threads:

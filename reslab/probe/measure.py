@@ -72,19 +72,6 @@ def probe_batch(
     return (transform(xb, None) if transform is not None else xb.float()), yb
 
 
-def resolve_device(device: str) -> str:
-    """'auto' -> cuda if available, else mps, else cpu; an explicit device that is missing is an error."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        return "mps" if torch.backends.mps.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device cuda was asked for but torch sees no CUDA device; use --device cpu or auto")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError("device mps was asked for but is not available; use --device cpu or auto")
-    return device
-
-
 def probe_at_init(net: nn.Module, splits: Splits, batch: int, seed: int, device: str = "cpu") -> SignalProbe:
     """Probe `net` on a batch of `splits`' training set (`probe_batch`): what a run does before its first step."""
     x, y = probe_batch(splits.train.x, splits.train.y, batch, seed, splits.eval_transform, device)

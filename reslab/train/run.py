@@ -26,6 +26,7 @@ import torch
 
 from reslab import tracking
 from reslab.data.registry import DATASETS, load_dataset
+from reslab.devices import resolve_device
 from reslab.models import NetSpec, build_net, summarize
 from reslab.models.registry import output_units
 from reslab.tags import Tag
@@ -110,19 +111,6 @@ class RunResult:
 def is_rank_zero() -> bool:
     """False in the processes a multi-device strategy (DDP) starts besides rank 0: they train, rank 0 records."""
     return all(int(os.environ.get(var) or 0) == 0 for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"))
-
-
-def resolve_device(device: str) -> str:
-    """'auto' -> cuda if available, else mps, else cpu; an explicit device that is missing is an error."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        return "mps" if torch.backends.mps.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device cuda was asked for but torch sees no CUDA device; use --device cpu or auto")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError("device mps was asked for but is not available; use --device cpu or auto")
-    return device
 
 
 def describe_device(device: str) -> str:
