@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 
 from reslab.probe.result import SignalProbe
 from reslab.report.figures import GROUP, _blocks, _depth_palette, _with_group
+from reslab.report.figures import _panels as panel_grid
 
 PROBE_KINDS = ("probe_act", "probe_grad_in", "probe_grad_out", "probe_share", "probe_cmap", "probe_net")
 
@@ -60,9 +61,9 @@ def _per_depth(probe: pd.DataFrame, kind: str, geometric: bool = False) -> dict[
 
 def _panels(probe: pd.DataFrame, title: str, height: float = 3.6) -> tuple[Figure, dict[str, plt.Axes], dict]:
     groups = _blocks(probe)
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), height), squeeze=False, sharey=True)
+    fig, axes = panel_grid(len(groups), 4.6, height, sharey=True)  # four to a row, as the training figures
     fig.suptitle(title, y=1.02)
-    return fig, dict(zip(groups, axes[0], strict=True)), _depth_palette(sorted(probe["depth"].unique()))
+    return fig, dict(zip(groups, axes, strict=True)), _depth_palette(sorted(probe["depth"].unique()))
 
 
 def _block_axis(ax: plt.Axes, probe: pd.DataFrame) -> None:
