@@ -75,6 +75,17 @@ def _block_axis(ax: plt.Axes, probe: pd.DataFrame) -> None:
     ax.set_xlabel("block (1 = input side)")
 
 
+def _finish(fig: Figure, axes: dict[str, plt.Axes], probe: pd.DataFrame, ylabel: str) -> Figure:
+    """What every signal figure's panels share: the group as title, the block axis, a legend, the y label."""
+    for group, ax in axes.items():
+        ax.set_title(group)
+        _block_axis(ax, probe)
+        ax.legend(fontsize="small")
+    next(iter(axes.values())).set_ylabel(ylabel)
+    fig.tight_layout()
+    return fig
+
+
 def signal_gradient_figure(probe: pd.DataFrame) -> Figure | None:
     """RMS of the loss gradient at each block's input over the one at the last block's output, at initialisation:
     a line that rises to the left is a gradient that grows towards the input (explodes), one that falls vanishes."""
@@ -96,15 +107,10 @@ def signal_gradient_figure(probe: pd.DataFrame) -> Figure | None:
             axes[group].plot([first + 1], [finite[first]], "x", color=palette[depth], ms=8)
             axes[group].annotate("overflows", (first + 1, finite[first]), textcoords="offset points", xytext=(-6, 0),
                                  ha="right", va="center", fontsize="small", color=palette[depth])  # fmt: skip
-    for group, ax in axes.items():
+    for ax in axes.values():
         ax.set_yscale("log")
         ax.axhline(1, color="0.5", lw=0.8)
-        ax.set_title(group)
-        _block_axis(ax, probe)
-        ax.legend(fontsize="small")
-    next(iter(axes.values())).set_ylabel("gradient RMS / RMS at the output")
-    fig.tight_layout()
-    return fig
+    return _finish(fig, axes, probe, "gradient RMS / RMS at the output")
 
 
 def shortcut_share_figure(probe: pd.DataFrame) -> Figure | None:
@@ -117,15 +123,10 @@ def shortcut_share_figure(probe: pd.DataFrame) -> Figure | None:
     fig, axes, palette = _panels(probe, "Shortcut's share of the gradient at each block's input, at initialisation")
     for (group, depth), line in shares.items():
         axes[group].plot(line.index + 1, line.to_numpy(), color=palette[depth], label=f"depth {depth}")
-    for group, ax in axes.items():
+    for ax in axes.values():
         ax.set_ylim(-0.03, 1.03)
         ax.axhline(0.5, color="0.5", lw=0.8, ls="--")
-        ax.set_title(group)
-        _block_axis(ax, probe)
-        ax.legend(fontsize="small")
-    next(iter(axes.values())).set_ylabel("shortcut share of the gradient")
-    fig.tight_layout()
-    return fig
+    return _finish(fig, axes, probe, "shortcut share of the gradient")
 
 
 def cmap_figure(probe: pd.DataFrame) -> Figure | None:
@@ -144,12 +145,7 @@ def cmap_figure(probe: pd.DataFrame) -> Figure | None:
         if not inputs.empty:
             ax.axhline(float(inputs.mean()), color="0.4", lw=0.9, ls=":", label="inputs")
         ax.set_ylim(min(-0.05, ax.get_ylim()[0]), 1.02)
-        ax.set_title(group)
-        _block_axis(ax, probe)
-        ax.legend(fontsize="small")
-    next(iter(axes.values())).set_ylabel("mean pairwise correlation (C-map)")
-    fig.tight_layout()
-    return fig
+    return _finish(fig, axes, probe, "mean pairwise correlation (C-map)")
 
 
 def gradient_ratios(probe: pd.DataFrame) -> pd.DataFrame:
