@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
+from reslab.devices import COMPILE_MODES
 from reslab.models.catalog import ACTIVATIONS, BLOCK_KINDS, BRANCH_SCALES, FAMILY_INFO, INITS, NORMS, SHORTCUTS
 from reslab.models.remedies import REMEDIES
 
@@ -308,7 +309,8 @@ def _train_fields(args: argparse.Namespace) -> dict:
         "warmup_start_factor": args.warmup_start_factor, "seed": args.seed, "device": args.device,
         "precision": args.precision, "telemetry_every": args.telemetry_every, "threads": args.threads,
         "clip_grad_norm": args.clip_grad_norm, "probe": False if args.no_probe else None,
-        "devices": args.devices, "strategy": args.strategy,
+        "devices": args.devices, "strategy": args.strategy, "compile": args.compile,
+        "channels_last": args.channels_last,
     }  # fmt: skip
 
 
@@ -506,6 +508,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", help="Lightning strategy, e.g. ddp (gloo on CPU, NCCL on GPUs)")
     p.add_argument("--telemetry-every", type=_positive_int, help="gradient telemetry every K steps (default 10)")
     p.add_argument("--clip-grad-norm", type=float, help="clip the gradient's global norm to this (default: off)")
+    p.add_argument("--compile", choices=COMPILE_MODES,
+                   help="torch.compile the training step (default auto: reduce-overhead, i.e. CUDA graphs, on CUDA; "
+                   "off on the CPU); a failed compilation warns once and the run goes on eagerly")  # fmt: skip
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="2-D activations channels-last (default: on CUDA)")  # fmt: skip
     p.add_argument("--no-probe", action="store_true",
                    help="skip the probe of the signal at initialisation before the first step (it changes nothing "
                    "in the training)")  # fmt: skip

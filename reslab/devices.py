@@ -1,7 +1,12 @@
 """Which torch device a run or a probe uses: the one place that turns `auto` into a device and refuses a device
-that is not there, so training and the probe at initialisation agree on it."""
+that is not there, so training and the probe at initialisation agree on it; and the one synchronisation a timer
+needs before it reads the clock (CUDA kernels run asynchronously: an unsynchronised clock times their launch)."""
 
 from __future__ import annotations
+
+#: `train.compile`'s values: `auto` (compiled on CUDA, eager elsewhere), `off`, or a torch.compile mode; what each
+#: does is `reslab.train.fast`'s to say. Here, import-free, so the CLI can offer them without importing torch.
+COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def resolve_device(device: str) -> str:
@@ -17,3 +22,12 @@ def resolve_device(device: str) -> str:
     if device == "mps" and not torch.backends.mps.is_available():
         raise RuntimeError("device mps was asked for but is not available; use --device cpu or auto")
     return device
+
+
+def sync(device: object) -> None:
+    """Wait for the work queued on `device` (a torch.device or its name) when it is a CUDA device; a no-op
+    elsewhere."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(torch.device(device))

@@ -18,15 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from reslab.data.tensors import DeviceBatches, Split, Splits
+from reslab.devices import sync
 from reslab.models import NetSpec, build_net
 from reslab.models.blocks import param_groups
 from reslab.train.config import TrainConfig
 from reslab.train.schedule import lr_lambda
-
-
-def sync(device: torch.device | str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
 
 
 @dataclass(frozen=True)

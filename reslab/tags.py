@@ -22,6 +22,10 @@ class Tag:
     DEVICE: Final = "reslab.device"
     VERSION_PREFIX: Final = "reslab.version."  # + package name: reslab.version.torch
     CONFIG: Final = "reslab.config"
+    BACKEND_PREFIX: Final = "reslab.backend."  # + setting: reslab.backend.cudnn.benchmark (numerics of the run)
+    COMPILE: Final = "reslab.compile"  # the torch.compile mode the step ran with, or `off`
+    COMPILE_FALLBACK: Final = "reslab.compile_fallback"  # why compilation was given up (the run went on eagerly)
+    CHANNELS_LAST: Final = "reslab.channels_last"
 
     # How a run ended, beyond MLflow's status.
     FAILURE: Final = "reslab.failure"  # why a run is FAILED or KILLED

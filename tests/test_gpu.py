@@ -61,3 +61,44 @@ def test_run_one_trains_on_cuda(precision: str) -> None:
     assert len(result.history) == 3 and all(0 <= h["train_error"] <= 1 for h in result.history)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert any(k.startswith("grad_branch/") for k, _, _ in result.telemetry)
+
+
+def test_the_fast_cuda_step_compiles_without_fallback_and_never_syncs_between_telemetry_steps() -> None:
+    """On CUDA `auto` compiles the step (CUDA graphs), 2-D nets run channels-last and the step never waits for the
+    device: torch.cuda.set_sync_debug_mode("error") raises on any synchronising call inside it."""
+    import warnings
+
+    import lightning.pytorch as pl
+
+    from reslab.train import trainer as trainer_module
+    from reslab.train.fast import CompileFallbackWarning
+    from reslab.train.run import run_one
+
+    every = 5
+    checked: list[int] = []
+
+    class NoSync(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.armed = trainer.global_step % every != 0 and trainer.global_step > 2  # past the compilation
+            if self.armed:
+                torch.cuda.set_sync_debug_mode("error")
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if self.armed:
+                torch.cuda.set_sync_debug_mode("default")
+                checked.append(trainer.global_step)
+
+    original = trainer_module.make_trainer
+
+    def make_trainer(train, device, *, callbacks=(), **kw):
+        return original(train, device, callbacks=[*callbacks, NoSync()], **kw)
+
+    data = DataConfig(name="synthetic", options={"shape": [3, 32, 32], "train_size": 2048, "test_size": 256})
+    train = TrainConfig(epochs=2, batch_size=128, device="cuda", precision="bf16-mixed", telemetry_every=every)
+    with warnings.catch_warnings(), pytest.MonkeyPatch.context() as mp:
+        warnings.simplefilter("error", CompileFallbackWarning)
+        mp.setattr(trainer_module, "make_trainer", make_trainer)
+        result = run_one(NetSpec("resnet", "residual", 20, 16), data, train, None)
+    torch.cuda.set_sync_debug_mode("default")
+    assert len(checked) > 10
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]

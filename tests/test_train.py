@@ -131,6 +131,11 @@ def test_run_is_recorded_in_mlflow_and_reads_back(store: str) -> None:
         assert tags[key] == value
     assert tags["reslab.git_commit"] and tags["reslab.device"].startswith("cpu")
     assert {"reslab.version.torch", "reslab.version.lightning", "reslab.version.mlflow"} <= set(tags)
+    # how the step ran and the backend's numerics settings (on a GPU they decide whether a rerun agrees)
+    assert tags["reslab.compile"] == "off" and tags["reslab.channels_last"] == "False"
+    assert tags["reslab.backend.deterministic_algorithms"] == "True"  # the CPU default
+    assert tags["reslab.backend.cudnn.benchmark"] == "False"
+    assert {"reslab.backend.cudnn.allow_tf32", "reslab.backend.float32_matmul_precision"} <= set(tags)
     params = run.data.params
     assert params["net.depth"] == "8" and params["net.block"] == "rezero" and params["train.lr"] == "0.1"
     assert params["data.name"] == "synthetic" and params["data.val_size"] == "64"

@@ -63,7 +63,7 @@ EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 MAX_RESPAWNS = 3
 #: train fields that change how fast a run goes, not what it computes: a rerun may change them.
 EXECUTION_ONLY = ("device", "devices", "strategy", "threads", "telemetry_every", "eval_batch_size", "deterministic",
-                  "probe")  # fmt: skip
+                  "probe", "compile", "channels_last")  # fmt: skip
 
 
 @dataclass(frozen=True)

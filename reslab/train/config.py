@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from reslab.devices import COMPILE_MODES
+
 #: Lightning's registered strategies and "auto" (a test keeps this equal to Lightning's StrategyRegistry, so the
 #: config can refuse a bad name without importing Lightning).
 STRATEGIES = (
@@ -25,6 +27,7 @@ STRATEGIES = (
     "deepspeed_stage_3_offload", "deepspeed_stage_3_offload_nvme", "fsdp", "fsdp_cpu_offload", "single_device",
     "single_tpu", "single_xla", "xla", "xla_debug",
 )  # fmt: skip
+CompileMode = Literal[COMPILE_MODES]
 #: What Lightning's `devices` takes as text: "auto", "-1" (all), a count, or device indices "0,1" / "2,".
 _DEVICES_TEXT = re.compile(r"auto|-1|\d+|\d+(,\d+)*,?")
 
@@ -62,6 +65,13 @@ class TrainConfig(BaseModel):
         "in telemetry.csv, five probe/ metrics); on a copy of the net with every RNG state kept, so the training is "
         "the same with or without it"
     )  # fmt: skip
+    compile: CompileMode = Field(
+        "auto", description="torch.compile the training step: auto (reduce-overhead on CUDA, off on the CPU), off, "
+        "or a torch.compile mode; a failed compilation warns once and the run goes on eagerly"
+    )  # fmt: skip
+    channels_last: bool | None = Field(
+        None, description="2-D activations in channels-last (NHWC) memory format (default: on CUDA)"
+    )
     drop_last: bool = False
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
     deterministic: bool | None = Field(None, description="deterministic algorithms (default: on CPU only)")

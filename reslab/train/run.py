@@ -144,6 +144,19 @@ def run_tags(spec: NetSpec, seed: int, dataset: str) -> dict[str, Any]:
             "branch_scale": spec.branch_scale}  # fmt: skip
 
 
+def execution_tags(train: TrainConfig, device: str, net: torch.nn.Module) -> dict[str, str]:
+    """How the run's step executes on `device` (compile mode, memory format) and the numerics settings of the
+    backend (cuDNN autotuning and determinism, TF32): on a GPU these decide whether a rerun agrees to the bit. Read
+    after the trainer is built, which sets cuDNN's autotuning."""
+    from reslab.train.fast import backend_settings, compile_mode, uses_channels_last
+
+    return {
+        Tag.COMPILE: compile_mode(train.compile, device) or "off",
+        Tag.CHANNELS_LAST: str(uses_channels_last(train.channels_last, device, net)),
+        **{Tag.BACKEND_PREFIX + k: v for k, v in backend_settings().items()},
+    }
+
+
 def flat_params(config: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for section, values in config.items():
@@ -228,7 +241,7 @@ def _fit(plan: FitPlan) -> RunResult:
         store = tracking.store(tracking.resolve_uri(tracking_cfg.uri))
         store.prepare(tracking_cfg.experiment)
         tags = {**run_tags(spec, train.seed, data.name), **tracking.provenance_tags(device_desc),
-                **(plan.extra_tags or {})}  # fmt: skip
+                **execution_tags(train, plan.device, plan.net), **(plan.extra_tags or {})}  # fmt: skip
         run_id = store.start_run(
             tracking_cfg.experiment, plan.run_name or f"{spec.name}-s{train.seed}", tags, flat_params(config),
             plan.parent_run_id,
@@ -272,6 +285,8 @@ def _fit(plan: FitPlan) -> RunResult:
             plan.trainer.fit(module, datamodule=dm)
         if not module.history:
             raise RuntimeError("training ran no epoch")
+        if run_id is not None and module.compile_fallback:
+            store.set_tags(run_id, {Tag.COMPILE: "off", Tag.COMPILE_FALLBACK: module.compile_fallback})
         final = {k: v for k, v in module.history[-1].items() if k != "epoch"}
         result = RunResult(
             run_id=run_id, spec=spec, metrics=final, history=module.history, params=summary.params,

@@ -92,16 +92,20 @@ class GradientProbe(pl.Callback):
         self._current: dict[str, torch.Tensor] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._pending: list[tuple[int, list[str], torch.Tensor]] = []
+        self._module: pl.LightningModule | None = None
         self.history: Rows = []  # every per-block and per-layer row recorded: the telemetry.csv artifact
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         net = pl_module.net
+        self._module = pl_module
         self.blocks = [m for m in net.modules() if isinstance(m, Block)]
         self.weights = [(n, p) for n, p in net.named_parameters() if p.dim() > 1 and p.requires_grad]
 
     # -- arming: taps and output hooks exist only on probed steps ------------------------------------------------
     def arm(self) -> None:
+        """Tap the blocks for one step. The step runs eagerly (a compiled step would not see the taps)."""
         self._armed = True
+        self._eager(True)
         self._current = {}
         for i, block in enumerate(self.blocks):
             block.tap = self._tap(i)
@@ -109,11 +113,16 @@ class GradientProbe(pl.Callback):
 
     def disarm(self) -> None:
         self._armed = False
+        self._eager(False)
         for block in self.blocks:
             block.tap = None
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+    def _eager(self, on: bool) -> None:
+        if self._module is not None and hasattr(self._module, "eager_step"):
+            self._module.eager_step = on
 
     def _record(self, key: str) -> Callable[[torch.Tensor], None]:
         def hook(grad: torch.Tensor) -> None:

@@ -34,11 +34,14 @@ def make_trainer(
     its MLflow logger once the run exists. `max_steps` overrides the recipe's length (timing loops run a fixed
     number of steps); `evaluate=False` skips the per-epoch evaluation, so timed steps are training steps only.
     Deterministic algorithms default to on for the CPU only: on CUDA they restrict cuDNN to its deterministic
-    kernels and make ops without one raise (torch's reproducibility notes), a choice a recipe makes explicitly."""
+    kernels and make ops without one raise (torch's reproducibility notes), a choice a recipe makes explicitly.
+    Without them, cuDNN autotunes its convolution algorithms on CUDA (`torch.backends.cudnn.benchmark`): faster,
+    and one more reason GPU results differ from run to run."""
     import lightning.pytorch as pl
 
     steps = max_steps or train.max_steps
     acc = accelerator(device)
+    deterministic = train.deterministic if train.deterministic is not None else acc == "cpu"
     return pl.Trainer(
         accelerator=acc,
         devices=train.devices,
@@ -53,7 +56,8 @@ def make_trainer(
         enable_progress_bar=False,
         num_sanity_val_steps=0,
         limit_val_batches=None if evaluate else 0,
-        deterministic=train.deterministic if train.deterministic is not None else acc == "cpu",
+        deterministic=deterministic,
+        benchmark=acc == "gpu" and not deterministic,
         gradient_clip_val=train.clip_grad_norm,
         gradient_clip_algorithm="norm",
         default_root_dir=None,
