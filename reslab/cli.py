@@ -438,7 +438,7 @@ def cmd_bench_report(args: argparse.Namespace) -> int:
     if not table.empty:
         print(table.to_string())
     for row in load_ratios(path).itertuples():
-        target = f" (target <= {row.target:g})" if row.target else ""
+        target = f" (target {'>=' if row.at_least else '<='} {row.target:g})" if row.target else ""
         print(f"{row.benchmark}: ratio {row.ratio:.3f}{target}" + (f"  {row.what}" if row.what else ""))
     scaling = load_depth_scaling(path)
     if scaling is not None:
@@ -447,7 +447,21 @@ def cmd_bench_report(args: argparse.Namespace) -> int:
               f"{scaling['memory_kind']} +{m['slope']:.2f} MiB per layer (R² {m['r2']:.3f})")  # fmt: skip
     for target in written:
         print(f"wrote {target}")
+    for config_path in args.project or []:
+        print(_projection(path, config_path, args.set or []))
     return 0
+
+
+def _projection(bench: object, config_path: str, overrides: list[str]) -> str:
+    """`reslab bench-report --project CONFIG`: the sweep's wall time on the benchmark's machine."""
+    from reslab.report.projection import ProjectionError, load_train_steps, project
+    from reslab.sweep.config import ConfigError, load_config
+
+    try:
+        config = load_config(config_path, overrides)
+        return project(config, load_train_steps(bench), name=config_path).describe()
+    except (ConfigError, ProjectionError) as exc:
+        raise UsageError(str(exc)) from None
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -561,6 +575,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench-report", help="figures and a table from a pytest-benchmark JSON (nox -s bench)")
     p.add_argument("json", help="the JSON pytest-benchmark wrote, e.g. reports/bench/20261122-101500.json")
     p.add_argument("--out", help="folder for the figures (default: beside the JSON)")
+    p.add_argument("--project", action="append", metavar="CONFIG",
+                   help="project the wall time of this sweep config (all cells and seeds) from the JSON's train_step "
+                   "benchmarks, e.g. configs/cifar10-he2015.yaml; repeatable")  # fmt: skip
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of the projected config")
     p.set_defaults(func=cmd_bench_report)
 
     p = sub.add_parser("ui", help="open the MLflow UI on the tracking store")

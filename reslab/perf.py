@@ -21,19 +21,35 @@ from reslab.data.tensors import DeviceBatches, Split, Splits
 from reslab.devices import sync
 from reslab.models import NetSpec, build_net
 from reslab.models.blocks import param_groups
-from reslab.train.config import TrainConfig
+from reslab.train.config import DataConfig, TrainConfig
 from reslab.train.schedule import lr_lambda
 
 
 @dataclass(frozen=True)
 class StepTiming:
+    """Step times of one training loop: the median (the typical step), the mean (what a run's wall time is made of,
+    the eager telemetry steps among compiled ones included) and the warm-up's total (compilation and autotuning
+    happen in the first steps)."""
+
     median_s: float
     steps: int
     batch_size: int
+    mean_s: float | None = None
+    warmup_s: float = 0.0
+    warmup_steps: int = 0
 
     @property
     def images_per_s(self) -> float:
         return self.batch_size / self.median_s
+
+    @property
+    def mean_images_per_s(self) -> float:
+        return self.batch_size / (self.mean_s or self.median_s)
+
+    @property
+    def compile_s(self) -> float:
+        """The warm-up's time beyond that many ordinary steps: what compiling and autotuning add to a run."""
+        return max(0.0, self.warmup_s - self.warmup_steps * (self.mean_s or self.median_s))
 
 
 def plain_loop_step_times(
@@ -65,37 +81,113 @@ def plain_loop_step_times(
 
 
 def _timing(ends: list[float], warmup: int, steps: int, batch_size: int) -> StepTiming:
-    """Median of the intervals between consecutive step ends (data fetch and loop bookkeeping included)."""
+    """Median and mean of the intervals between consecutive step ends (data fetch and loop bookkeeping included),
+    after `warmup` steps whose total is kept."""
     intervals = [b - a for a, b in itertools.pairwise(ends)]
-    return StepTiming(statistics.median(intervals[warmup:]), steps, batch_size)
+    timed = intervals[warmup:]
+    return StepTiming(statistics.median(timed), steps, batch_size, mean_s=statistics.fmean(timed),
+                      warmup_s=sum(intervals[:warmup]), warmup_steps=warmup)  # fmt: skip
 
 
 def lightning_step_times(
-    spec: NetSpec, splits: Splits, cfg: TrainConfig, steps: int, warmup: int = 3, telemetry: bool = True
+    spec: NetSpec,
+    splits: Splits,
+    cfg: TrainConfig,
+    steps: int,
+    warmup: int = 3,
+    telemetry: bool = True,
+    *,
+    sync_each_step: bool = True,
+    after_warmup: Callable[[], None] | None = None,
 ) -> StepTiming:
     """reslab's training step as `run_one` runs it (ResLabModule + GradientProbe every cfg.telemetry_every steps,
     the trainer `make_trainer` builds for sweeps, no tracking, no evaluation), timed from batch start to batch
-    end."""
+    end. `sync_each_step=False` synchronises the device only where the timed window starts and ends, as a run
+    does (the host queues the next step while the device computes this one): the mean is then the window's, and
+    the median equals it. `after_warmup` is called once the warm-up steps are done (a barrier for concurrent
+    measurements)."""
+    from reslab.train.run import quiet_lightning, resolve_device
+
+    quiet_lightning()
+    device = resolve_device(cfg.device)
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _lightning_timing(spec, splits, cfg, steps, warmup, telemetry, device, sync_each_step, after_warmup)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _lightning_timing(spec, splits, cfg, steps, warmup, telemetry, device, sync_each_step, after_warmup) -> StepTiming:
     import lightning.pytorch as pl
 
     from reslab.data.datamodule import TensorDataModule
     from reslab.train.module import ResLabModule
-    from reslab.train.run import quiet_lightning, resolve_device
     from reslab.train.telemetry import GradientProbe
     from reslab.train.trainer import make_trainer
 
-    quiet_lightning()
-    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     net = build_net(spec, splits.input_shape, splits.num_classes)
     dm = TensorDataModule(splits, cfg.batch_size, seed=cfg.seed, device=device)
-    timer = _BatchTimer(device)
+    timer = _BatchTimer(device, sync_at=None if sync_each_step else {warmup, warmup + steps}, after=after_warmup,
+                        after_step=warmup)  # fmt: skip
     callbacks: list[pl.Callback] = [timer]
     if telemetry:
         callbacks.insert(0, GradientProbe(cfg.telemetry_every))
     trainer = make_trainer(cfg, device, callbacks=callbacks, max_steps=warmup + steps, evaluate=False)
     trainer.fit(ResLabModule(net, cfg, dm.eval_names), datamodule=dm)
-    return _timing(timer.ends, warmup, steps, cfg.batch_size)
+    if sync_each_step:
+        return _timing(timer.ends, warmup, steps, cfg.batch_size)
+    window = (timer.ends[warmup + steps] - timer.ends[warmup]) / steps
+    return StepTiming(window, steps, cfg.batch_size, mean_s=window, warmup_s=timer.ends[warmup] - timer.ends[0],
+                      warmup_steps=warmup)  # fmt: skip
+
+
+def concurrent_step_times(
+    spec: NetSpec, data: DataConfig, cfg: TrainConfig, cells: int, steps: int, warmup: int = 3
+) -> list[StepTiming]:
+    """The training step of `cells` runs at once, each in its own process on the same device (what a sweep with
+    that many workers per GPU does; without CUDA MPS the processes time-slice the GPU). Each warms up (compiles),
+    then all wait for each other and time the same number of steps, so their timed windows overlap: the sum of
+    their rates is the aggregate cells x images/s the device sustains."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
+    barrier = ctx.Barrier(cells)
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_concurrent_cell, args=(spec, data, cfg, steps, warmup, barrier, results, i))
+             for i in range(cells)]  # fmt: skip
+    for proc in procs:
+        proc.start()
+    out: dict[int, StepTiming | str] = {}
+    for _ in procs:
+        i, timing = results.get(timeout=1800)
+        out[i] = timing
+    for proc in procs:
+        proc.join()
+    failed = [t for t in out.values() if isinstance(t, str)]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {cells} concurrent cells failed: {failed[0]}")
+    return [out[i] for i in range(cells)]
+
+
+def _concurrent_cell(spec, data, cfg, steps, warmup, barrier, results, index) -> None:
+    """One process of `concurrent_step_times`: its own seed (a sweep's cells differ), the shared barrier after the
+    warm-up; a failure is reported rather than left to hang the others."""
+    from reslab.data.registry import load_dataset
+
+    try:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        splits = load_dataset(data.name, data.options, data.data_dir)
+        own = cfg.model_copy(update={"seed": cfg.seed + index})
+        timing = lightning_step_times(spec, splits, own, steps, warmup, sync_each_step=False,
+                                      after_warmup=lambda: barrier.wait(timeout=1800))  # fmt: skip
+        results.put((index, timing))
+    except Exception as exc:
+        barrier.abort()
+        results.put((index, f"{type(exc).__name__}: {exc}"))
 
 
 def lightning_over_plain(
@@ -112,9 +204,13 @@ def lightning_over_plain(
 
 
 class _BatchTimer:
-    """A Lightning callback that stamps the end of each training batch (fit start is the first stamp)."""
+    """A Lightning callback that stamps the end of each training batch (fit start is the first stamp), after
+    synchronising the device at every step or only at the steps in `sync_at`; `after` is called once step
+    `after_step` is done."""
 
-    def __new__(cls, device: str):
+    def __new__(
+        cls, device: str, sync_at: set[int] | None = None, after: Callable[[], None] | None = None, after_step: int = 0
+    ):
         import lightning.pytorch as pl
 
         class BatchTimer(pl.Callback):
@@ -122,10 +218,16 @@ class _BatchTimer:
                 self.ends: list[float] = []
 
             def on_train_start(self, trainer, pl_module) -> None:
+                sync(device)
                 self.ends.append(time.perf_counter())
 
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-                sync(device)
+                done = len(self.ends)  # steps finished, this one included
+                if sync_at is None or done in sync_at:
+                    sync(device)
+                if after is not None and done == after_step:
+                    after()
+                    sync(device)
                 self.ends.append(time.perf_counter())
 
         return BatchTimer()

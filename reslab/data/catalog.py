@@ -8,6 +8,7 @@ test holds the options here equal to the loaders' signatures, so the two cannot 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ class DatasetInfo:
     offline: bool
     meta: Callable[[dict], tuple[tuple[int, ...], int]]  # options -> (input shape, classes), without loading
     defaults: dict[str, Any] = field(default_factory=dict)
+    counts: Callable[[dict], tuple[int, int, int]] | None = None  # options -> (train, val, test) examples
 
     def options(self) -> dict[str, object]:
         """The options a config may set for this dataset, with their defaults."""
@@ -28,23 +30,47 @@ class DatasetInfo:
         """(input shape, number of classes) for `options`, known without loading or downloading anything."""
         return self.meta({**self.defaults, **(options or {})})
 
+    def sizes(self, options: dict | None = None) -> tuple[int, int, int]:
+        """(train, val, test) example counts for `options`, known without loading anything (what a projection of a
+        sweep's wall time needs: steps per epoch and the evaluation's work)."""
+        if self.counts is None:
+            raise ValueError(f"the example counts of {self.description!r} are not known without loading it")
+        return self.counts({**self.defaults, **(options or {})})
+
 
 _CIFAR = {"val_size": 0, "augment": True, "split_seed": 0}
+
+
+def _cifar_counts(o: dict) -> tuple[int, int, int]:
+    return 50_000 - int(o["val_size"]), int(o["val_size"]), 10_000
+
+
+def _mnist1d_counts(o: dict) -> tuple[int, int, int]:
+    train = int(int(o["num_samples"]) * float(o["train_split"]))
+    return train, 0, int(o["num_samples"]) - train
+
+
+def _digits_counts(o: dict) -> tuple[int, int, int]:
+    test = math.ceil(1797 * float(o["test_fraction"]))  # scikit-learn's train_test_split rounds the test part up
+    return 1797 - test, 0, test
 
 DATASET_INFO: dict[str, DatasetInfo] = {
     "mnist1d": DatasetInfo(
         "MNIST-1D, 4000/1000 sequences of length 40, generated offline", True, lambda o: ((1, 40), 10),
-        {"num_samples": 5000, "train_split": 0.8, "seed": 42},
+        {"num_samples": 5000, "train_split": 0.8, "seed": 42}, _mnist1d_counts,
     ),
-    "cifar10": DatasetInfo("CIFAR-10, 50k/10k 3x32x32 images", False, lambda o: ((3, 32, 32), 10), _CIFAR),
-    "cifar100": DatasetInfo("CIFAR-100, 50k/10k 3x32x32 images", False, lambda o: ((3, 32, 32), 100), _CIFAR),
+    "cifar10": DatasetInfo("CIFAR-10, 50k/10k 3x32x32 images", False, lambda o: ((3, 32, 32), 10), _CIFAR,
+                           _cifar_counts),
+    "cifar100": DatasetInfo("CIFAR-100, 50k/10k 3x32x32 images", False, lambda o: ((3, 32, 32), 100), _CIFAR,
+                            _cifar_counts),
     "digits": DatasetInfo(
         "scikit-learn's 8x8 digits, 1437/360 images, offline", True, lambda o: ((1, 8, 8), 10),
-        {"test_fraction": 0.2, "split_seed": 0},
+        {"test_fraction": 0.2, "split_seed": 0}, _digits_counts,
     ),
     "synthetic": DatasetInfo(
         "random inputs with a fixed linear labelling rule", True,
         lambda o: (tuple(int(d) for d in o["shape"]), int(o["num_classes"])),
         {"shape": (1, 40), "num_classes": 10, "train_size": 1024, "test_size": 256, "val_size": 0, "seed": 0},
+        lambda o: (int(o["train_size"]), int(o["val_size"]), int(o["test_size"])),
     ),
 }  # fmt: skip

@@ -1,0 +1,245 @@
+"""A sweep's wall time projected from the training-step benchmarks (group `train_step`, `nox -s bench`).
+
+A sweep is its cells, each `steps` training steps of its net plus an evaluation per epoch, run a few at a time: the
+wall time is the critical path of that schedule, not the sum of the cells. Step times come from the benchmark run
+on the machine the projection is for: the step time of each measured depth, and a straight line through them for
+the depths in between (a 6n+2 net's step is n identical blocks: its time grows linearly with depth, as the
+depth-scaling benchmark shows). Each way of sharing the device that was measured (one cell at a time, N cells at
+once, a pack of K seeds) is projected; the fastest is the answer. Cells are scheduled longest first (LPT), which is
+within 4/3 of the best schedule (Graham 1969).
+
+Pure functions of the benchmark rows and the config: no torch, no device.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from reslab.sweep.config import SweepConfig
+from reslab.sweep.grid import Cell, expand
+
+#: A forward pass costs about a third of a training step (the backward computes two products per forward one).
+EVAL_COST = 1 / 3
+STEP_KEYS = ("family", "block", "depth", "width", "batch", "variant", "kind", "cells", "images_per_s", "step_s",
+             "compile_s", "precision", "compile", "device", "dtype", "tflops", "peak_tflops")  # fmt: skip
+
+
+class ProjectionError(ValueError):
+    """The benchmark JSON cannot project this config (no train_step rows for its family or precision): the
+    message says which rows exist and what to run."""
+
+
+def load_train_steps(path: str | Path) -> pd.DataFrame:
+    """One row per `train_step` benchmark: how fast reslab's real step ran, alone or shared."""
+    data = json.loads(Path(path).read_text())
+    rows = [{k: b["extra_info"].get(k) for k in STEP_KEYS} for b in data.get("benchmarks", [])
+            if b.get("group") == "train_step" and "step_s" in b.get("extra_info", {})]  # fmt: skip
+    return pd.DataFrame(rows, columns=list(STEP_KEYS))
+
+
+@dataclass(frozen=True)
+class CellWork:
+    """One cell's work: its training steps, its evaluation examples, and its FLOPs."""
+
+    cell: Cell
+    steps: int
+    eval_examples: int
+    flops: float
+
+
+@dataclass(frozen=True)
+class Option:
+    """One way of running the sweep on the device, projected."""
+
+    label: str
+    kind: str
+    cells: int  # cells at once (concurrent) or per pack
+    wall_s: float
+    critical: str  # the cells on the slot that finishes last
+    compile_s: float
+
+    @property
+    def hours(self) -> str:
+        return format_duration(self.wall_s)
+
+
+@dataclass(frozen=True)
+class Projection:
+    config: str
+    cells: int
+    steps: int
+    batch: int
+    device: str
+    variant: str
+    flops: float
+    options: list[Option] = field(default_factory=list)
+    peak_tflops: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def best(self) -> Option:
+        return min(self.options, key=lambda o: o.wall_s)
+
+    @property
+    def tflops(self) -> float:
+        """The sustained TFLOP/s the best option implies: the sweep's FLOPs over its wall time."""
+        return self.flops / self.best.wall_s / 1e12
+
+    def describe(self) -> str:
+        lines = [f"projected wall time of {self.config}: {self.cells} cells x {self.steps:,} steps of batch "
+                 f"{self.batch}, {self.flops / 1e15:.1f} PFLOP, on {self.device} ({self.variant} step)"]  # fmt: skip
+        width = max(len(o.label) for o in self.options)
+        for o in sorted(self.options, key=lambda o: o.wall_s):
+            lines.append(f"  {o.label:<{width}}  {o.hours:>10}   critical path: {o.critical}")
+        best = self.best
+        peak = f" ({100 * self.tflops / self.peak_tflops:.2f} % of the {self.peak_tflops:g} TFLOP/s peak)" if (
+            self.peak_tflops) else ""  # fmt: skip
+        lines.append(f"best: {best.label}, {best.hours}: {self.tflops:.2f} TFLOP/s sustained{peak}; compilation "
+                     f"and warm-up {format_duration(best.compile_s)} per cell included")  # fmt: skip
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = seconds / 60
+    if minutes < 60:
+        return f"{minutes:.1f} min"
+    return f"{int(minutes // 60)} h {minutes % 60:02.0f} min"
+
+
+def cell_work(config: SweepConfig) -> list[CellWork]:
+    """Every cell of the config (all seeds) with its steps, evaluation examples and FLOPs."""
+    from reslab.data.catalog import DATASET_INFO
+    from reslab.models.estimate import estimate
+
+    info = DATASET_INFO[config.dataset.name]
+    shape, classes = info.shape(config.dataset.options)
+    n_train, n_val, n_test = info.sizes(config.dataset.options)
+    train = config.train
+    per_epoch = n_train // train.batch_size if train.drop_last else math.ceil(n_train / train.batch_size)
+    steps = train.total_steps(per_epoch)
+    eval_examples = train.num_epochs(per_epoch) * (n_val + n_test)
+    out = []
+    for cell in expand(config.grid):
+        macs = estimate(cell.spec(), shape, classes).macs
+        flops = 2.0 * macs * (3.0 * steps * train.batch_size + eval_examples)
+        out.append(CellWork(cell, steps, eval_examples, flops))
+    return out
+
+
+def _step_time(rows: pd.DataFrame, depth: int) -> float:
+    """Seconds per step at `depth`: the measured value, linear interpolation between measured depths, and the line
+    through the two nearest measured depths beyond them (one measured depth scales in proportion)."""
+    import numpy as np
+
+    by_depth = rows.groupby("depth")["step_s"].min().sort_index()
+    xs, ys = by_depth.index.to_numpy(float), by_depth.to_numpy(float)
+    if len(xs) == 1:
+        return float(ys[0] * depth / xs[0])
+    if xs[0] <= depth <= xs[-1]:
+        return float(np.interp(depth, xs, ys))
+    (x0, y0), (x1, y1) = ((xs[0], ys[0]), (xs[1], ys[1])) if depth < xs[0] else ((xs[-2], ys[-2]), (xs[-1], ys[-1]))
+    extrapolated = y1 + (y1 - y0) / (x1 - x0) * (depth - x1)
+    nearest = (xs[0], ys[0]) if depth < xs[0] else (xs[-1], ys[-1])
+    return float(extrapolated if extrapolated > 0 else nearest[1] * depth / nearest[0])
+
+
+def _lpt(durations: Sequence[tuple[float, str]], slots: int) -> tuple[float, str]:
+    """Longest-processing-time-first schedule of (duration, name) jobs on `slots`: the makespan and the names on
+    the slot that ends last."""
+    heap = [(0.0, i, []) for i in range(slots)]
+    for duration, name in sorted(durations, reverse=True):
+        end, i, names = heapq.heappop(heap)
+        heapq.heappush(heap, (end + duration, i, [*names, name]))
+    end, _, names = max(heap)
+    shown = " -> ".join(names[:3]) + (f" -> ... ({len(names) - 3} more)" if len(names) > 3 else "")
+    return end, shown
+
+
+def _matching_rows(rows: pd.DataFrame, config: SweepConfig) -> tuple[pd.DataFrame, str]:
+    """The rows measured with the config's family, width and precision, and the compile mode `auto` means on the
+    benchmark's device; the variant's name."""
+    from reslab.report.bench import is_gpu_name
+
+    if rows.empty:
+        raise ProjectionError("the benchmark JSON has no train_step results: run `nox -s bench` (benchmarks/"
+                              "test_train_step.py) on the machine to project for")  # fmt: skip
+    train = config.train
+    device = rows["device"].iloc[0]
+    compile_setting = train.compile
+    if compile_setting == "auto":
+        compile_setting = "reduce-overhead" if is_gpu_name(device) else "off"
+    same = rows[(rows["family"] == config.grid.family) & (rows["precision"] == train.precision)
+                & (rows["compile"] == compile_setting)]  # fmt: skip
+    widths = set(config.grid.widths)
+    same = same[same["width"].isin(widths)]
+    if same.empty:
+        have = sorted({f"{r.family} w{r.width} {r.precision} compile {r.compile}" for r in rows.itertuples()})
+        raise ProjectionError(
+            f"no train_step result for {config.grid.family} width {sorted(widths)} with precision {train.precision} "
+            f"and compile {compile_setting} on {device}; measured: {'; '.join(have)}"
+        )
+    return same, str(same["variant"].iloc[0])
+
+
+def project(config: SweepConfig, rows: pd.DataFrame, name: str | None = None) -> Projection:
+    """The sweep's wall time under each measured way of sharing the device, from `load_train_steps` rows."""
+    rows, variant = _matching_rows(rows, config)
+    work = cell_work(config)
+    notes = []
+    options = []
+    for (kind, cells), group in rows.groupby(["kind", "cells"]):
+        cells = int(cells)
+        compile_s = float(group["compile_s"].max())
+
+        def rows_for(cell: Cell, group: pd.DataFrame = group) -> pd.DataFrame:
+            same_block = group[group["block"] == cell.block]
+            return same_block if not same_block.empty else group
+
+        if kind == "pack":
+            packs: dict[tuple, list[CellWork]] = {}
+            for w in work:
+                packs.setdefault((w.cell.spec(), w.cell.lr), []).append(w)
+            jobs = []
+            for members in packs.values():
+                for start in range(0, len(members), cells):
+                    chunk = members[start : start + cells]
+                    seconds, _ = _duration(chunk[0], rows_for(chunk[0].cell), compile_s)
+                    jobs.append((seconds, f"{chunk[0].cell.name.rsplit('-s', 1)[0]} x{len(chunk)}"))
+            wall, critical = _lpt(jobs, 1)
+            label = f"packs of {cells} seeds"
+        else:
+            jobs = [_duration(w, rows_for(w.cell), compile_s) for w in work]
+            wall, critical = _lpt(jobs, cells)
+            label = "1 cell at a time" if cells == 1 else f"{cells} cells at once"
+        options.append(Option(label, str(kind), cells, wall, critical, compile_s))
+    notes.append("a block without its own measurement in an option is timed as that option's measured block (plain "
+                 "and residual steps differ by one add per block)")  # fmt: skip
+    measured = sorted(set(rows["depth"]))
+    if any(w.cell.depth not in measured for w in work):
+        notes.append(f"depths other than {measured} from a straight line through the measured step times")
+    notes.append(f"evaluation timed as {EVAL_COST:.2f} of a training step per example; data loading is on the device")
+    peak = rows["peak_tflops"].dropna()
+    return Projection(
+        config=name or config.name, cells=len(work), steps=work[0].steps if work else 0,
+        batch=config.train.batch_size, device=str(rows["device"].iloc[0]), variant=variant,
+        flops=sum(w.flops for w in work), options=options, peak_tflops=float(peak.iloc[0]) if len(peak) else None,
+        notes=notes,
+    )  # fmt: skip
+
+
+def _duration(w: CellWork, rows: pd.DataFrame, compile_s: float) -> tuple[float, str]:
+    """(seconds, name) of one cell, or of one pack whose rows time all its members' steps at once: its steps at the
+    measured step time, its evaluation, its compilation."""
+    step = _step_time(rows, w.cell.depth)
+    evaluation = w.eval_examples * step / float(rows["batch"].iloc[0]) * EVAL_COST  # per member, members together
+    return w.steps * step + evaluation + compile_s, w.cell.name
