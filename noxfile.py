@@ -100,14 +100,23 @@ def report(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Throughput benchmarks: reports/bench/<timestamp>.json and its figures; `-- --benchmark-compare` compares
-    with the last saved run (pytest-benchmark keeps them in .benchmarks/)."""
+    """Throughput benchmarks: reports/bench/<timestamp>.json and its figures, and the projected wall time of
+    configs/cifar10-he2015.yaml on this machine; `-- --benchmark-compare` compares with the last saved run
+    (pytest-benchmark keeps them in .benchmarks/), `-- -k train_step` runs the training-step group alone."""
     install(session)
     out = ROOT / "reports" / "bench"
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
     session.run("pytest", "benchmarks", f"--benchmark-json={target}", "--benchmark-autosave", *session.posargs)
-    session.run("reslab", "bench-report", str(target))
+    session.run("reslab", "bench-report", str(target), "--project", "configs/cifar10-he2015.yaml")
+
+
+@nox.session
+def profile(session: nox.Session) -> None:
+    """Where the training step's time goes: `torch.profiler` traces of ResNet-20/56/110 (eager fp32, and the fast
+    bf16 step on CUDA) with one finding per net, in reports/profile/; `-- --depth 56 --steps 50` to choose."""
+    install(session)
+    session.run("python", "-m", "benchmarks.profile_step", *session.posargs)
 
 
 def ensure_postgres(session: nox.Session, required: bool = True) -> bool:

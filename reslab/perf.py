@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -99,13 +99,14 @@ def lightning_step_times(
     *,
     sync_each_step: bool = True,
     after_warmup: Callable[[], None] | None = None,
+    callbacks: Sequence[object] = (),
 ) -> StepTiming:
     """reslab's training step as `run_one` runs it (ResLabModule + GradientProbe every cfg.telemetry_every steps,
     the trainer `make_trainer` builds for sweeps, no tracking, no evaluation), timed from batch start to batch
     end. `sync_each_step=False` synchronises the device only where the timed window starts and ends, as a run
     does (the host queues the next step while the device computes this one): the mean is then the window's, and
     the median equals it. `after_warmup` is called once the warm-up steps are done (a barrier for concurrent
-    measurements)."""
+    measurements). `callbacks` are more Lightning callbacks (a profiler's)."""
     from reslab.train.run import quiet_lightning, resolve_device
 
     quiet_lightning()
@@ -114,12 +115,15 @@ def lightning_step_times(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _lightning_timing(spec, splits, cfg, steps, warmup, telemetry, device, sync_each_step, after_warmup)
+        return _lightning_timing(spec, splits, cfg, steps, warmup, telemetry, device, sync_each_step, after_warmup,
+                                 callbacks)  # fmt: skip
     finally:
         torch.set_num_threads(threads)
 
 
-def _lightning_timing(spec, splits, cfg, steps, warmup, telemetry, device, sync_each_step, after_warmup) -> StepTiming:
+def _lightning_timing(
+    spec, splits, cfg, steps, warmup, telemetry, device, sync_each_step, after_warmup, extra_callbacks
+) -> StepTiming:
     import lightning.pytorch as pl
 
     from reslab.data.datamodule import TensorDataModule
@@ -132,7 +136,7 @@ def _lightning_timing(spec, splits, cfg, steps, warmup, telemetry, device, sync_
     dm = TensorDataModule(splits, cfg.batch_size, seed=cfg.seed, device=device)
     timer = _BatchTimer(device, sync_at=None if sync_each_step else {warmup, warmup + steps}, after=after_warmup,
                         after_step=warmup)  # fmt: skip
-    callbacks: list[pl.Callback] = [timer]
+    callbacks: list[pl.Callback] = [timer, *extra_callbacks]
     if telemetry:
         callbacks.insert(0, GradientProbe(cfg.telemetry_every))
     trainer = make_trainer(cfg, device, callbacks=callbacks, max_steps=warmup + steps, evaluate=False)

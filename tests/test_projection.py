@@ -102,11 +102,20 @@ def test_a_pack_trains_seeds_together(tmp_path: Path) -> None:
     assert pack.label == "packs of 4 seeds"
 
 
-def test_a_projection_needs_rows_of_the_configs_precision(tmp_path: Path) -> None:
-    path = write(tmp_path, [step_row(20, 0.002, precision="32-true", compile="off")])
-    with pytest.raises(ProjectionError, match=r"precision bf16-mixed and compile reduce-overhead.*measured: resnet "
-                                              r"w16 32-true compile off"):  # fmt: skip
-        project(tiny_config(), load_train_steps(path))
+def test_a_projection_without_the_configs_precision_says_which_step_it_used(tmp_path: Path) -> None:
+    rows = [step_row(20, 0.004, precision="32-true", compile="off"), step_row(56, 0.009, precision="32-true",
+                                                                          compile="off")]  # fmt: skip
+    rows[0]["extra_info"]["variant"] = rows[1]["extra_info"]["variant"] = "eager-fp32"
+    result = project(tiny_config(), load_train_steps(write(tmp_path, rows)))
+    assert result.variant == "eager-fp32"
+    assert any("precision bf16-mixed and compile reduce-overhead, which were not measured on NVIDIA H200: projected "
+               "with the eager-fp32 step (32-true, compile off)" in n for n in result.notes)  # fmt: skip
+
+
+def test_a_projection_needs_rows_of_the_configs_net(tmp_path: Path) -> None:
+    with pytest.raises(ProjectionError, match=r"no train_step result for resnet width \[32\] on NVIDIA H200; "
+                                              r"measured: resnet w16"):  # fmt: skip
+        project(tiny_config(widths=[32]), load_train_steps(write(tmp_path, [step_row(20, 0.002)])))
     with pytest.raises(ProjectionError, match="run `nox -s bench`"):
         project(tiny_config(), load_train_steps(write(tmp_path, [])))
 
@@ -119,5 +128,5 @@ def test_bench_report_prints_the_he2015_projection(tmp_path: Path, capsys: pytes
     out = capsys.readouterr().out
     assert f"projected wall time of {HE2015}: 10 cells x 64,000 steps of batch 128" in out
     assert "4 cells at once" in out and "1 cell at a time" in out and "% of the 989.4 TFLOP/s peak" in out
-    assert main(["bench-report", str(path), "--project", str(HE2015), "--set", "train.precision=32-true"]) == 2
-    assert "no train_step result for resnet width [16] with precision 32-true" in capsys.readouterr().err
+    assert main(["bench-report", str(path), "--project", str(HE2015), "--set", "grid.widths=[64]"]) == 2
+    assert "no train_step result for resnet width [64] on NVIDIA H200" in capsys.readouterr().err

@@ -165,37 +165,44 @@ def _lpt(durations: Sequence[tuple[float, str]], slots: int) -> tuple[float, str
     return end, shown
 
 
-def _matching_rows(rows: pd.DataFrame, config: SweepConfig) -> tuple[pd.DataFrame, str]:
-    """The rows measured with the config's family, width and precision, and the compile mode `auto` means on the
-    benchmark's device; the variant's name."""
+def _matching_rows(rows: pd.DataFrame, config: SweepConfig) -> tuple[pd.DataFrame, str, list[str]]:
+    """The rows measured with the config's family and width, and with its precision and the compile mode `auto`
+    means on the benchmark's device where those were measured (else the fastest variant measured, with a note
+    saying so); the variant's name; the notes."""
     from reslab.report.bench import is_gpu_name
 
     if rows.empty:
         raise ProjectionError("the benchmark JSON has no train_step results: run `nox -s bench` (benchmarks/"
                               "test_train_step.py) on the machine to project for")  # fmt: skip
     train = config.train
-    device = rows["device"].iloc[0]
+    device = str(rows["device"].iloc[0])
     compile_setting = train.compile
     if compile_setting == "auto":
         compile_setting = "reduce-overhead" if is_gpu_name(device) else "off"
-    same = rows[(rows["family"] == config.grid.family) & (rows["precision"] == train.precision)
-                & (rows["compile"] == compile_setting)]  # fmt: skip
-    widths = set(config.grid.widths)
-    same = same[same["width"].isin(widths)]
+    widths = sorted(set(config.grid.widths))
+    net = rows[(rows["family"] == config.grid.family) & rows["width"].isin(widths)]
+    if net.empty:
+        have = sorted({f"{r.family} w{r.width}" for r in rows.itertuples()})
+        raise ProjectionError(f"no train_step result for {config.grid.family} width {widths} on {device}; measured: "
+                              f"{'; '.join(have)}")  # fmt: skip
+    same = net[(net["precision"] == train.precision) & (net["compile"] == compile_setting)]
+    notes = []
     if same.empty:
-        have = sorted({f"{r.family} w{r.width} {r.precision} compile {r.compile}" for r in rows.itertuples()})
-        raise ProjectionError(
-            f"no train_step result for {config.grid.family} width {sorted(widths)} with precision {train.precision} "
-            f"and compile {compile_setting} on {device}; measured: {'; '.join(have)}"
-        )
-    return same, str(same["variant"].iloc[0])
+        singles = net[net["kind"] == "single"]
+        pool = singles if not singles.empty else net
+        fastest = str(pool.groupby("variant")["step_s"].mean().idxmin())
+        same = net[net["variant"] == fastest]
+        r = same.iloc[0]
+        notes.append(f"the config trains with precision {train.precision} and compile {compile_setting}, which "
+                     f"were not measured on {device}: projected with the {fastest} step ({r.precision}, compile "
+                     f"{r.compile})")  # fmt: skip
+    return same, str(same["variant"].iloc[0]), notes
 
 
 def project(config: SweepConfig, rows: pd.DataFrame, name: str | None = None) -> Projection:
     """The sweep's wall time under each measured way of sharing the device, from `load_train_steps` rows."""
-    rows, variant = _matching_rows(rows, config)
+    rows, variant, notes = _matching_rows(rows, config)
     work = cell_work(config)
-    notes = []
     options = []
     for (kind, cells), group in rows.groupby(["kind", "cells"]):
         cells = int(cells)
