@@ -1,0 +1,68 @@
+"""Training-step throughput of packs: K seeds of one CIFAR ResNet trained as one grouped computation (group
+`train_step`, variant `packK`).
+
+A width-16 ResNet cannot fill a GPU alone; a pack of K cells runs each layer of all K members as one kernel
+(`reslab.train.pack`). Each result's extra_info holds the aggregate rate of the K cells (images/s, TFLOP/s and the
+fraction of the datasheet peak), so packs of different K compare directly with each other and with the solo step.
+On CPU a pack of 2 and 4 at depth 20; on CUDA K in 1, 4, 8, 16 at depths 20, 56, 110.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from benchmarks.conftest import cuda
+from reslab.data.synthetic import load_synthetic
+from reslab.models import NetSpec, describe
+from reslab.perf import device_name, peak_tflops, sync, train_flops_per_image
+from reslab.train.config import TrainConfig
+from reslab.train.pack import PackTraining
+
+BATCH = 128
+SHAPE = (3, 32, 32)
+CLASSES = 10
+PACK_SIZES = [1, 4, 8, 16] if cuda() else [2, 4]
+DEPTHS = [20, 56, 110] if cuda() else [20]
+
+
+@functools.cache
+def _macs(spec: NetSpec) -> int:
+    return describe(spec, SHAPE, CLASSES).macs
+
+
+@pytest.mark.parametrize("cells", PACK_SIZES)
+@pytest.mark.parametrize("depth", DEPTHS)
+def test_pack_step(benchmark, depth: int, cells: int, device: str, rounds: int) -> None:
+    smoke = bool(benchmark.disabled)  # --benchmark-disable: run once on a small batch, so none can rot
+    batch = 8 if smoke else BATCH
+    spec = NetSpec("resnet", "residual", depth, 16)
+    splits = load_synthetic(SHAPE, CLASSES, train_size=4 * batch, test_size=batch)
+    cfg = TrainConfig(batch_size=batch, max_steps=1000)
+    run = PackTraining(spec, range(cells), splits, cfg, device)
+
+    def step() -> None:
+        run.step()
+        sync(device)
+
+    benchmark.group = "train_step"
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    benchmark.pedantic(step, rounds=1 if smoke else rounds, iterations=1, warmup_rounds=1 if smoke else 3)
+    info = benchmark.extra_info
+    info.update(family=spec.family, block=spec.block, depth=depth, width=spec.width, batch=batch,
+                phase="train_step", variant=f"pack{cells}", cells=cells, kind="pack", dtype="fp32",
+                device=device_name(device), macs_per_image=_macs(spec))  # fmt: skip
+    if torch.device(device).type == "cuda":
+        info["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    stats = getattr(getattr(benchmark, "stats", None), "stats", None)
+    if stats is None:  # --benchmark-disable: ran once, nothing timed
+        return
+    images_per_s = cells * batch / stats.median
+    tflops = train_flops_per_image(_macs(spec), "forward_backward") * images_per_s / 1e12
+    info.update(images_per_s=images_per_s, step_s=stats.median, tflops=tflops)
+    peak = peak_tflops(info["device"], "fp32")
+    if peak:
+        info.update(peak_tflops=peak, fraction_of_peak=tflops / peak)
