@@ -29,6 +29,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5, help="steps before the profile starts (default 5)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="reports/profile", help="folder for traces and profile.json")
+    p.add_argument("--no-trace", action="store_true", help="write profile.json only (traces are tens of MB)")
     args = p.parse_args()
 
     device = resolve_device(args.device)
@@ -40,11 +41,12 @@ def main() -> None:
         for depth in (int(d) for d in args.depth.split(",")):
             spec = NetSpec("resnet", args.block, depth, 16)
             cfg = recipe(variant, device)
-            result = profile_step(spec, cfg, args.steps, args.warmup, out / f"{variant}-{spec.name}.json")
+            trace = None if args.no_trace else out / f"{variant}-{spec.name}.json"
+            result = profile_step(spec, cfg, args.steps, args.warmup, trace)
             profiles.append(result)
             print(f"[{variant}] {result.finding()}", flush=True)
     write_profiles(profiles, out / "profile.json")
-    print(f"wrote {out / 'profile.json'} and {len(profiles)} traces")
+    print(f"wrote {out / 'profile.json'}" + ("" if args.no_trace else f" and {len(profiles)} traces"))
 
 
 if __name__ == "__main__":

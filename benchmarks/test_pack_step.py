@@ -4,7 +4,8 @@
 A width-16 ResNet cannot fill a GPU alone; a pack of K cells runs each layer of all K members as one kernel
 (`reslab.train.pack`). Each result's extra_info holds the aggregate rate of the K cells (images/s, TFLOP/s and the
 fraction of the datasheet peak), so packs of different K compare directly with each other and with the solo step.
-On CPU a pack of 2 and 4 at depth 20; on CUDA K in 1, 4, 8, 16 at depths 20, 56, 110.
+On CPU a pack of 2 and 4 at depth 20; on CUDA K in 1, 4, 8, 16 at depths 20, 56, 110. The recipe is that of
+configs/cifar10-he2015.yaml (bf16 autocast on CUDA, fp32 on the CPU, where bf16 is slower); a pack runs eagerly.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import pytest
 import torch
 
 from benchmarks.conftest import cuda
+from benchmarks.test_train_step import he2015_recipe
 from reslab.data.synthetic import load_synthetic
 from reslab.models import NetSpec, describe
 from reslab.perf import device_name, peak_tflops, sync, train_flops_per_image
-from reslab.train.config import TrainConfig
 from reslab.train.pack import PackTraining
 
 BATCH = 128
@@ -40,8 +41,10 @@ def test_pack_step(benchmark, depth: int, cells: int, device: str, rounds: int) 
     batch = 8 if smoke else BATCH
     spec = NetSpec("resnet", "residual", depth, 16)
     splits = load_synthetic(SHAPE, CLASSES, train_size=4 * batch, test_size=batch)
-    cfg = TrainConfig(batch_size=batch, max_steps=1000)
+    precision = he2015_recipe().precision if torch.device(device).type == "cuda" else "32-true"
+    cfg = he2015_recipe().model_copy(update={"batch_size": batch, "precision": precision, "device": device})
     run = PackTraining(spec, range(cells), splits, cfg, device)
+    dtype = "bf16" if precision.startswith("bf16") else "fp32"
 
     def step() -> None:
         run.step()
@@ -53,8 +56,8 @@ def test_pack_step(benchmark, depth: int, cells: int, device: str, rounds: int) 
     benchmark.pedantic(step, rounds=1 if smoke else rounds, iterations=1, warmup_rounds=1 if smoke else 3)
     info = benchmark.extra_info
     info.update(family=spec.family, block=spec.block, depth=depth, width=spec.width, batch=batch,
-                phase="train_step", variant=f"pack{cells}", cells=cells, kind="pack", dtype="fp32",
-                device=device_name(device), macs_per_image=_macs(spec))  # fmt: skip
+                phase="train_step", variant=f"pack{cells}", cells=cells, kind="pack", dtype=dtype, precision=precision,
+                compile="off", compile_s=0.0, device=device_name(device), macs_per_image=_macs(spec))  # fmt: skip
     if torch.device(device).type == "cuda":
         info["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     stats = getattr(getattr(benchmark, "stats", None), "stats", None)
@@ -63,6 +66,6 @@ def test_pack_step(benchmark, depth: int, cells: int, device: str, rounds: int) 
     images_per_s = cells * batch / stats.median
     tflops = train_flops_per_image(_macs(spec), "forward_backward") * images_per_s / 1e12
     info.update(images_per_s=images_per_s, step_s=stats.median, tflops=tflops)
-    peak = peak_tflops(info["device"], "fp32")
+    peak = peak_tflops(info["device"], dtype)
     if peak:
         info.update(peak_tflops=peak, fraction_of_peak=tflops / peak)

@@ -42,6 +42,7 @@ VARIANTS = {
 #: On a CPU the compiled variants are the eager step (compile is off there by default) and bf16 is slower.
 CPU_VARIANTS = ["eager-fp32"]
 CONCURRENT = [2, 4, 8] if cuda() else [2]
+PACKS = [8, 16] if cuda() else [2]
 
 
 @functools.cache
@@ -107,6 +108,18 @@ def _concurrent(spec: NetSpec, cfg: TrainConfig, cells: int, device: str, smoke:
                                  steps, warmup)  # fmt: skip
 
 
+def _pack(spec: NetSpec, cells: int, device: str, smoke: bool) -> StepTiming:
+    """A pack of `cells` seeds (reslab.train.pack) with the recipe's precision on CUDA, fp32 on the CPU."""
+    from reslab.train.pack import packed_step_times
+
+    warmup, steps = window(device, smoke)
+    batch = 8 if smoke else he2015_recipe().batch_size
+    precision = he2015_recipe().precision if device == "cuda" else "32-true"
+    cfg = recipe("eager-fp32", device).model_copy(update={"batch_size": batch, "precision": precision})
+    return packed_step_times(spec, range(cells), load_dataset("synthetic", images(batch, 16).options), cfg,
+                             min(steps, 50), warmup, device)  # fmt: skip
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS) if cuda() else CPU_VARIANTS)
 @pytest.mark.parametrize("depth", DEPTHS)
 @pytest.mark.parametrize("block", ["plain", "residual"])
@@ -144,6 +157,8 @@ def test_resnet56_speedup(benchmark, device: str, smoke: bool) -> None:
         for cells in CONCURRENT:
             timings = _concurrent(spec, recipe(fast, device), cells, device, smoke)
             rates[f"{fast} x{cells}"] = sum(t.mean_images_per_s for t in timings)
+        for cells in PACKS:
+            rates[f"pack{cells}"] = _pack(spec, cells, device, smoke).images_per_s
 
     benchmark.pedantic(measure, rounds=1, iterations=1)
     best = max(rates, key=rates.get)

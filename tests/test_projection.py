@@ -18,8 +18,9 @@ HE2015 = Path(__file__).resolve().parents[1] / "configs" / "cifar10-he2015.yaml"
 
 
 def step_row(depth: int, step_s: float, *, block: str = "residual", kind: str = "single", cells: int = 1,
-             compile_s: float = 30.0, precision: str = "bf16-mixed", compile: str = "reduce-overhead") -> dict:
-    info = {"family": "resnet", "block": block, "depth": depth, "width": 16, "batch": 128, "variant": "fast-bf16",
+             compile_s: float = 30.0, precision: str = "bf16-mixed", compile: str = "reduce-overhead",
+             variant: str = "fast-bf16") -> dict:
+    info = {"family": "resnet", "block": block, "depth": depth, "width": 16, "batch": 128, "variant": variant,
             "kind": kind, "cells": cells, "images_per_s": cells * 128 / step_s, "step_s": step_s,
             "compile_s": compile_s, "precision": precision, "compile": compile, "device": GPU, "dtype": "bf16",
             "tflops": 1.0, "peak_tflops": 989.4}  # fmt: skip
@@ -62,7 +63,7 @@ def test_one_cell_at_a_time_is_the_sum_of_the_cells(tmp_path: Path) -> None:
     # 1000 steps, 3 epochs of 352 steps -> 3 evaluations of 15k images at a third of a step's per-image cost
     eval_s = {d: 3 * 15_000 * s / 128 / 3 for d, s in ((20, 0.002), (56, 0.005))}
     expected = 1000 * 0.002 + eval_s[20] + 30 + 1000 * 0.005 + eval_s[56] + 30
-    assert option.label == "1 cell at a time" and option.wall_s == pytest.approx(expected)
+    assert option.label == "1 cell at a time, fast-bf16" and option.wall_s == pytest.approx(expected)
     assert result.flops == pytest.approx(sum(w.flops for w in cell_work(config)))
     assert result.tflops == pytest.approx(result.flops / expected / 1e12)
 
@@ -85,21 +86,22 @@ def test_concurrent_cells_are_scheduled_longest_first(tmp_path: Path) -> None:
     by_label = {o.label: o for o in result.options}
     cell = {d: 1000 * s + 3 * 15_000 * s / 128 / 3 for d, s in ((20, 0.004), (56, 0.008))}
     # four cells on two slots, longest first: each slot gets one 56 and one 20
-    assert by_label["2 cells at once"].wall_s == pytest.approx(cell[56] + cell[20])
-    assert result.best.label == "2 cells at once"  # (8 + 4) ms steps on each slot beat 2 x (5 + 2) ms in a row
-    assert "residual-56-w16-s" in by_label["2 cells at once"].critical
+    assert by_label["2 cells at once, fast-bf16"].wall_s == pytest.approx(cell[56] + cell[20])
+    # (8 + 4) ms steps on each slot beat 2 x (5 + 2) ms in a row
+    assert result.best.label == "2 cells at once, fast-bf16"
+    assert "residual-56-w16-s" in by_label["2 cells at once, fast-bf16"].critical
 
 
 def test_a_pack_trains_seeds_together(tmp_path: Path) -> None:
     rows = [step_row(20, 0.002, compile_s=0), step_row(56, 0.005, compile_s=0),
-            step_row(20, 0.003, kind="pack", cells=4, compile_s=0), step_row(56, 0.006, kind="pack", cells=4,
-                                                                             compile_s=0)]  # fmt: skip
+            step_row(20, 0.003, kind="pack", cells=4, compile_s=0, compile="off", variant="pack4"),
+            step_row(56, 0.006, kind="pack", cells=4, compile_s=0, compile="off", variant="pack4")]  # fmt: skip
     config = tiny_config(seeds=[0, 1, 2, 3, 4])  # a pack of 4 and a pack of 1 per depth
     result = project(config, load_train_steps(write(tmp_path, rows)))
     pack = next(o for o in result.options if o.kind == "pack")
     per_pack = {d: 1000 * s + 3 * 15_000 * s / 128 / 3 for d, s in ((20, 0.003), (56, 0.006))}
     assert pack.wall_s == pytest.approx(2 * per_pack[20] + 2 * per_pack[56])
-    assert pack.label == "packs of 4 seeds"
+    assert pack.label == "packs of 4 seeds, pack4"
 
 
 def test_a_projection_without_the_configs_precision_says_which_step_it_used(tmp_path: Path) -> None:
@@ -107,9 +109,9 @@ def test_a_projection_without_the_configs_precision_says_which_step_it_used(tmp_
                                                                           compile="off")]  # fmt: skip
     rows[0]["extra_info"]["variant"] = rows[1]["extra_info"]["variant"] = "eager-fp32"
     result = project(tiny_config(), load_train_steps(write(tmp_path, rows)))
-    assert result.variant == "eager-fp32"
-    assert any("precision bf16-mixed and compile reduce-overhead, which were not measured on NVIDIA H200: projected "
-               "with the eager-fp32 step (32-true, compile off)" in n for n in result.notes)  # fmt: skip
+    assert result.best.variant == "eager-fp32"
+    assert "the config trains with precision bf16-mixed, not measured on NVIDIA H200: projected with the 32-true " \
+           "steps" in result.notes  # fmt: skip
 
 
 def test_a_projection_needs_rows_of_the_configs_net(tmp_path: Path) -> None:
@@ -127,6 +129,7 @@ def test_bench_report_prints_the_he2015_projection(tmp_path: Path, capsys: pytes
     assert main(["bench-report", str(path), "--project", str(HE2015)]) == 0
     out = capsys.readouterr().out
     assert f"projected wall time of {HE2015}: 10 cells x 64,000 steps of batch 128" in out
-    assert "4 cells at once" in out and "1 cell at a time" in out and "% of the 989.4 TFLOP/s peak" in out
+    assert "4 cells at once, fast-bf16" in out and "1 cell at a time, fast-bf16" in out
+    assert "% of the 989.4 TFLOP/s peak" in out
     assert main(["bench-report", str(path), "--project", str(HE2015), "--set", "grid.widths=[64]"]) == 2
     assert "no train_step result for resnet width [64] on NVIDIA H200" in capsys.readouterr().err

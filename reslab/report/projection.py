@@ -64,6 +64,7 @@ class Option:
     wall_s: float
     critical: str  # the cells on the slot that finishes last
     compile_s: float
+    variant: str = ""
 
     @property
     def hours(self) -> str:
@@ -77,7 +78,6 @@ class Projection:
     steps: int
     batch: int
     device: str
-    variant: str
     flops: float
     options: list[Option] = field(default_factory=list)
     peak_tflops: float | None = None
@@ -94,7 +94,7 @@ class Projection:
 
     def describe(self) -> str:
         lines = [f"projected wall time of {self.config}: {self.cells} cells x {self.steps:,} steps of batch "
-                 f"{self.batch}, {self.flops / 1e15:.1f} PFLOP, on {self.device} ({self.variant} step)"]  # fmt: skip
+                 f"{self.batch}, {self.flops / 1e15:.1f} PFLOP, on {self.device}"]  # fmt: skip
         width = max(len(o.label) for o in self.options)
         for o in sorted(self.options, key=lambda o: o.wall_s):
             lines.append(f"  {o.label:<{width}}  {o.hours:>10}   critical path: {o.critical}")
@@ -165,46 +165,54 @@ def _lpt(durations: Sequence[tuple[float, str]], slots: int) -> tuple[float, str
     return end, shown
 
 
-def _matching_rows(rows: pd.DataFrame, config: SweepConfig) -> tuple[pd.DataFrame, str, list[str]]:
-    """The rows measured with the config's family and width, and with its precision and the compile mode `auto`
-    means on the benchmark's device where those were measured (else the fastest variant measured, with a note
-    saying so); the variant's name; the notes."""
-    from reslab.report.bench import is_gpu_name
-
+def _matching_rows(rows: pd.DataFrame, config: SweepConfig) -> tuple[pd.DataFrame, list[str]]:
+    """The rows measured with the config's family, width and precision (else, with a note, the precision whose
+    steps were fastest) and the notes; each way of sharing the device then takes its variant in `_option_rows`."""
     if rows.empty:
         raise ProjectionError("the benchmark JSON has no train_step results: run `nox -s bench` (benchmarks/"
                               "test_train_step.py) on the machine to project for")  # fmt: skip
     train = config.train
     device = str(rows["device"].iloc[0])
-    compile_setting = train.compile
-    if compile_setting == "auto":
-        compile_setting = "reduce-overhead" if is_gpu_name(device) else "off"
     widths = sorted(set(config.grid.widths))
     net = rows[(rows["family"] == config.grid.family) & rows["width"].isin(widths)]
     if net.empty:
         have = sorted({f"{r.family} w{r.width}" for r in rows.itertuples()})
         raise ProjectionError(f"no train_step result for {config.grid.family} width {widths} on {device}; measured: "
                               f"{'; '.join(have)}")  # fmt: skip
-    same = net[(net["precision"] == train.precision) & (net["compile"] == compile_setting)]
+    same = net[net["precision"] == train.precision]
     notes = []
     if same.empty:
-        singles = net[net["kind"] == "single"]
-        pool = singles if not singles.empty else net
-        fastest = str(pool.groupby("variant")["step_s"].mean().idxmin())
-        same = net[net["variant"] == fastest]
-        r = same.iloc[0]
-        notes.append(f"the config trains with precision {train.precision} and compile {compile_setting}, which "
-                     f"were not measured on {device}: projected with the {fastest} step ({r.precision}, compile "
-                     f"{r.compile})")  # fmt: skip
-    return same, str(same["variant"].iloc[0]), notes
+        fastest = str(net.groupby("precision")["step_s"].mean().idxmin())
+        same = net[net["precision"] == fastest]
+        notes.append(f"the config trains with precision {train.precision}, not measured on {device}: projected with "
+                     f"the {fastest} steps")  # fmt: skip
+    return same, notes
+
+
+def _option_rows(group: pd.DataFrame, compile_setting: str) -> pd.DataFrame:
+    """One variant's rows of a way of sharing the device: the one compiled as the config asks, else the fastest
+    (a pack runs uncompiled)."""
+    matching = group[group["compile"] == compile_setting]
+    if not matching.empty:
+        return matching
+    fastest = group.groupby("variant")["step_s"].mean().idxmin()
+    return group[group["variant"] == fastest]
 
 
 def project(config: SweepConfig, rows: pd.DataFrame, name: str | None = None) -> Projection:
     """The sweep's wall time under each measured way of sharing the device, from `load_train_steps` rows."""
-    rows, variant, notes = _matching_rows(rows, config)
+    from reslab.report.bench import is_gpu_name
+
+    rows, notes = _matching_rows(rows, config)
     work = cell_work(config)
+    device = str(rows["device"].iloc[0])
+    compile_setting = config.train.compile
+    if compile_setting == "auto":
+        compile_setting = "reduce-overhead" if is_gpu_name(device) else "off"
     options = []
     for (kind, cells), group in rows.groupby(["kind", "cells"]):
+        group = _option_rows(group, compile_setting)
+        variant = str(group["variant"].iloc[0])
         cells = int(cells)
         compile_s = float(group["compile_s"].max())
 
@@ -223,12 +231,12 @@ def project(config: SweepConfig, rows: pd.DataFrame, name: str | None = None) ->
                     seconds, _ = _duration(chunk[0], rows_for(chunk[0].cell), compile_s)
                     jobs.append((seconds, f"{chunk[0].cell.name.rsplit('-s', 1)[0]} x{len(chunk)}"))
             wall, critical = _lpt(jobs, 1)
-            label = f"packs of {cells} seeds"
+            label = f"packs of {cells} seeds, {variant}"
         else:
             jobs = [_duration(w, rows_for(w.cell), compile_s) for w in work]
             wall, critical = _lpt(jobs, cells)
-            label = "1 cell at a time" if cells == 1 else f"{cells} cells at once"
-        options.append(Option(label, str(kind), cells, wall, critical, compile_s))
+            label = ("1 cell at a time" if cells == 1 else f"{cells} cells at once") + f", {variant}"
+        options.append(Option(label, str(kind), cells, wall, critical, compile_s, variant))
     notes.append("a block without its own measurement in an option is timed as that option's measured block (plain "
                  "and residual steps differ by one add per block)")  # fmt: skip
     measured = sorted(set(rows["depth"]))
@@ -238,7 +246,7 @@ def project(config: SweepConfig, rows: pd.DataFrame, name: str | None = None) ->
     peak = rows["peak_tflops"].dropna()
     return Projection(
         config=name or config.name, cells=len(work), steps=work[0].steps if work else 0,
-        batch=config.train.batch_size, device=str(rows["device"].iloc[0]), variant=variant,
+        batch=config.train.batch_size, device=device,
         flops=sum(w.flops for w in work), options=options, peak_tflops=float(peak.iloc[0]) if len(peak) else None,
         notes=notes,
     )  # fmt: skip
