@@ -93,15 +93,18 @@ def test_concurrent_cells_are_scheduled_longest_first(tmp_path: Path) -> None:
 
 
 def test_a_pack_trains_seeds_together(tmp_path: Path) -> None:
-    rows = [step_row(20, 0.002, compile_s=0), step_row(56, 0.005, compile_s=0),
+    rows = [step_row(20, 0.002), step_row(56, 0.005),
             step_row(20, 0.003, kind="pack", cells=4, compile_s=0, compile="off", variant="pack4"),
             step_row(56, 0.006, kind="pack", cells=4, compile_s=0, compile="off", variant="pack4")]  # fmt: skip
-    config = tiny_config(seeds=[0, 1, 2, 3, 4])  # a pack of 4 and a pack of 1 per depth
+    config = tiny_config(seeds=[0, 1, 2, 3, 4])  # a pack of 4 and a pack of 1 (timed as a single cell) per depth
     result = project(config, load_train_steps(write(tmp_path, rows)))
     pack = next(o for o in result.options if o.kind == "pack")
-    per_pack = {d: 1000 * s + 3 * 15_000 * s / 128 / 3 for d, s in ((20, 0.003), (56, 0.006))}
-    assert pack.wall_s == pytest.approx(2 * per_pack[20] + 2 * per_pack[56])
+    run = {d: 1000 * s + 3 * 15_000 * s / 128 / 3 for d, s in ((20, 0.003), (56, 0.006))}
+    alone = {d: 1000 * s + 3 * 15_000 * s / 128 / 3 + 30 for d, s in ((20, 0.002), (56, 0.005))}
+    assert pack.wall_s == pytest.approx(run[20] + run[56] + alone[20] + alone[56])
     assert pack.label == "packs of 4 seeds, pack4"
+    one_seed = project(tiny_config(), load_train_steps(write(tmp_path, rows)))
+    assert "no two cells differ in the seed alone: packs have one member each, timed as single cells" in one_seed.notes
 
 
 def test_a_projection_without_the_configs_precision_says_which_step_it_used(tmp_path: Path) -> None:

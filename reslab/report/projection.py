@@ -209,17 +209,26 @@ def project(config: SweepConfig, rows: pd.DataFrame, name: str | None = None) ->
     compile_setting = config.train.compile
     if compile_setting == "auto":
         compile_setting = "reduce-overhead" if is_gpu_name(device) else "off"
+    measured = {(str(kind), int(cells)): _option_rows(group, compile_setting)
+                for (kind, cells), group in rows.groupby(["kind", "cells"])}  # fmt: skip
+    pack_sizes = sorted(cells for kind, cells in measured if kind == "pack")
+
+    def rows_for(group: pd.DataFrame, cell: Cell) -> pd.DataFrame:
+        same_block = group[group["block"] == cell.block]
+        return same_block if not same_block.empty else group
+
+    def member_rows(m: int, k: int) -> pd.DataFrame:
+        """The rows that time a pack of m members: a single cell's for one, else the smallest measured pack that
+        holds them (a pack is as slow as its size, whatever members it has)."""
+        if m == 1 and ("single", 1) in measured:
+            return measured[("single", 1)]
+        return measured[("pack", min((c for c in pack_sizes if c >= m), default=k))]
+
     options = []
-    for (kind, cells), group in rows.groupby(["kind", "cells"]):
-        group = _option_rows(group, compile_setting)
+    largest_pack = 1
+    for (kind, cells), group in measured.items():
         variant = str(group["variant"].iloc[0])
-        cells = int(cells)
         compile_s = float(group["compile_s"].max())
-
-        def rows_for(cell: Cell, group: pd.DataFrame = group) -> pd.DataFrame:
-            same_block = group[group["block"] == cell.block]
-            return same_block if not same_block.empty else group
-
         if kind == "pack":
             packs: dict[tuple, list[CellWork]] = {}
             for w in work:
@@ -228,20 +237,24 @@ def project(config: SweepConfig, rows: pd.DataFrame, name: str | None = None) ->
             for members in packs.values():
                 for start in range(0, len(members), cells):
                     chunk = members[start : start + cells]
-                    seconds, _ = _duration(chunk[0], rows_for(chunk[0].cell), compile_s)
+                    largest_pack = max(largest_pack, len(chunk))
+                    timing = member_rows(len(chunk), cells)
+                    seconds, _ = _duration(chunk[0], rows_for(timing, chunk[0].cell), float(timing["compile_s"].max()))
                     jobs.append((seconds, f"{chunk[0].cell.name.rsplit('-s', 1)[0]} x{len(chunk)}"))
             wall, critical = _lpt(jobs, 1)
             label = f"packs of {cells} seeds, {variant}"
         else:
-            jobs = [_duration(w, rows_for(w.cell), compile_s) for w in work]
+            jobs = [_duration(w, rows_for(group, w.cell), compile_s) for w in work]
             wall, critical = _lpt(jobs, cells)
             label = ("1 cell at a time" if cells == 1 else f"{cells} cells at once") + f", {variant}"
-        options.append(Option(label, str(kind), cells, wall, critical, compile_s, variant))
+        options.append(Option(label, kind, cells, wall, critical, compile_s, variant))
+    if pack_sizes and largest_pack == 1:
+        notes.append("no two cells differ in the seed alone: packs have one member each, timed as single cells")
     notes.append("a block without its own measurement in an option is timed as that option's measured block (plain "
                  "and residual steps differ by one add per block)")  # fmt: skip
-    measured = sorted(set(rows["depth"]))
-    if any(w.cell.depth not in measured for w in work):
-        notes.append(f"depths other than {measured} from a straight line through the measured step times")
+    depths = sorted(set(rows["depth"]))
+    if any(w.cell.depth not in depths for w in work):
+        notes.append(f"depths other than {depths} from a straight line through the measured step times")
     notes.append(f"evaluation timed as {EVAL_COST:.2f} of a training step per example; data loading is on the device")
     peak = rows["peak_tflops"].dropna()
     return Projection(
