@@ -260,3 +260,26 @@ def test_the_read_back_check_sees_a_read_back() -> None:
 
     per_step = _read_backs_per_step(Chatty)
     assert per_step and all("item" in calls for calls in per_step.values())
+
+
+@pytest.mark.slow
+def test_a_compiled_run_on_the_cpu_trains_to_the_eager_numbers() -> None:
+    """torch.compile with Inductor (C++ code generation on the CPU, ~30 s for this net): the compiled step, with the
+    telemetry's eager steps between compiled ones and a smaller last batch each epoch, trains the same net to the
+    eager run's losses up to float rounding, without falling back."""
+    from torch._dynamo.utils import counters
+
+    from reslab.train.run import run_one
+
+    data = DataConfig(name="synthetic", options={"shape": [1, 16], "train_size": 200, "test_size": 64})
+    eager = run_one(SPEC, data, TINY.model_copy(update={"compile": "off"}), None)
+    torch._dynamo.reset()
+    counters.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompileFallbackWarning)
+        compiled = run_one(SPEC, data, TINY.model_copy(update={"compile": "default"}), None)
+    assert counters["stats"]["unique_graphs"] >= 2  # the full batch and the epoch's last, smaller one
+    for a, b in zip(eager.history, compiled.history, strict=True):
+        for key in ("train_loss", "test_loss", "train_error"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+    assert len(compiled.telemetry) == len(eager.telemetry)
