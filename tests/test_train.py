@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -120,7 +121,9 @@ def test_run_is_recorded_in_mlflow_and_reads_back(store: str) -> None:
     data = DataConfig(name="synthetic", options={"shape": [1, 16], "train_size": 256, "test_size": 64, "val_size": 64})
     train = TrainConfig(epochs=3, batch_size=32, warmup_epochs=0.5, telemetry_every=4, threads=1, seed=3)
     track = TrackingConfig(uri=store, experiment="e2e", system_metrics_interval_s=0.1)
-    result = run_one(spec, data, train, track)
+    # MLflow's system-metrics thread publishes a sample only after it has opened its own client on the store and
+    # read the run back (about a second on sqlite): an epoch lasting 0.6 s more gives it the time on any machine.
+    result = run_one(spec, data, train, track, on_epoch=lambda epoch, metrics: time.sleep(0.6))
 
     client = MlflowClient(store)
     run = client.get_run(result.run_id)
