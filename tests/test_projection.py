@@ -136,3 +136,21 @@ def test_bench_report_prints_the_he2015_projection(tmp_path: Path, capsys: pytes
     assert "% of the 989.4 TFLOP/s peak" in out
     assert main(["bench-report", str(path), "--project", str(HE2015), "--set", "grid.widths=[64]"]) == 2
     assert "no train_step result for resnet width [64] on NVIDIA H200" in capsys.readouterr().err
+
+
+def test_a_dry_run_shows_the_projection_from_the_newest_benchmark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", str(HE2015), "--dry-run"]) == 0
+    assert "projected wall time" not in capsys.readouterr().out  # no benchmark here yet
+    (tmp_path / "reports" / "bench").mkdir(parents=True)
+    rows = [step_row(d, 0.001 * d / 20) for d in (20, 56, 110)]
+    (tmp_path / "reports" / "bench" / "20261201-120000.json").write_text(json.dumps({"benchmarks": rows}))
+    (tmp_path / "reports" / "bench" / "20261201-130000.json").write_text(json.dumps({"benchmarks": []}))
+    assert main(["sweep", str(HE2015), "--dry-run"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
+    assert "projected wall time on NVIDIA H200 (reports/bench/20261201-120000.json):" in out
+    assert f"with 1 cell at a time, fast-bf16; `reslab bench-report reports/bench/20261201-120000.json --project " \
+           f"{HE2015}` shows every option" in out  # fmt: skip
+    assert not (tmp_path / "runs").exists()

@@ -271,3 +271,20 @@ def _duration(w: CellWork, rows: pd.DataFrame, compile_s: float) -> tuple[float,
     step = _step_time(rows, w.cell.depth)
     evaluation = w.eval_examples * step / float(rows["batch"].iloc[0]) * EVAL_COST  # per member, members together
     return w.steps * step + evaluation + compile_s, w.cell.name
+
+
+def projection_hint(config: SweepConfig, source: str, bench_dir: str | Path = "reports/bench") -> str | None:
+    """The line `reslab sweep --dry-run` prints under its table: the sweep's projected wall time from the newest
+    benchmark JSON that has training-step results for its nets, or None when there is none."""
+    for path in sorted(Path(bench_dir).glob("*.json"), reverse=True):
+        try:
+            rows = load_train_steps(path)
+            if rows.empty:
+                continue
+            result = project(config, rows)
+        except (ProjectionError, ValueError, KeyError):
+            continue
+        best = result.best
+        return (f"projected wall time on {result.device} ({path}): {best.hours} with {best.label}; "
+                f"`reslab bench-report {path} --project {source}` shows every option")  # fmt: skip
+    return None

@@ -180,6 +180,11 @@ class Coordinator:
         self.console.print(table)
         done = sum(1 for st in statuses.values() if st.state == "done")
         self.console.print(f"{done} of {len(self.items)} done; `{self.resume}` runs the rest.")
+        from reslab.report.projection import projection_hint
+
+        hint = projection_hint(self.config, self.source)
+        if hint:
+            self.console.print(hint)
         return EXIT_OK
 
     def _plan_line(self) -> str:
