@@ -164,10 +164,19 @@ def concurrent_step_times(
              for i in range(cells)]  # fmt: skip
     for proc in procs:
         proc.start()
+    import queue
+
     out: dict[int, StepTiming | str] = {}
-    for _ in procs:
-        i, timing = results.get(timeout=1800)
-        out[i] = timing
+    while len(out) < cells:
+        try:
+            i, timing = results.get(timeout=5)
+            out[i] = timing
+        except queue.Empty:
+            dead = [i for i, p in enumerate(procs) if p.exitcode not in (None, 0) and i not in out]
+            if dead:  # killed (out of memory, a signal) before it could report: the others wait at the barrier
+                for proc in procs:
+                    proc.kill()
+                raise RuntimeError(f"concurrent cell {dead[0]} exited with code {procs[dead[0]].exitcode}") from None
     for proc in procs:
         proc.join()
     failed = [t for t in out.values() if isinstance(t, str)]

@@ -283,3 +283,22 @@ def test_a_compiled_run_on_the_cpu_trains_to_the_eager_numbers() -> None:
         for key in ("train_loss", "test_loss", "train_error"):
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
     assert len(compiled.telemetry) == len(eager.telemetry)
+
+
+def test_the_train_command_passes_the_execution_settings_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    import reslab.train.run as run_module
+    from reslab.cli import main
+
+    seen: list[TrainConfig] = []
+
+    def run_one(spec, data, train, tracking, **kw):
+        seen.append(train)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(run_module, "run_one", run_one)
+    with pytest.raises(SystemExit):
+        main(["train", "--no-tracking", "--compile", "max-autotune", "--channels-last", "--depth", "8"])
+    with pytest.raises(SystemExit):
+        main(["train", "--no-tracking", "--no-channels-last", "--depth", "8"])
+    assert (seen[0].compile, seen[0].channels_last) == ("max-autotune", True)
+    assert (seen[1].compile, seen[1].channels_last) == ("auto", False)

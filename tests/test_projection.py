@@ -154,3 +154,16 @@ def test_a_dry_run_shows_the_projection_from_the_newest_benchmark(
     assert f"with 1 cell at a time, fast-bf16; `reslab bench-report reports/bench/20261201-120000.json --project " \
            f"{HE2015}` shows every option" in out  # fmt: skip
     assert not (tmp_path / "runs").exists()
+
+
+def test_benchmark_parts_merge_into_one_json_and_a_missing_part_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks.merge_json import main as merge
+
+    a, b = write(tmp_path, [step_row(20, 0.002)]), tmp_path / "b.json"
+    b.write_text(json.dumps({"benchmarks": [step_row(56, 0.005)], "machine_info": {"node": "x"}}))
+    out = tmp_path / "merged.json"
+    assert merge([str(out), str(a), str(tmp_path / "missing.json"), str(b)]) == 0
+    assert "missing.json is missing (its part did not finish): left out" in capsys.readouterr().err
+    assert sorted(load_train_steps(out)["depth"]) == [20, 56]
