@@ -268,13 +268,36 @@ def _running_with_run(workdir: Path) -> list:
     return [t for t in study(workdir).trials() if t.state == q.TrialState.RUNNING and q.RUN_ID in t.user_attrs]
 
 
+def pause_between_writes(pid: int, db: Path, tries: int = 200) -> None:
+    """SIGSTOP `pid` at a moment it holds no lock on the sqlite store: a process stopped inside a write keeps the
+    whole database locked (sqlite's locking, not the queue's), and every other process's access then fails. After
+    each stop an exclusive transaction with no wait tells whether any lock is held; if one is, resume, let the
+    write finish, and stop again."""
+    import sqlite3
+    import time
+
+    for _ in range(tries):
+        os.kill(pid, signal.SIGSTOP)
+        probe = sqlite3.connect(db, timeout=0, isolation_level=None)
+        try:
+            probe.execute("BEGIN EXCLUSIVE")
+            probe.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.02)
+        finally:
+            probe.close()
+    raise AssertionError(f"process {pid} held the store's lock at each of {tries} stops")
+
+
 def test_a_worker_paused_past_its_lease_cannot_finish_a_second_run(workdir: Path) -> None:
     """Two machines' coordinators on one queue; machine a's worker is paused (SIGSTOP) after its MLflow run has
     started, longer than the grace period: machine b retries the cell and finishes it. When a's worker resumes,
     the queue refuses its commit: its run ends KILLED and tagged superseded, without a traceback, and the cell
     keeps exactly one FINISHED run."""
     # Training of a few seconds that writes to the sqlite store once an epoch: a worker paused mid-write would hold
-    # the store's lock (a limit of sqlite, not of the queue), so the pause should land between writes.
+    # the store's lock (a limit of sqlite, not of the queue), so the pause lands between writes.
     config = write_config(workdir, grid__blocks=["residual"], grid__depths=[8], train__epochs=6,
                           train__telemetry_every=100_000, dataset__options__train_size=4096,
                           sweep__workers=1, sweep__grace_s=6)  # fmt: skip
@@ -285,7 +308,7 @@ def test_a_worker_paused_past_its_lease_cannot_finish_a_second_run(workdir: Path
         wait_until(lambda: bool(_running_with_run(workdir)))
         (held,) = _running_with_run(workdir)
         paused = int(held.user_attrs[q.PID])
-        os.kill(paused, signal.SIGSTOP)
+        pause_between_writes(paused, workdir / "mlflow.db")
         b = subprocess.run(sweep_cmd(config), cwd=workdir, env={**env, "RESLAB_NODE": "b"}, capture_output=True,
                            text=True, timeout=240)  # fmt: skip
         assert b.returncode == 0, b.stdout + b.stderr
