@@ -102,3 +102,21 @@ def test_the_fast_cuda_step_compiles_without_fallback_and_never_syncs_between_te
     torch.cuda.set_sync_debug_mode("default")
     assert len(checked) > 10
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_a_pack_trains_on_cuda_in_bf16_and_each_member_matches_its_solo_start() -> None:
+    """Packing on the GPU: the stacked members' first bf16 losses equal their solo nets' (same weights, same batch,
+    up to bf16 rounding), fused SGD steps them, and they keep training apart."""
+    from reslab.data.synthetic import load_synthetic
+    from reslab.train.pack import PackTraining, SoloTraining
+
+    spec = NetSpec("resnet", "residual", 20, 16)
+    splits = load_synthetic((3, 32, 32), train_size=512, test_size=64)
+    cfg = TrainConfig(batch_size=64, max_steps=20, precision="bf16-mixed", device="cuda")
+    pack = PackTraining(spec, [0, 1, 2, 3], splits, cfg, "cuda")
+    assert pack.opt.defaults["fused"] is True
+    first = pack.step()
+    solo = [SoloTraining(spec, seed, splits, cfg, "cuda").step() for seed in (0, 1, 2, 3)]
+    assert torch.allclose(first, torch.stack(solo), rtol=2e-2)
+    losses = torch.stack([pack.step() for _ in range(19)])
+    assert torch.isfinite(losses).all() and (losses[-5:].mean(0) < first).all()
