@@ -19,6 +19,7 @@ import pytest
 
 from benchmarks.conftest import cuda
 from reslab.data.registry import load_dataset
+from reslab.devices import compile_mode
 from reslab.models import NetSpec, describe
 from reslab.perf import (
     StepTiming,
@@ -29,7 +30,6 @@ from reslab.perf import (
     train_flops_per_image,
 )
 from reslab.train.config import DataConfig, TrainConfig
-from reslab.train.fast import compile_mode
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cifar10-he2015.yaml"
 SHAPE, CLASSES = (3, 32, 32), 10

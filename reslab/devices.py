@@ -7,6 +7,19 @@ from __future__ import annotations
 #: `train.compile`'s values: `auto` (compiled on CUDA, eager elsewhere), `off`, or a torch.compile mode; what each
 #: does is `reslab.train.fast`'s to say. Here, import-free, so the CLI can offer them without importing torch.
 COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: What `auto` compiles with on CUDA: the step of these nets is launch-bound, and CUDA graphs remove the launches.
+CUDA_AUTO_MODE = "reduce-overhead"
+
+
+def compile_mode(setting: str, device: str) -> str | None:
+    """The torch.compile mode a run on `device` uses, or None for eager: `auto` compiles on CUDA only (on a CPU
+    compiling a small net costs more time than it saves in a short run, and the CPU results stay bit-identical to
+    eager runs), `off` never; an explicit mode is used on any device."""
+    if setting not in COMPILE_MODES:
+        raise ValueError(f"unknown compile mode {setting!r}; valid: {', '.join(COMPILE_MODES)}")
+    if setting == "off" or (setting == "auto" and device != "cuda"):
+        return None
+    return CUDA_AUTO_MODE if setting == "auto" else setting
 
 
 def resolve_device(device: str) -> str:

@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
+from reslab.devices import compile_mode
 from reslab.models import NetSpec
 from reslab.train.config import DataConfig, TrainConfig
 from reslab.train.fast import (
     CompileFallbackWarning,
     TrainingForward,
-    compile_mode,
     loss_and_wrong,
     uses_channels_last,
 )

@@ -201,14 +201,13 @@ def _option_rows(group: pd.DataFrame, compile_setting: str) -> pd.DataFrame:
 
 def project(config: SweepConfig, rows: pd.DataFrame, name: str | None = None) -> Projection:
     """The sweep's wall time under each measured way of sharing the device, from `load_train_steps` rows."""
+    from reslab.devices import compile_mode
     from reslab.report.bench import is_gpu_name
 
     rows, notes = _matching_rows(rows, config)
     work = cell_work(config)
     device = str(rows["device"].iloc[0])
-    compile_setting = config.train.compile
-    if compile_setting == "auto":
-        compile_setting = "reduce-overhead" if is_gpu_name(device) else "off"
+    compile_setting = compile_mode(config.train.compile, "cuda" if is_gpu_name(device) else "cpu") or "off"
     measured = {(str(kind), int(cells)): _option_rows(group, compile_setting)
                 for (kind, cells), group in rows.groupby(["kind", "cells"])}  # fmt: skip
     pack_sizes = sorted(cells for kind, cells in measured if kind == "pack")

@@ -25,27 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reslab.devices import COMPILE_MODES
-
-#: What `auto` compiles with on CUDA: the step of these nets is launch-bound, and CUDA graphs remove the launches.
-CUDA_AUTO_MODE = "reduce-overhead"
 #: Modes whose compiled step is replayed as CUDA graphs (on CUDA devices only).
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 class CompileFallbackWarning(UserWarning):
     """torch.compile failed for a run's step: the run goes on eagerly (same results, eager speed)."""
-
-
-def compile_mode(setting: str, device: str) -> str | None:
-    """The torch.compile mode a run on `device` uses, or None for eager: `auto` compiles on CUDA only (on a CPU
-    compiling a small net costs more time than it saves in a short run, and the CPU results stay bit-identical to
-    eager runs), `off` never; an explicit mode is used on any device."""
-    if setting not in COMPILE_MODES:
-        raise ValueError(f"unknown compile mode {setting!r}; valid: {', '.join(COMPILE_MODES)}")
-    if setting == "off" or (setting == "auto" and device != "cuda"):
-        return None
-    return CUDA_AUTO_MODE if setting == "auto" else setting
 
 
 def uses_channels_last(setting: bool | None, device: str, net: nn.Module) -> bool:

@@ -17,12 +17,11 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from reslab.devices import sync
+from reslab.devices import compile_mode, sync
 from reslab.models.blocks import param_groups
 from reslab.train.config import TrainConfig
 from reslab.train.fast import (
     TrainingForward,
-    compile_mode,
     fused_optimizer_kwargs,
     loss_and_wrong,
     uses_channels_last,

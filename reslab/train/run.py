@@ -148,7 +148,8 @@ def execution_tags(train: TrainConfig, device: str, net: torch.nn.Module) -> dic
     """How the run's step executes on `device` (compile mode, memory format) and the numerics settings of the
     backend (cuDNN autotuning and determinism, TF32): on a GPU these decide whether a rerun agrees to the bit. Read
     after the trainer is built, which sets cuDNN's autotuning."""
-    from reslab.train.fast import backend_settings, compile_mode, uses_channels_last
+    from reslab.devices import compile_mode
+    from reslab.train.fast import backend_settings, uses_channels_last
 
     return {
         Tag.COMPILE: compile_mode(train.compile, device) or "off",
