@@ -19,7 +19,7 @@ from benchmarks.conftest import cuda
 from benchmarks.test_train_step import he2015_recipe
 from reslab.data.synthetic import load_synthetic
 from reslab.models import NetSpec, describe
-from reslab.perf import device_name, peak_tflops, sync, train_flops_per_image
+from reslab.perf import device_name, rate_info, sync
 from reslab.train.pack import PackTraining
 
 BATCH = 128
@@ -63,9 +63,5 @@ def test_pack_step(benchmark, depth: int, cells: int, device: str, rounds: int) 
     stats = getattr(getattr(benchmark, "stats", None), "stats", None)
     if stats is None:  # --benchmark-disable: ran once, nothing timed
         return
-    images_per_s = cells * batch / stats.median
-    tflops = train_flops_per_image(_macs(spec), "forward_backward") * images_per_s / 1e12
-    info.update(images_per_s=images_per_s, step_s=stats.median, tflops=tflops)
-    peak = peak_tflops(info["device"], dtype)
-    if peak:
-        info.update(peak_tflops=peak, fraction_of_peak=tflops / peak)
+    info.update(rate_info(_macs(spec), "forward_backward", cells * batch / stats.median, info["device"], dtype),
+                step_s=stats.median)  # fmt: skip

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from benchmarks.conftest import cuda
 from reslab.models import NetSpec, build_net, describe
-from reslab.perf import device_name, peak_tflops, saved_activation_bytes, sync, train_flops_per_image
+from reslab.perf import device_name, rate_info, saved_activation_bytes, sync
 
 BATCH = 128
 PHASES = ("forward", "forward_backward")
@@ -87,12 +87,7 @@ def _run(benchmark, spec: NetSpec, shape, classes: int, phase: str, variant: str
     stats = getattr(getattr(benchmark, "stats", None), "stats", None)
     if stats is None:  # --benchmark-disable: ran once, nothing timed
         return
-    images_per_s = batch / stats.median
-    tflops = train_flops_per_image(macs, phase) * images_per_s / 1e12
-    info.update(images_per_s=images_per_s, tflops=tflops)
-    peak = peak_tflops(info["device"], dtype)
-    if peak:
-        info.update(peak_tflops=peak, fraction_of_peak=tflops / peak)
+    info.update(rate_info(macs, phase, batch / stats.median, info["device"], dtype))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

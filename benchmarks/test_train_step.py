@@ -26,8 +26,7 @@ from reslab.perf import (
     concurrent_step_times,
     device_name,
     lightning_step_times,
-    peak_tflops,
-    train_flops_per_image,
+    rate_info,
 )
 from reslab.train.config import DataConfig, TrainConfig
 
@@ -80,16 +79,12 @@ def record(benchmark, spec: NetSpec, cfg: TrainConfig, variant: str, kind: str, 
     dtype = "bf16" if cfg.precision.startswith("bf16") else "fp32"
     info = benchmark.extra_info
     info.update(family=spec.family, block=spec.block, depth=spec.depth, width=spec.width, batch=cfg.batch_size,
-                phase="train_step", variant=variant, kind=kind, cells=len(timings), images_per_s=rate,
+                phase="train_step", variant=variant, kind=kind, cells=len(timings),
                 step_s=max(t.mean_s or t.median_s for t in timings), compile_s=max(t.compile_s for t in timings),
                 precision=cfg.precision, compile=compile_mode(cfg.compile, device) or "off",
                 telemetry_every=cfg.telemetry_every, dtype=dtype, device=device_name(device),
                 macs_per_image=macs)  # fmt: skip
-    tflops = train_flops_per_image(macs, "forward_backward") * rate / 1e12
-    info["tflops"] = tflops
-    peak = peak_tflops(info["device"], dtype)
-    if peak:
-        info.update(peak_tflops=peak, fraction_of_peak=tflops / peak)
+    info.update(rate_info(macs, "forward_backward", rate, info["device"], dtype))
     return info
 
 

@@ -298,6 +298,17 @@ def train_flops_per_image(macs: int, phase: str) -> float:
     return 2.0 * macs * (3.0 if phase == "forward_backward" else 1.0)
 
 
+def rate_info(macs: int, phase: str, images_per_s: float, device: str, dtype: str) -> dict[str, float]:
+    """A benchmark's rate as its extra_info records it: images/s, the achieved TFLOP/s and, for a GPU whose
+    datasheet is known (`device` as `device_name` writes it), the peak and the fraction of it reached."""
+    tflops = train_flops_per_image(macs, phase) * images_per_s / 1e12
+    info = {"images_per_s": images_per_s, "tflops": tflops}
+    peak = peak_tflops(device, dtype)
+    if peak:
+        info.update(peak_tflops=peak, fraction_of_peak=tflops / peak)
+    return info
+
+
 def saved_activation_bytes(net: torch.nn.Module, x: torch.Tensor) -> int:
     """Bytes of the tensors autograd keeps for the backward of one forward pass (each storage counted once): the
     activation memory a training step needs, measured on any device."""

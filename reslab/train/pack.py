@@ -20,7 +20,7 @@ batched kernel). Nothing is shared between the members but the kernels:
 So a pack reproduces its members' solo runs up to floating-point summation order (vmap runs a conv of K members
 as one grouped conv). At lr 0.1 with momentum, fp32 training of these nets amplifies that rounding within tens of
 steps, as much between two solo runs of one seed on two conv backends as between a pack and its solo runs; in fp64
-a pack holds its solo runs to ~1e-11 in loss over 50 steps. `solo_losses` is the solo run, the same loop on one
+a pack holds its solo runs to ~1e-11 in loss over 50 steps. `solo_run` is the solo run, the same loop on one
 ordinary net.
 """
 
@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import statistics
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -41,7 +39,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from reslab.data.tensors import DeviceBatches, Split, Splits
 from reslab.models import NetSpec, build_net
 from reslab.models.blocks import param_groups
-from reslab.perf import StepTiming, sync
+from reslab.perf import StepTiming, median_step_s
 from reslab.train.config import TrainConfig
 from reslab.train.schedule import lr_lambda
 
@@ -316,18 +314,6 @@ def pack_run(
     return run.pack, losses.T.tolist()
 
 
-def pack_losses(
-    spec: NetSpec,
-    seeds: Sequence[int],
-    splits: Splits,
-    cfg: TrainConfig,
-    steps: int,
-    device: torch.device | str = "cpu",
-) -> list[list[float]]:
-    """Each member's training loss at each of `steps` packed steps: `losses[i][t]` is seed i's loss at step t."""
-    return pack_run(spec, seeds, splits, cfg, steps, device)[1]
-
-
 def solo_run(
     spec: NetSpec, seed: int, splits: Splits, cfg: TrainConfig, steps: int, device: torch.device | str = "cpu"
 ) -> tuple[nn.Module, list[float]]:
@@ -336,13 +322,6 @@ def solo_run(
     run = SoloTraining(spec, seed, splits, cfg, device)
     losses = torch.stack([run.step() for _ in range(steps)]) if steps else torch.zeros(0)
     return run.net, losses.tolist()
-
-
-def solo_losses(
-    spec: NetSpec, seed: int, splits: Splits, cfg: TrainConfig, steps: int, device: torch.device | str = "cpu"
-) -> list[float]:
-    """The training loss of the net of `seed` trained alone, at each of `steps` steps."""
-    return solo_run(spec, seed, splits, cfg, steps, device)[1]
 
 
 def packed_step_times(
@@ -358,13 +337,4 @@ def packed_step_times(
     timed region), after `warmup` steps. Its batch size is K x `cfg.batch_size`, so `images_per_s` is the
     aggregate rate of all K cells."""
     run = PackTraining(spec, seeds, splits, cfg, device)
-    for _ in range(warmup):
-        run.step()
-    sync(device)
-    intervals = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        run.step()
-        sync(device)
-        intervals.append(time.perf_counter() - t0)
-    return StepTiming(statistics.median(intervals), steps, len(run.pack) * cfg.batch_size)
+    return StepTiming(median_step_s(run.step, device, steps, warmup), steps, len(run.pack) * cfg.batch_size)
