@@ -9,11 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from reslab.devices import COMPILE_MODES
-from reslab.models.catalog import ACTIVATIONS, BLOCK_KINDS, BRANCH_SCALES, FAMILY_INFO, INITS, NORMS, SHORTCUTS
-from reslab.models.remedies import REMEDIES
+from reslab.cli_options import add_net_arguments, add_train_arguments, net_specs, positive_int, train_values
 
 EXIT_USAGE = 2
 
@@ -42,86 +40,10 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-#: `reslab probe`'s width where none is given: the default sweep's (configs/default.yaml), for the resnet family.
-PROBE_WIDTH = {"resnet": 8}
-
-
-def _list_of(kind: Callable[[str], object], what: str) -> Callable[[str], tuple]:
-    """An argparse type for comma-separated values, each parsed by `kind` (`reslab probe --depth 20,56,110`)."""
-
-    def parse(text: str) -> tuple:
-        parts = [part.strip() for part in text.split(",")]
-        if not all(parts):
-            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
-        return tuple(kind(part) for part in parts)
-
-    return parse
-
-
-def _block_kind(text: str) -> str:
-    if text not in BLOCK_KINDS:
-        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(BLOCK_KINDS)})")
-    return text
-
-
-def add_net_arguments(p: argparse.ArgumentParser, lists: bool = False) -> None:
-    """The options that describe one network (shared by summary and train); choices, defaults and depth rules come
-    from the catalog the spec validates against. With `lists` (reslab probe), --block and --depth take
-    comma-separated lists: one network per combination."""
-    from reslab.models.spec import NetSpec
-
-    defaults = {name: NetSpec(name) for name in FAMILY_INFO}
-
-    def per_family(what) -> str:
-        return "; ".join(f"{name}: {what(spec)}" for name, spec in defaults.items())
-
-    p.add_argument("--family", default="resnet", choices=list(FAMILY_INFO), help="network family (default resnet)")
-    depth_help = "weighted layers (" + per_family(lambda s: FAMILY_INFO[s.family].depth_rule(s).form) + ")"
-    widths = per_family(lambda s: PROBE_WIDTH.get(s.family, s.width) if lists else s.width)
-    if lists:
-        p.add_argument("--block", type=_list_of(_block_kind, "blocks"), metavar="BLOCK[,BLOCK...]",
-                       help=f"blocks to probe, e.g. plain,residual ({', '.join(BLOCK_KINDS)}; default residual)")
-        p.add_argument("--depth", type=_list_of(_positive_int, "depths"), metavar="N[,N...]", required=True,
-                       help="depths to probe, e.g. 20,56,110,1202: " + depth_help)  # fmt: skip
-    else:
-        p.add_argument("--block", choices=BLOCK_KINDS, help="how each block combines F(x) and x (default residual)")
-        p.add_argument("--depth", type=_positive_int, help=depth_help)
-    p.add_argument("--width", type=_positive_int, help=f"base width (default {widths})")
-    p.add_argument("--shortcut", type=str.upper, choices=SHORTCUTS,
-                   help="A zero-pad, B projection, C all-projection (default " + per_family(lambda s: s.shortcut) + ")")
-    p.add_argument("--norm", choices=NORMS, help="normalisation (default " + per_family(lambda s: s.norm) + ")")
-    p.add_argument("--remedy", choices=list(REMEDIES), help="a remedy for depth, short for the settings it names: "
-                   + "; ".join(r.summary for r in REMEDIES.values()))  # fmt: skip
-    p.add_argument("--init", choices=INITS, help=f"weight initialisation (default {INITS[0]})")
-    p.add_argument("--activation", choices=ACTIVATIONS, help=f"nonlinearity (default {ACTIVATIONS[0]})")
-    p.add_argument("--branch-scale", choices=BRANCH_SCALES,
-                   help=f"fixed multiplier of every residual branch (default {BRANCH_SCALES[0]})")
-
-
-def _net_spec(args: argparse.Namespace):
-    from reslab.models import NetSpec
-
-    return NetSpec(
-        family=args.family, block=args.block, depth=args.depth, width=args.width, shortcut=args.shortcut,
-        norm=args.norm, init=args.init, activation=args.activation, branch_scale=args.branch_scale,
-        remedy=args.remedy,
-    )  # fmt: skip
-
-
 def cmd_summary(args: argparse.Namespace) -> int:
     from reslab.models import describe
 
-    spec = _net_spec(args)
+    (spec,) = net_specs(args)
     summary = describe(spec, args.input, args.classes)
     if args.json:
         print(json.dumps(summary.to_dict()))
@@ -144,9 +66,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from reslab.train.config import DataConfig, TrackingConfig, TrainConfig
 
-    spec = _net_spec(args)
+    (spec,) = net_specs(args)
     try:
-        train = TrainConfig(**{k: v for k, v in _train_fields(args).items() if v is not None})
+        train = TrainConfig(**train_values(args))
         data = DataConfig(name=args.dataset, options=dict(args.data_option or []), data_dir=args.data_dir)
         track = TrackingConfig(uri=args.tracking_uri, experiment=args.experiment)
     except ValidationError as exc:
@@ -187,24 +109,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _probe_specs(args: argparse.Namespace) -> list:
-    """Every (block, depth) network `reslab probe` was asked for, each checked against its family's depth rule
-    before anything is built (NetSpec raises SpecError with the nearest valid depths)."""
-    from reslab.models import NetSpec
-
-    width = args.width if args.width is not None else PROBE_WIDTH.get(args.family)
-    blocks = args.block or (None,)
-    return [NetSpec(family=args.family, block=block, depth=depth, width=width, shortcut=args.shortcut,
-                    norm=args.norm, init=args.init, activation=args.activation, branch_scale=args.branch_scale,
-                    remedy=args.remedy) for block in dict.fromkeys(blocks) for depth in dict.fromkeys(args.depth)]
-
-
 def cmd_probe(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from reslab.train.config import DataConfig, TrainConfig
 
-    specs = _probe_specs(args)
+    specs = net_specs(args, lists=True)
     try:
         data = DataConfig(name=args.dataset, options=dict(args.data_option or []), data_dir=args.data_dir)
         recipe = TrainConfig(batch_size=args.batch, seed=args.seed, device=args.device)
@@ -293,25 +203,9 @@ def _write_probe_out(out: str, document: dict, results: list, seed: int) -> list
 
 
 def _probe_labels(spec) -> dict:
-    from reslab.models.remedies import variant
+    from reslab.models.spec import spec_values, variant
 
-    return {"name": spec.name, "family": spec.family, "block": spec.block, "depth": spec.depth, "width": spec.width,
-            "shortcut": spec.shortcut, "norm": spec.norm, "remedy": spec.remedy, "init": spec.init,
-            "activation": spec.activation, "branch_scale": spec.branch_scale,
-            "variant": variant(spec.family, spec.block, spec.norm, spec.remedy)}  # fmt: skip
-
-
-def _train_fields(args: argparse.Namespace) -> dict:
-    return {
-        "epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size, "lr": args.lr,
-        "weight_decay": args.weight_decay, "momentum": args.momentum, "nesterov": args.nesterov or None,
-        "schedule": args.schedule, "milestones": args.milestones, "warmup_epochs": args.warmup_epochs,
-        "warmup_start_factor": args.warmup_start_factor, "seed": args.seed, "device": args.device,
-        "precision": args.precision, "telemetry_every": args.telemetry_every, "threads": args.threads,
-        "clip_grad_norm": args.clip_grad_norm, "probe": False if args.no_probe else None,
-        "devices": args.devices, "strategy": args.strategy, "compile": args.compile,
-        "channels_last": args.channels_last,
-    }  # fmt: skip
+    return {"name": spec.name, **spec_values(spec), "variant": variant(spec)}
 
 
 def _pydantic_messages(exc) -> list[str]:
@@ -331,17 +225,6 @@ def _key_value(text: str) -> tuple[str, object]:
 
     key, value = text.split("=", 1)
     return key.strip(), yaml.safe_load(value)
-
-
-def _devices(text: str) -> int | str:
-    return int(text) if text.isdigit() else text
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -491,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summary", help="Keras-style table of the layers, parameters and MACs of one network")
     add_net_arguments(p)
     p.add_argument("--input", type=parse_shape, help="input shape without batch, e.g. 3x32x32 or 1x40")
-    p.add_argument("--classes", type=_positive_int, help="outputs of the head (10; 1 for the seed's convnet)")
+    p.add_argument("--classes", type=positive_int, help="outputs of the head (10; 1 for the seed's convnet)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=cmd_summary)
 
@@ -503,33 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-option", action="append", type=_key_value, metavar="KEY=VALUE",
                    help="dataset option, e.g. val_size=5000 for cifar10 (repeatable)")  # fmt: skip
     p.add_argument("--data-dir", help="dataset cache (default $RESLAB_DATA_DIR or ~/.cache/reslab)")
-    p.add_argument("--epochs", type=_positive_int, help="epochs (default 20)")
-    p.add_argument("--max-steps", type=_positive_int, help="train for this many iterations instead of epochs")
-    p.add_argument("--batch-size", type=_positive_int, help="batch size (default 128)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 0.1)")
-    p.add_argument("--weight-decay", type=float, help="weight decay (default 1e-4)")
-    p.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
-    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
-    p.add_argument("--schedule", choices=["cosine", "step", "constant"], help="lr schedule (default cosine)")
-    p.add_argument("--milestones", type=_floats, help="step schedule: fractions (<1) or iterations, e.g. 32000,48000")
-    p.add_argument("--warmup-epochs", type=float, help="linear warm-up epochs (default 2)")
-    p.add_argument("--warmup-start-factor", type=float, help="warm-up starts at lr x this (default 0.1)")
-    p.add_argument("--seed", type=int, help="seed of init, data order and augmentation (default 0)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="training device (default auto)")
-    p.add_argument("--precision", choices=["32-true", "bf16-mixed", "16-mixed"], help="default 32-true")
-    p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
-    p.add_argument("--devices", type=_devices, help="Lightning devices per run, e.g. 2 (with --strategy ddp)")
-    p.add_argument("--strategy", help="Lightning strategy, e.g. ddp (gloo on CPU, NCCL on GPUs)")
-    p.add_argument("--telemetry-every", type=_positive_int, help="gradient telemetry every K steps (default 10)")
-    p.add_argument("--clip-grad-norm", type=float, help="clip the gradient's global norm to this (default: off)")
-    p.add_argument("--compile", choices=COMPILE_MODES,
-                   help="torch.compile the training step (default auto: reduce-overhead, i.e. CUDA graphs, on CUDA; "
-                   "off on the CPU); a failed compilation warns once and the run goes on eagerly")  # fmt: skip
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="2-D activations channels-last (default: on CUDA)")  # fmt: skip
-    p.add_argument("--no-probe", action="store_true",
-                   help="skip the probe of the signal at initialisation before the first step (it changes nothing "
-                   "in the training)")  # fmt: skip
+    add_train_arguments(p)
     p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--experiment", default="reslab", help="MLflow experiment (default reslab)")
     p.add_argument("--no-tracking", action="store_true", help="train without recording an MLflow run")
@@ -543,10 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-option", action="append", type=_key_value, metavar="KEY=VALUE",
                    help="dataset option (repeatable)")  # fmt: skip
     p.add_argument("--data-dir", help="dataset cache (default $RESLAB_DATA_DIR or ~/.cache/reslab)")
-    p.add_argument("--batch", type=_positive_int, default=128, help="examples in the probed batch (default 128)")
+    p.add_argument("--batch", type=positive_int, default=128, help="examples in the probed batch (default 128)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and of the batch (default 0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="default auto")
-    p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
     p.add_argument("--json", action="store_true", help="print one JSON object (schema reslab.probe/1)")
     p.add_argument("--per-block", action="store_true", help="print every block's values after the table")
     p.add_argument("--out", help="folder for the figures (gradient, shortcut share, C-map) and probe.json")

@@ -445,10 +445,11 @@ def test_ctrl_c_in_the_middle_of_a_claim_leaves_no_trial_running(tmp_path: Path,
 @pytest.mark.parametrize("family", ["resnet", "mlp", "convnet"])
 def test_a_grid_cell_is_the_net_reslab_train_builds(family: str) -> None:
     """A grid that leaves widths, shortcuts and norms out takes the family's defaults, as `reslab train` does."""
-    from reslab.cli import _net_spec, build_parser
+    from reslab.cli import build_parser
+    from reslab.cli_options import net_specs
     from reslab.models.catalog import FAMILY_INFO
 
     depth = FAMILY_INFO[family].default_depth
     cells = expand(load_config({"name": "d", "grid": {"family": family, "depths": [depth]}}).grid)
-    alone = _net_spec(build_parser().parse_args(["train", "--family", family]))
+    (alone,) = net_specs(build_parser().parse_args(["train", "--family", family]))
     assert [c.spec() for c in cells if c.block == "residual"] == [alone]

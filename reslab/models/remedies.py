@@ -92,15 +92,3 @@ def remedy(name: str) -> Remedy:
     if name not in REMEDIES:
         raise SpecError(f"unknown remedy {name!r}; valid: {', '.join(REMEDIES)}")
     return REMEDIES[name]
-
-
-def variant(family: str, block: str, norm: str, remedy: str | None = None) -> str:
-    """What a report calls a net and groups its runs by: the remedy (else the block), with `-norm<norm>` when the
-    norm is not the family's default and not the remedy's own, as run names write it (`residual-normnone`)."""
-    from reslab.models.catalog import FAMILY_INFO
-
-    name = remedy if remedy and remedy != NO_REMEDY else block
-    fixed = REMEDIES[name].fields if name in REMEDIES else {}
-    if "norm" not in fixed and norm != FAMILY_INFO[family].default_norm:
-        name += f"-norm{norm}"
-    return name

@@ -7,7 +7,9 @@ nearest valid depths, before anything is built or trained. Change a spec with `d
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import Field, dataclass, field, fields
+from typing import Any
 
 from reslab.models.catalog import (
     ACTIVATIONS,
@@ -19,6 +21,7 @@ from reslab.models.catalog import (
     REMEDY_FAMILIES,
     SHORTCUTS,
 )
+from reslab.models.remedies import REMEDIES
 from reslab.models.remedies import remedy as find_remedy
 from reslab.models.rules import SpecError
 
@@ -28,47 +31,80 @@ def _one_of(value: object, valid: tuple[str, ...], what: str) -> None:
         raise SpecError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
 
 
+def _field(help: str, choices: tuple[str, ...] | None = None, plural: str | None = None, key: str | None = None,
+           default: str | None = None) -> Any:
+    """A `NetSpec` field and what the rest of reslab derives from it: the CLI option and its help, the grid axis,
+    the cell key, run names, MLflow tags and report columns.
+
+    - `help`: one line for `--help`; `choices`: the valid names, when the field is a name;
+    - `plural`: the sweep config's grid key (`grid.inits`); None for a field that is not swept: the family (one per
+      sweep, since families have different depth rules) and the convnet's structured `stages` (set, not swept);
+    - `key`: how the field always appears in a cell's key (`"w{}"` for the width); None: it appears as `-name-value`
+      only when it is not its default, so the cells of sweeps that never set it keep their keys;
+    - `default`: the family-independent default; None: the family's own (`FamilyInfo.default_<name>`).
+    """
+    meta = {"help": help, "choices": choices, "plural": plural, "key": key, "default": default}
+    return field(default=None, metadata=meta)
+
+
+def default_stages(width: int) -> tuple[tuple[int, bool], ...]:
+    """The convnet's stages when none are given: the Keras residual convnet example's (32, pool), (64, pool),
+    (128, no pool) at width 32, scaled with the width."""
+    return (width, True), (2 * width, True), (4 * width, False)
+
+
+def format_stages(stages: tuple[tuple[int, bool], ...] | None) -> str:
+    """(32, True), (64, True), (128, False) -> '32:pool,64:pool,128', as the CLI takes it and MLflow tags hold it."""
+    return ",".join(f"{f}:pool" if pool else str(f) for f, pool in stages or ())
+
+
+def parse_stages(text: str) -> tuple[tuple[int, bool], ...]:
+    """'32:pool,64:pool,128' -> ((32, True), (64, True), (128, False)); SpecError on anything else."""
+    stages = []
+    for part in text.split(","):
+        filters, _, pool = part.strip().partition(":")
+        if not filters.isdigit() or int(filters) <= 0 or pool not in ("", "pool"):
+            raise SpecError(f"malformed stages {text!r}: give filters > 0, each with ':pool' where the stage pools, "
+                            f"joined by ',', e.g. 32:pool,64:pool,128")  # fmt: skip
+        stages.append((int(filters), pool == "pool"))
+    return tuple(stages)
+
+
 @dataclass(frozen=True)
 class NetSpec:
     """One network of a family. Unset fields (None) take the family's defaults on construction, so a spec that
     exists is complete and valid; `stages` is the convnet family's list of (filters, pool) and derived from width
-    when not given."""
+    when not given. Every field is described once, here: see `_field`."""
 
-    family: str = "resnet"
-    block: str | None = None
-    depth: int | None = None
-    width: int | None = None
-    shortcut: str | None = None
-    norm: str | None = None
-    stages: tuple[tuple[int, bool], ...] | None = field(default=None)
-    init: str | None = None
-    activation: str | None = None
-    branch_scale: str | None = None
-    remedy: str | None = None
+    family: str = field(default="resnet", metadata={
+        "help": "network family", "choices": tuple(FAMILY_INFO), "plural": None, "key": "{}", "default": "resnet"})
+    block: str | None = _field("how each block combines F(x) and x", BLOCK_KINDS, "blocks", "{}", "residual")
+    depth: int | None = _field("weighted layers", None, "depths", "{}")
+    width: int | None = _field("base width", None, "widths", "w{}")
+    shortcut: str | None = _field("A zero-pad, B projection, C all-projection (He et al. 2015, section 3.3)",
+                                  SHORTCUTS, "shortcuts", "{}")
+    norm: str | None = _field("normalisation", NORMS, "norms", "{}")
+    stages: tuple[tuple[int, bool], ...] | None = _field(
+        "the convnet's stages: filters, with ':pool' where the stage pools, e.g. 32:pool,64:pool,128 (default "
+        "w:pool,2w:pool,4w for width w)")
+    init: str | None = _field("weight initialisation", INITS, "inits", None, INITS[0])
+    activation: str | None = _field("nonlinearity", ACTIVATIONS, "activations", None, ACTIVATIONS[0])
+    branch_scale: str | None = _field("fixed multiplier of every residual branch", BRANCH_SCALES, "branch_scales",
+                                      None, BRANCH_SCALES[0])
+    remedy: str | None = _field("a remedy for depth, short for the settings it names", tuple(REMEDIES), "remedies")
 
     def __post_init__(self) -> None:
         _one_of(self.family, tuple(FAMILY_INFO), "family")
         fam = FAMILY_INFO[self.family]
         if self.remedy is not None:
             self._expand_remedy()
-        for name, default in (
-            ("block", "residual"),
-            ("init", INITS[0]),
-            ("activation", ACTIVATIONS[0]),
-            ("branch_scale", BRANCH_SCALES[0]),
-            ("depth", fam.default_depth),
-            ("width", fam.default_width),
-            ("shortcut", fam.default_shortcut),
-            ("norm", fam.default_norm),
-        ):
-            if getattr(self, name) is None:
-                object.__setattr__(self, name, default)
-        _one_of(self.block, BLOCK_KINDS, "block")
-        _one_of(self.shortcut, SHORTCUTS, "shortcut")
-        _one_of(self.norm, NORMS, "norm")
-        _one_of(self.init, INITS, "init")
-        _one_of(self.activation, ACTIVATIONS, "activation")
-        _one_of(self.branch_scale, BRANCH_SCALES, "branch_scale")
+        for f in spec_fields():
+            if getattr(self, f.name) is None and f.name not in ("stages", "remedy"):
+                default = f.metadata["default"] or getattr(fam, f"default_{f.name}")
+                object.__setattr__(self, f.name, default)
+        for f in spec_fields():
+            if f.metadata["choices"] and f.name not in ("family", "remedy"):
+                _one_of(getattr(self, f.name), f.metadata["choices"], f.name)
         self._check_remedy_fields()
         for name in ("depth", "width"):
             value = getattr(self, name)
@@ -84,8 +120,7 @@ class NetSpec:
                 raise SpecError(f"stages must be a non-empty list of (filters > 0, pool), got {self.stages!r}")
             object.__setattr__(self, "stages", stages)
         elif self.family == "convnet":
-            w = self.width
-            object.__setattr__(self, "stages", ((w, True), (2 * w, True), (4 * w, False)))
+            object.__setattr__(self, "stages", default_stages(self.width))
         rule = fam.depth_rule(self)
         if not rule.is_valid(self.depth):
             near = " or ".join(str(d) for d in rule.nearest(self.depth))
@@ -146,3 +181,75 @@ class NetSpec:
         family when it is not the default one, the remedy in place of the block."""
         family = "" if self.family == "resnet" else f"{self.family}-"
         return f"{family}{self.remedy or self.block}-{self.depth}-w{self.width}"
+
+
+def spec_fields() -> tuple[Field, ...]:
+    """`NetSpec`'s fields, each with the metadata of `_field`."""
+    return fields(NetSpec)
+
+
+def axis_fields() -> Iterator[Field]:
+    """The fields a sweep's grid can vary, each under its plural key (`grid.inits`)."""
+    return (f for f in spec_fields() if f.metadata["plural"])
+
+
+def spec_values(spec: NetSpec) -> dict[str, Any]:
+    """Every field as a scalar, an unset one (remedy, a non-convnet's stages) as `none`, stages as text: the MLflow
+    tags of a run, the columns of a report, the labels of a probe."""
+    values = {f.name: getattr(spec, f.name) for f in spec_fields()}
+    values["stages"] = format_stages(spec.stages) if spec.stages else None
+    return {k: "none" if v is None else v for k, v in values.items()}
+
+
+def spec_from_values(values: Mapping[str, Any]) -> NetSpec:
+    """The spec that `spec_values` or a run's MLflow tags (text) describe; a field left out takes its default, as
+    it did when a run older than the field was recorded."""
+    given: dict[str, Any] = {}
+    for f in spec_fields():
+        value = values.get(f.name)
+        if value is None or (f.name in ("remedy", "stages") and value == "none"):
+            continue
+        if f.name == "stages":
+            value = parse_stages(value) if isinstance(value, str) else value
+        elif f.type.startswith("int"):
+            value = int(value)
+        given[f.name] = value
+    return NetSpec(**given)
+
+
+def spec_extras(spec: NetSpec, always: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    """The fields beyond He et al.'s six (family, block, depth, width, shortcut, norm) that `spec` sets away from
+    their defaults (or that are in `always`), less those its remedy sets: cell keys, run names and report labels
+    write them as `name-value`, so nets that never set them keep the names they always had."""
+    fixed = REMEDIES[spec.remedy].fields if spec.remedy else {}
+    out = []
+    for f in spec_fields():
+        if f.metadata["key"] or f.name == "remedy" or f.name in fixed:
+            continue
+        value = getattr(spec, f.name)
+        default = f.metadata["default"]
+        if f.name == "stages":
+            default = default_stages(spec.width) if spec.family == "convnet" else None
+        if value != default or f.name in always:
+            out.append((f.name, format_stages(value) if f.name == "stages" else str(value)))
+    return out
+
+
+def spec_key(spec: NetSpec) -> str:
+    """The network's part of a sweep cell's identity (`resnet-residual-56-w16-A-batch`, then the remedy and the
+    other fields as `spec_extras` writes them): stable, since stored queues and MLflow runs are found by it."""
+    parts = [f.metadata["key"].format(getattr(spec, f.name)) for f in spec_fields() if f.metadata["key"]]
+    parts += [spec.remedy] if spec.remedy else []
+    parts += [f"{name}-{value}" for name, value in spec_extras(spec)]
+    return "-".join(parts)
+
+
+def variant(spec: NetSpec) -> str:
+    """What a report calls a net and groups its runs by: the remedy (else the block), with `-norm<norm>` when the
+    norm is not the family's default and not the remedy's own, as run names write it (`residual-normnone`), and
+    the other fields that differ from their defaults (`residual-init-delta_orthogonal`)."""
+    fixed = REMEDIES[spec.remedy].fields if spec.remedy else {}
+    name = spec.remedy or spec.block
+    if "norm" not in fixed and spec.norm != FAMILY_INFO[spec.family].default_norm:
+        name += f"-norm{spec.norm}"
+    return name + "".join(f"-{k}-{v}" for k, v in spec_extras(spec))

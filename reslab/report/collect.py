@@ -23,8 +23,8 @@ import pandas as pd
 import yaml
 
 from reslab import tracking
-from reslab.models.catalog import FAMILY_INFO
-from reslab.models.remedies import NO_REMEDY, variant
+from reslab.models.rules import SpecError
+from reslab.models.spec import spec_fields, spec_from_values, spec_values, variant
 from reslab.redact import redact_uri
 from reslab.sweep.parent import find_sweep, sweep_runs
 from reslab.tags import Tag
@@ -34,7 +34,8 @@ EPOCH_KEYS = ("train_error", "train_loss", "val_error", "val_loss", "test_error"
 FINAL_KEYS = ("train_error", "test_error", "val_error", "train_loss", "test_loss", "val_loss")
 TELEMETRY = re.compile(r"^(grad_branch|grad_shortcut|grad_out|gate|probe_act|probe_grad_in|probe_grad_out|probe_share|"
                        r"probe_cmap)/b(\d+)$|^(grad_weight)/(\d+)\.(.+)$|^(probe_net)/([a-z0-9_]+)$")
-CELL_COLUMNS = ["cell", "name", "family", "block", "depth", "width", "shortcut", "norm", "seed", "remedy", "variant"]
+#: A cell's columns: its key and run name, every `NetSpec` field, the seed, and the report's label for its net.
+CELL_COLUMNS = ["cell", "name", *(f.name for f in spec_fields()), "seed", "variant"]
 
 
 class ReportError(RuntimeError):
@@ -117,15 +118,8 @@ def _runs_frame(children: list) -> pd.DataFrame:
             "run_id": info.run_id,
             "cell": tags.get(Tag.CELL),
             "name": info.run_name,
-            "family": tags.get("family"),
-            "block": tags.get("block"),
-            "depth": _int(tags.get("depth")),
-            "width": _int(tags.get("width")),
-            "shortcut": tags.get("shortcut"),
-            "norm": tags.get("norm"),
+            **_net_columns(tags),
             "seed": _int(tags.get("seed")),
-            "remedy": tags.get("remedy", "none"),
-            "variant": _variant(tags),
             "slot": _int(tags.get(Tag.SLOT, "0")),
             "status": info.status,
             "failure": tags.get(Tag.FAILURE, ""),
@@ -187,10 +181,8 @@ def _grid_cells(config: dict[str, Any]) -> list[dict[str, Any]]:
     except Exception:
         return []
     lr = (config.get("train") or {}).get("lr")
-    return [{"cell": c.key, "name": c.name, "family": c.family, "block": c.block, "depth": c.depth, "width": c.width,
-             "shortcut": c.shortcut, "norm": c.norm, "seed": c.seed, "remedy": c.remedy or NO_REMEDY,
-             "variant": variant(c.family, c.block, c.norm, c.remedy), "lr": c.lr if c.lr is not None else lr}
-            for c in cells]  # fmt: skip
+    return [{"cell": c.key, "name": c.name, **_net_columns(spec_values(c.net)), "seed": c.seed,
+             "lr": c.lr if c.lr is not None else lr} for c in cells]
 
 
 def _history(store: tracking.Store, run: dict[str, Any]) -> pd.DataFrame:
@@ -238,12 +230,15 @@ def _provenance(parent, children: list) -> dict[str, str]:
     return out
 
 
-def _variant(tags: dict[str, str]) -> str | None:
-    """The report's name for a run's net (`reslab.models.remedies.variant`), from its tags."""
-    family, block, norm = tags.get("family"), tags.get("block"), tags.get("norm")
-    if family not in FAMILY_INFO or block is None or norm is None:
-        return block
-    return variant(family, block, norm, tags.get("remedy"))
+def _net_columns(values: dict[str, Any]) -> dict[str, Any]:
+    """A run's `NetSpec` columns from its tags (text; a field older than the run is missing and takes its default)
+    and the report's label for the net (`reslab.models.spec.variant`); tags that describe no valid net are kept as
+    they are, without a label."""
+    try:
+        spec = spec_from_values(values)
+    except (SpecError, ValueError):
+        return {**{f.name: values.get(f.name) for f in spec_fields()}, "variant": values.get("block")}
+    return {**spec_values(spec), "variant": variant(spec)}
 
 
 def _int(value: Any) -> int | None:

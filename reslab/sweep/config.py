@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-from reslab.models.catalog import BLOCK_KINDS, NORMS, SHORTCUTS
 from reslab.models.catalog import FAMILY_INFO as FAMILIES
-from reslab.models.remedies import NO_REMEDY, REMEDIES, REMEDY_CHOICES
+from reslab.models.remedies import NO_REMEDY, REMEDY_CHOICES
 from reslab.models.rules import SpecError
 from reslab.redact import STORAGE_ENV, TRACKING_ENV, redact, redact_uri
 from reslab.train.config import DataConfig, TrackingConfig, TrainConfig
@@ -45,33 +44,26 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class GridConfig(_Frozen):
+class _GridBase(_Frozen):
     """The cells: every combination of the lists (a plain block has no shortcut, so plain cells take the first
-    shortcut only). Widths, shortcuts and norms left out are the family's own defaults, the ones `reslab train` and
-    `NetSpec` use, so a grid cell and the same net trained alone are one network."""
+    shortcut only). Each `NetSpec` field is a list under its plural key (`blocks`, `depths`, `inits`, ...; see
+    `reslab.models.spec`); one left out is the family's default, the one `reslab train` and `NetSpec` use, so a grid
+    cell and the same net trained alone are one network. The family is one per sweep (families have different depth
+    rules) and the convnet's `stages` are set, not swept."""
 
     family: str = "resnet"
-    blocks: list[Literal[BLOCK_KINDS]] = Field(default_factory=lambda: ["plain", "residual"], min_length=1)
-    depths: list[int] = Field(min_length=1)
-    widths: list[int] = Field(min_length=1)
-    shortcuts: list[Literal[SHORTCUTS]] = Field(min_length=1)
-    norms: list[Literal[NORMS]] = Field(min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    remedies: list[Literal[REMEDY_CHOICES]] = Field(
-        default_factory=lambda: [NO_REMEDY], min_length=1,
-        description="remedies for depth (reslab.models.remedies); `none` = the grid's blocks and norms as they are",
-    )  # fmt: skip
-    lr: list[float] | None = Field(
-        None, min_length=1, description="a learning-rate axis: each cell once per value (instead of train.lr)"
-    )
 
     @model_validator(mode="before")
     @classmethod
     def _family_defaults(cls, data: Any) -> Any:
         family = data.get("family", "resnet") if isinstance(data, dict) else None
         if isinstance(family, str) and family in FAMILIES:  # a bad family is the family validator's to report
-            fam = FAMILIES[family]
-            defaults = {"widths": [fam.default_width], "shortcuts": [fam.default_shortcut], "norms": [fam.default_norm]}
+            from reslab.models.spec import NetSpec, axis_fields
+
+            net = NetSpec(family)
+            defaults = {f.metadata["plural"]: [getattr(net, f.name)] for f in axis_fields()
+                        if f.name not in ("depth", "remedy")}  # fmt: skip
+            defaults["blocks"] = ["plain", "residual"]
             data = {**defaults, **data}
         return data
 
@@ -82,7 +74,19 @@ class GridConfig(_Frozen):
             raise ValueError(f"unknown family {v!r}; valid: {', '.join(FAMILIES)}")
         return v
 
-    @field_validator("widths", "seeds")
+    @field_validator("stages", mode="before", check_fields=False)
+    @classmethod
+    def _stages(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            from reslab.models.spec import parse_stages
+
+            try:
+                return parse_stages(v)
+            except SpecError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("widths", "seeds", check_fields=False)
     @classmethod
     def _non_negative(cls, v: list[int], info) -> list[int]:
         low = 1 if info.field_name == "widths" else 0
@@ -91,14 +95,14 @@ class GridConfig(_Frozen):
             raise ValueError(f"{info.field_name} must be integers >= {low}, got {bad}")
         return v
 
-    @field_validator("depths")
+    @field_validator("depths", check_fields=False)
     @classmethod
     def _depths(cls, v: list[int], info) -> list[int]:
         from reslab.models.spec import NetSpec
 
         family = info.data.get("family")
-        if family not in FAMILIES:
-            return v  # the family's own error says it
+        if family not in FAMILIES or family == "convnet":
+            return v  # the family's own error says it; the convnet's depth rule depends on its stages (checked later)
         problems = []
         for i, depth in enumerate(v):
             try:
@@ -111,7 +115,7 @@ class GridConfig(_Frozen):
             raise ValueError(f"depths repeat: {v}")
         return v
 
-    @field_validator("lr")
+    @field_validator("lr", check_fields=False)
     @classmethod
     def _lr(cls, v: list[float] | None) -> list[float] | None:
         if v is not None:
@@ -123,24 +127,43 @@ class GridConfig(_Frozen):
         return v
 
     @model_validator(mode="after")
-    def _remedies_fit_the_grid(self) -> GridConfig:
-        """Each remedy with each norm it leaves free must be a net the family can build (Fixup has no batch norm,
-        TAT no shortcut, no remedy is defined on the convnet): said here, before any cell exists."""
-        from reslab.models.spec import NetSpec
+    def _every_cell_builds(self) -> _GridBase:
+        """Every combination must be a net the family can build (Fixup has no batch norm, TAT no shortcut, no remedy
+        is defined on the convnet): said here, before any cell is queued."""
+        from reslab.sweep.grid import expand
 
-        problems = []
-        for remedy in dict.fromkeys(self.remedies):
-            if remedy == NO_REMEDY:
-                continue
-            fixed = REMEDIES[remedy].fields
-            for norm in [None] if "norm" in fixed else self.norms:
-                try:
-                    NetSpec(self.family, depth=min(self.depths), remedy=remedy, norm=norm)
-                except SpecError as exc:
-                    problems.append(str(exc))
-        if problems:
-            raise ValueError("; ".join(dict.fromkeys(problems)))
+        try:
+            expand(self)
+        except SpecError as exc:
+            raise ValueError(str(exc)) from None
         return self
+
+
+def _grid_fields() -> dict[str, Any]:
+    """The grid's keys: one list per swept `NetSpec` field under its plural key, then the fields that are set
+    (stages), the seeds and the learning-rate axis."""
+    from reslab.models.spec import spec_fields
+
+    out: dict[str, Any] = {}
+    for f in spec_fields():
+        plural, choices = f.metadata["plural"], f.metadata["choices"]
+        if f.name == "stages":
+            out["stages"] = (tuple[tuple[int, bool], ...] | None, Field(None, description=f.metadata["help"]))
+        elif f.name == "remedy":
+            out[plural] = (list[Literal[REMEDY_CHOICES]], Field(
+                default_factory=lambda: [NO_REMEDY], min_length=1,
+                description="remedies for depth (reslab.models.remedies); `none` = the grid's own fields as they are",
+            ))  # fmt: skip
+        elif plural:
+            item = Literal[choices] if choices else int
+            out[plural] = (list[item], Field(min_length=1, description=f.metadata["help"]))
+    out["seeds"] = (list[int], Field(default_factory=lambda: [0], min_length=1))
+    out["lr"] = (list[float] | None, Field(
+        None, min_length=1, description="a learning-rate axis: each cell once per value (instead of train.lr)"))
+    return out
+
+
+GridConfig = create_model("GridConfig", __base__=_GridBase, __doc__=_GridBase.__doc__, **_grid_fields())
 
 
 class ExecConfig(_Frozen):

@@ -1,88 +1,131 @@
-"""Grid expansion: a sweep's grid becomes its cells, each one network x seed, in a stable order.
+"""Grid expansion: a sweep's grid becomes its cells, each one network x seed (x learning rate), in a stable order.
 
-The order runs the cheap cells first within each seed (depth ascending), so a partial sweep already has whole
-depth curves for the first seed."""
+A cell is a `NetSpec` plus what the recipe sweeps: the seed and, where the grid has an lr axis, the learning rate.
+Every axis is a `NetSpec` field (`reslab.models.spec.axis_fields`), so a field added to the spec is a grid axis with
+no change here. The order runs the cheap cells first within each seed (depth ascending), so a partial sweep
+already has whole depth curves for the first seed."""
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from reslab.models.catalog import FAMILY_INFO
 from reslab.models.remedies import NO_REMEDY, REMEDIES
-from reslab.models.spec import NetSpec
-from reslab.sweep.config import GridConfig
+from reslab.models.spec import NetSpec, axis_fields, spec_extras, spec_fields, spec_key
 
 if TYPE_CHECKING:
+    from reslab.sweep.config import GridConfig
     from reslab.train.config import TrainConfig
+
+_SPEC_FIELDS = frozenset(f.name for f in spec_fields())
 
 
 @dataclass(frozen=True)
 class Cell:
-    family: str
-    block: str
-    depth: int
-    width: int
-    shortcut: str
-    norm: str
+    """One network (`net`), one seed, and the grid's learning rate (None: the recipe's). The net's fields read
+    through the cell (`cell.depth`)."""
+
+    net: NetSpec
     seed: int
-    remedy: str | None = None  # a preset of `reslab.models.remedies`; its fields are in block and norm already
-    lr: float | None = None  # the grid's learning-rate axis; None: the recipe's
-    #: the axes whose values differ between the cells of its sweep: a run name shows each of them
+    lr: float | None = None
+    #: the spec fields whose values differ between the cells of its sweep: a run name shows each of them
     varies: frozenset[str] = field(default=frozenset(), compare=False)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _SPEC_FIELDS:
+            return getattr(self.net, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def key(self) -> str:
-        """The cell's identity in the queue and in MLflow (tag `reslab.cell`); a remedy and a learning rate from
-        the grid are appended, so the cells of grids without them keep the keys they always had."""
-        key = f"{self.family}-{self.block}-{self.depth}-w{self.width}-{self.shortcut}-{self.norm}"
-        key += f"-{self.remedy}" if self.remedy else ""
-        key += f"-lr{self.lr:g}" if self.lr is not None else ""
-        return f"{key}-s{self.seed}"
+        """The cell's identity in the queue and in MLflow (tag `reslab.cell`): `spec_key`, the grid's learning
+        rate, the seed. Fields a grid never set are not written, so old sweeps' cells keep their keys."""
+        lr = f"-lr{self.lr:g}" if self.lr is not None else ""
+        return f"{spec_key(self.net)}{lr}-s{self.seed}"
 
     @property
     def name(self) -> str:
         """A readable run name such as `residual-56-w16-s0` or `fixup-110-w8-lr0.02-s0`: the remedy in place of
-        the block; the family, shortcut and norm when they are not the family's own or differ within the sweep
-        (a remedy's own norm and a plain block's absent shortcut are not repeated); the learning rate when the
-        grid sweeps it. Unique within a sweep."""
-        fam = FAMILY_INFO[self.family]
-        fixed = REMEDIES[self.remedy].fields if self.remedy else {}
-        family = f"{self.family}-" if self.family != "resnet" or "family" in self.varies else ""
+        the block; the family, shortcut, norm and other fields when they are not the family's own or differ within
+        the sweep (a remedy's own settings and a plain block's absent shortcut are not repeated); the learning
+        rate when the grid sweeps it. Unique within a sweep."""
+        net = self.net
+        fam = FAMILY_INFO[net.family]
+        fixed = REMEDIES[net.remedy].fields if net.remedy else {}
+        family = f"{net.family}-" if net.family != "resnet" or "family" in self.varies else ""
         extra = ""
-        if self.block != "plain" and (self.shortcut != fam.default_shortcut or "shortcut" in self.varies):
-            extra += f"-{self.shortcut}"
-        if "norm" not in fixed and (self.norm != fam.default_norm or "norm" in self.varies):
-            extra += f"-norm{self.norm}"
+        if net.block != "plain" and (net.shortcut != fam.default_shortcut or "shortcut" in self.varies):
+            extra += f"-{net.shortcut}"
+        if "norm" not in fixed and (net.norm != fam.default_norm or "norm" in self.varies):
+            extra += f"-norm{net.norm}"
+        extra += "".join(f"-{k}-{v}" for k, v in spec_extras(net, self.varies))
         extra += f"-lr{self.lr:g}" if self.lr is not None else ""
-        return f"{family}{self.remedy or self.block}-{self.depth}-w{self.width}{extra}-s{self.seed}"
+        return f"{family}{net.remedy or net.block}-{net.depth}-w{net.width}{extra}-s{self.seed}"
+
+    def run_name(self, slot: int | None = None) -> str:
+        """The MLflow run name of this cell, or of its tuning trial in `slot` (`residual-56-w16-s0-t3`)."""
+        return self.name if slot is None else f"{self.name}-t{slot}"
 
     def spec(self) -> NetSpec:
-        return NetSpec(self.family, self.block, self.depth, self.width, self.shortcut, self.norm, remedy=self.remedy)
+        return self.net
 
     def recipe(self, train: TrainConfig) -> TrainConfig:
         """The sweep's recipe for this cell: its seed, and its learning rate where the grid sweeps it."""
         return train.model_copy(update={"seed": self.seed, **({"lr": self.lr} if self.lr is not None else {})})
 
 
+def axis_values(grid: GridConfig) -> dict[str, list[Any]]:
+    """Each spec field's values in the grid (a remedy's `none` as None), depths ascending; a field the grid does
+    not sweep (the family, the convnet's stages) as its one value."""
+    values: dict[str, list[Any]] = {}
+    for f in spec_fields():
+        if f.metadata["plural"]:
+            given = getattr(grid, f.metadata["plural"])
+            values[f.name] = sorted(given) if f.name == "depth" else list(given)
+        else:
+            values[f.name] = [getattr(grid, f.name)]
+    values["remedy"] = [None if r == NO_REMEDY else r for r in values["remedy"]]
+    return values
+
+
+def grid_size(grid: GridConfig) -> int:
+    """How many combinations the grid's lists make (seeds and learning rates included), before any cell exists;
+    at least the number of its cells, which combinations a remedy or a plain block collapse."""
+    size = len(grid.seeds) * len(grid.lr or [None])
+    for values in axis_values(grid).values():
+        size *= len(values)
+    return size
+
+
 def expand(grid: GridConfig) -> list[Cell]:
     """Every cell of the grid once. A plain block has no shortcut, so its cells take the first shortcut only; a
-    remedy sets its own block (and norm, where it has one), so it contributes one cell per value of the axes it
-    leaves free."""
+    remedy sets its own fields (block, norm, init ...), so it contributes one cell per value of the axes it leaves
+    free. Raises SpecError for a combination no family can build."""
+    values = axis_values(grid)
+    names = list(values)
+    # Outer to inner: seed, then every axis but depth and shortcut in field order reversed, so widths vary slowest
+    # after the seed as they always did; depth ascending and shortcut innermost.
+    outer = [n for n in reversed(names) if n not in ("depth", "shortcut")]
+    order = ["seed", "width", "lr", *[n for n in outer if n != "width"], "depth", "shortcut"]
+    lists = {"seed": grid.seeds, "lr": grid.lr or [None], **values}
     cells: dict[str, Cell] = {}
-    remedies = [None if r == NO_REMEDY else r for r in grid.remedies]
-    for seed, width, lr, remedy, norm, block, depth, shortcut in itertools.product(
-        grid.seeds, grid.widths, grid.lr or [None], remedies, grid.norms, grid.blocks, sorted(grid.depths),
-        grid.shortcuts,
-    ):  # fmt: skip
-        fixed = REMEDIES[remedy].fields if remedy else {}
-        block, norm = fixed.get("block", block), fixed.get("norm", norm)
-        if block == "plain":
-            shortcut = grid.shortcuts[0]
-        cell = Cell(grid.family, block, depth, width, shortcut, norm, seed, remedy, lr)
+    for combo in itertools.product(*(lists[n] for n in order)):
+        chosen = dict(zip(order, combo, strict=True))
+        seed, lr = chosen.pop("seed"), chosen.pop("lr")
+        fixed = REMEDIES[chosen["remedy"]].fields if chosen["remedy"] else {}
+        chosen.update(fixed)
+        if chosen["block"] == "plain":
+            chosen["shortcut"] = values["shortcut"][0]
+        net = NetSpec(**chosen)
+        cell = Cell(net, seed, lr)
         cells.setdefault(cell.key, cell)
+    # A run name shows the shortcut and norm wherever its cells differ in them (a remedy may set the norm), and
+    # the other fields where the grid itself lists several values (a remedy's own settings are in its name).
     varies = frozenset(
-        axis for axis in ("shortcut", "norm") if len({getattr(c, axis) for c in cells.values()}) > 1
-    )
+        [n for n in ("shortcut", "norm") if len({getattr(c.net, n) for c in cells.values()}) > 1]
+        + [f.name for f in axis_fields() if f.name not in ("block", "depth", "width", "shortcut", "norm", "remedy")
+           and len(values[f.name]) > 1]
+    )  # fmt: skip
     return [replace(c, varies=varies) for c in cells.values()]

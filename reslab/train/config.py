@@ -37,22 +37,23 @@ class TrainConfig(BaseModel):
 
     epochs: int = Field(20, gt=0, description="training epochs (ignored when max_steps is set)")
     max_steps: int | None = Field(None, gt=0, description="training iterations, as He et al. count them")
-    batch_size: int = Field(128, gt=0)
-    eval_batch_size: int = Field(1000, gt=0)
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = Field(1e-4, ge=0)
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    batch_size: int = Field(128, gt=0, description="training batch size")
+    eval_batch_size: int = Field(1000, gt=0, description="batch size of the evaluation passes")
+    lr: float = Field(0.1, gt=0, description="peak learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    nesterov: bool = Field(False, description="Nesterov momentum")
+    weight_decay: float = Field(1e-4, ge=0, description="weight decay")
+    schedule: Literal["cosine", "step", "constant"] = Field("cosine", description="learning-rate schedule")
     milestones: tuple[float, ...] = Field(
-        (0.5, 0.75), description="step schedule: fractions of training (< 1) or iteration numbers (>= 1)"
+        (0.5, 0.75), description="step schedule: fractions of training (< 1) or iteration numbers (>= 1), e.g. "
+        "32000,48000"
     )
     gamma: float = Field(0.1, gt=0, le=1, description="step schedule: lr factor at each milestone")
     warmup_epochs: float = Field(2.0, ge=0, description="linear warm-up length in epochs")
     warmup_start_factor: float = Field(0.1, gt=0, le=1, description="warm-up starts at lr x this (He: 0.01/0.1)")
-    seed: int = Field(0, ge=0)
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
+    seed: int = Field(0, ge=0, description="seed of the initialisation, data order and augmentation")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="training device")
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = Field("32-true", description="Lightning precision")
     devices: int | str = Field(1, description="Lightning devices: a count, 'auto', or a list like '0,1'")
     strategy: str = Field("auto", description="Lightning strategy, e.g. ddp")
     telemetry_every: int = Field(10, gt=0, description="gradient telemetry every K training steps")
@@ -72,7 +73,7 @@ class TrainConfig(BaseModel):
     channels_last: bool | None = Field(
         None, description="2-D activations in channels-last (NHWC) memory format (default: on CUDA)"
     )
-    drop_last: bool = False
+    drop_last: bool = Field(False, description="drop the last incomplete training batch of each epoch")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
     deterministic: bool | None = Field(None, description="deterministic algorithms (default: on CPU only)")
 

@@ -29,6 +29,7 @@ from reslab.data.registry import DATASETS, load_dataset
 from reslab.devices import resolve_device
 from reslab.models import NetSpec, build_net, summarize
 from reslab.models.registry import output_units
+from reslab.models.spec import spec_values
 from reslab.tags import Tag
 from reslab.train.config import DataConfig, TrackingConfig, TrainConfig
 
@@ -137,11 +138,9 @@ def resolved_config(spec: NetSpec, data: DataConfig, train: TrainConfig) -> dict
 
 
 def run_tags(spec: NetSpec, seed: int, dataset: str) -> dict[str, Any]:
-    """The tags every training run carries, so MLflow searches and reports can slice runs by them."""
-    return {"family": spec.family, "block": spec.block, "depth": spec.depth, "width": spec.width,
-            "shortcut": spec.shortcut, "norm": spec.norm, "seed": seed, "dataset": dataset,
-            "remedy": spec.remedy or "none", "init": spec.init, "activation": spec.activation,
-            "branch_scale": spec.branch_scale}  # fmt: skip
+    """The tags every training run carries, so MLflow searches and reports can slice runs by them: every `NetSpec`
+    field (`reslab.models.spec.spec_values`), the seed and the dataset."""
+    return {**spec_values(spec), "seed": seed, "dataset": dataset}
 
 
 def execution_tags(train: TrainConfig, device: str, net: torch.nn.Module) -> dict[str, str]:
