@@ -368,7 +368,21 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="reslab", description="Depth-scaling benchmarks for plain and residual networks.")
+    # The reference lives in docs/ beside README.md; each epilog names the pages a command's user needs next.
+    docs = """documentation (in the source tree):
+  README.md             what reslab measures, the results, every command
+  docs/cli.md           every option of summary and train; what bad input does
+  docs/networks.md      families, blocks, shortcuts, depth rules
+  docs/remedies.md      --remedy: Fixup, SkipInit, scaled branches, TAT
+  docs/signal.md        reslab probe: the signal at initialisation
+  docs/sweeps.md        sweep configs, the queue, diverged and failed cells
+  docs/reliability.md   many machines, credentials, the chaos drill, the runbook
+  docs/reports.md       reports, gradient telemetry, the tables from a notebook
+  docs/performance.md   benchmarks, training speed, packing
+  docs/architecture.md  what each module holds"""
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(prog="reslab", description="Depth-scaling benchmarks for plain and residual networks.",
+                     epilog=docs, formatter_class=raw)  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("summary", help="Keras-style table of the layers, parameters and MACs of one network")
@@ -380,7 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from reslab.data.catalog import DATASET_INFO
 
-    p = sub.add_parser("train", help="train one network and record it as one MLflow run")
+    p = sub.add_parser("train", help="train one network and record it as one MLflow run", formatter_class=raw,
+                       epilog="see docs/cli.md (options), docs/remedies.md (--remedy) and\n"
+                       "docs/performance.md#training-speed (--compile, --channels-last)")  # fmt: skip
     add_net_arguments(p)
     p.add_argument("--dataset", default="mnist1d", choices=list(DATASET_INFO), help="dataset (default mnist1d)")
     p.add_argument("--data-option", action="append", type=_key_value, metavar="KEY=VALUE",
@@ -394,7 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("probe", help="signal propagation at initialisation over depths: activations, gradients, "
-                       "the shortcut's share, the C-map, the input-output Jacobian; no training")  # fmt: skip
+                       "the shortcut's share, the C-map, the input-output Jacobian; no training",
+                       epilog="see docs/signal.md: what each number is, the JSON schema, measured values",
+                       formatter_class=raw)  # fmt: skip
     add_net_arguments(p, lists=True)
     p.add_argument("--dataset", default="mnist1d", choices=list(DATASET_INFO), help="dataset (default mnist1d)")
     p.add_argument("--data-option", action="append", type=_key_value, metavar="KEY=VALUE",
@@ -409,7 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the figures (gradient, shortcut share, C-map) and probe.json")
     p.set_defaults(func=cmd_probe)
 
-    p = sub.add_parser("sweep", help="run a sweep config: every cell once, resumable, N workers")
+    p = sub.add_parser("sweep", help="run a sweep config: every cell once, resumable, N workers", formatter_class=raw,
+                       epilog="see docs/sweeps.md (configs, resuming, failed cells) and docs/reliability.md\n"
+                       "(many machines, credentials, the runbook)")  # fmt: skip
     p.add_argument("config", help="a sweep config, e.g. configs/default.yaml")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=5 --set grid.depths=[8,20]")  # fmt: skip

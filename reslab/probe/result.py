@@ -179,7 +179,7 @@ class SignalProbe:
         return [(SUMMARY_PREFIX + k, float(s[k]), step) for k in SUMMARY_METRICS if _finite(s[k])]
 
     def to_json(self, **labels: Any) -> dict[str, Any]:
-        """One entry of `reslab probe --json`'s `probes` list (the schema is in the README)."""
+        """One entry of `reslab probe --json`'s `probes` list (the schema is in docs/signal.md)."""
         sv = self.jacobian_sv
         per_block = [{"block": i, "name": b.name, **{k: json_number(getattr(b, k)) for k in BLOCK_KINDS}}
                      for i, b in enumerate(self.blocks)]  # fmt: skip

@@ -157,7 +157,7 @@ def test_a_sweep_and_its_report_on_password_protected_postgresql_leak_no_passwor
                         consoles / "report.txt")  # fmt: skip
     assert code2 == 0, (consoles / "report.txt").read_text()[-3000:]
 
-    # The README's way: the URIs from the environment without the password, the password in PGPASSWORD.
+    # The way docs/reliability.md gives: the URIs from the environment without the password, the password in PGPASSWORD.
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     bare = f":{quote(PASSWORD, safe='')}@"
     env.update(RESLAB_STORAGE=storage.replace(bare, "@"), MLFLOW_TRACKING_URI=tracking.replace(bare, "@"),
