@@ -1,7 +1,7 @@
 """Forward and forward+backward throughput of every family vs depth (groups `forward` and `forward_backward`).
 
 He et al.'s CIFAR ResNets (width 16, batch 128, 3x32x32) at depths 20, 56, 110 (and 1202 on a GPU), blocks plain /
-residual / preact; the dense and the seed's conv families at a few depths. On CUDA each net also runs in bf16
+residual / preact; the dense and the Keras example's conv families at a few depths. On CUDA each net also runs in bf16
 autocast, channels_last and torch.compile variants, side by side. Each result's extra_info holds images/s, MACs
 per image, achieved TFLOP/s, peak memory, device and dtype, and the datasheet peak of known GPUs.
 """

@@ -61,8 +61,8 @@ def test_projection_shortcuts_add_exactly_their_layers() -> None:
     assert c - a == sum(per_stage) + 2 * sum(same)
 
 
-# Seed 000's model.summary(): (layer type, output shape HWC, params), activation folded into the conv as in Keras.
-SEED000 = [
+# The Keras example's model.summary(): (layer type, output shape HWC, params), activation folded into the conv.
+KERAS_EXAMPLE = [
     ("Conv2d", (32, 32, 32), 896),
     ("Conv2d", (32, 32, 32), 9248),
     ("MaxPool2d", (16, 16, 32), 0),
@@ -80,15 +80,15 @@ SEED000 = [
 ]
 
 
-def test_convnet_defaults_reproduce_seed000_summary() -> None:
+def test_convnet_defaults_reproduce_the_keras_example_summary() -> None:
     summary = describe(NetSpec("convnet", "residual"))
     assert summary.params == summary.trainable_params == 297_697
     rows = [(r.type, r.output_shape[1:], r.params) for r in summary.layers]
-    expected = [(t, (s[-1], *s[:-1]), p) for t, s, p in SEED000]  # channels-first, as torch computes them
+    expected = [(t, (s[-1], *s[:-1]), p) for t, s, p in KERAS_EXAMPLE]  # channels-first, as torch computes them
     assert rows == expected
 
 
-def test_seed001_shapes() -> None:
+def test_the_notebook_convnet_shapes() -> None:
     # A valid 3x3 conv on 32x32 gives 30x30x32; a projection + pool block after it gives 15x15x64 (the notebook
     # printed 8x8, which its own code cannot produce).
     spec = NetSpec("convnet", "residual")

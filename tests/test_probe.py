@@ -199,7 +199,7 @@ def test_mean_correlation() -> None:
 
 
 def test_a_net_without_a_stem_and_a_one_logit_head() -> None:
-    """The seed's convnet (no stem, one logit, binary cross-entropy) on 2-D inputs probes like the rest."""
+    """The Keras example's convnet (no stem, one logit, binary cross-entropy) on 2-D inputs probes like the rest."""
     splits = load_dataset("synthetic", {"shape": [3, 8, 8], "num_classes": 2, "train_size": 64, "test_size": 8})
     spec = NetSpec("convnet", "residual", 7, 4)
     from reslab.models.catalog import output_units

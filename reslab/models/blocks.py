@@ -1,9 +1,10 @@
 """Building blocks shared by every family: the block that combines a branch F with a shortcut.
 
 He et al. 2015 ("Deep Residual Learning", §3) write a residual unit as y = relu(F(x) + W_s x); He et al. 2016
-("Identity Mappings") move the activation into F (pre-activation); seed 002 gates the branch, y = a·F(x) + x with
-a = 0 at init. All of them, and the plain net of the same layers, are one `Block` with a different `kind`, so the
-comparison between plain and residual is controlled by construction: same layers, same init, only the sum differs.
+("Identity Mappings") move the activation into F (pre-activation); ReZero (Bachlechner et al. 2020) gates the
+branch, y = a·F(x) + x with a = 0 at init. All of them, and the plain net of the same layers, are one `Block` with
+a different `kind`, so the comparison between plain and residual is controlled by construction: same layers, same
+init, only the sum differs.
 
 The optional `tap` lets gradient telemetry (reslab.train) see the gradient that reaches the block input through the
 branch and through the shortcut separately, inside the one backward pass that training runs anyway.
@@ -65,7 +66,7 @@ class Ops:
         return TailoredLeakyReLU() if self.activation == "tat" else nn.ReLU(inplace=inplace)
 
     def max_pool(self) -> nn.Module:
-        # ceil_mode reproduces Keras' MaxPooling(2, padding="same") on odd sizes (seed 000).
+        # ceil_mode reproduces Keras' MaxPooling(2, padding="same") on odd sizes, as the Keras example's model does.
         cls = nn.MaxPool1d if self.dims == 1 else nn.MaxPool2d
         return cls(2, ceil_mode=True)
 
@@ -149,8 +150,8 @@ class Multiplier(nn.Module):
 
 
 class Gate(nn.Module):
-    """The learnable scalar a of y = a·F(x) + x (seed 002, ReZero), initialised to 0 so each block starts as the
-    identity. A module of its own so summaries and telemetry can find it by name."""
+    """The learnable scalar a of y = a·F(x) + x (ReZero, Bachlechner et al. 2020), initialised to 0 so each block
+    starts as the identity. A module of its own so summaries and telemetry can find it by name."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -183,7 +184,7 @@ class Block(nn.Module):
     - plain:    y = post(F(x))             (no shortcut at all)
     - residual: y = post(F(x) + S(x))      (He 2015)
     - preact:   y = F(x) + S(x)            (He 2016; F starts with norm-ReLU)
-    - rezero:   y = a·F(x) + S(x), a = 0   (seed 002)
+    - rezero:   y = a·F(x) + S(x), a = 0   (ReZero)
 
     `scale` multiplies F(x) by a fixed number (depth-scaled branches, Hayou et al. 2021); it is set by
     `reslab.models.remedy_init` once the number of residual branches of the whole net is known.
@@ -234,7 +235,7 @@ def branch_layers(
 ) -> list[nn.Module]:
     """The layers of a branch F in order, the one place every family takes them from. `first(bias)` and
     `second(bias)` build its two weighted layers (convs or linears); `act_after` adds the activation after the
-    second norm (the seed's convnet, whose blocks have no activation after the sum).
+    second norm (the Keras example's convnet, whose blocks have no activation after the sum).
 
     - post-activation (He et al. 2015): first-norm-act-second-norm[-act]
     - pre-activation (He et al. 2016):  norm-act-first-norm-act-second

@@ -17,7 +17,7 @@ from reslab.models.rules import DepthRule
 if TYPE_CHECKING:
     from reslab.models.spec import NetSpec
 
-#: How a block combines its branch F with its input (He et al. 2015, 2016; the gate of seed 002).
+#: How a block combines its branch F with its input (He et al. 2015, 2016; the gate y = a·F(x) + x of ReZero).
 BLOCK_KINDS: tuple[str, ...] = ("plain", "residual", "preact", "rezero")
 #: He et al. 2015 §3.3: zero-padding (A), projection where the shape changes (B), projection everywhere (C).
 SHORTCUTS: tuple[str, ...] = ("A", "B", "C")
@@ -29,7 +29,7 @@ INITS: tuple[str, ...] = ("kaiming", "fixup", "delta_orthogonal")
 ACTIVATIONS: tuple[str, ...] = ("relu", "tat")
 #: A fixed multiplier on every residual branch: none, or 1/sqrt(L) for L residual branches (Hayou et al. 2021).
 BRANCH_SCALES: tuple[str, ...] = ("none", "inv_sqrt_branches")
-#: The families whose blocks the remedies for depth are defined on (the seed's convnet has its own recipe).
+#: The families whose blocks the remedies for depth are defined on (the Keras example's convnet has its own recipe).
 REMEDY_FAMILIES: tuple[str, ...] = ("resnet", "mlp")
 
 
@@ -65,16 +65,17 @@ FAMILY_INFO: dict[str, FamilyInfo] = {
         _rule(6, 2, "6n+2"), 20, 16, "A", "batch", (3, 32, 32), 10, (2, 3),
     ),
     "mlp": FamilyInfo(
-        "mlp", "dense residual net (seed 004), 2n+2 linear layers of width w",
+        "mlp", "dense residual net, a_{l+2} = g(z_{l+2} + a_l), 2n+2 linear layers of width w",
         _rule(2, 2, "2n+2"), 10, 64, "A", "batch", (1, 40), 10, (1, 2, 3),
     ),
     "convnet": FamilyInfo(
-        "convnet", "the Keras residual convnet of seed 000: stages of two 3x3 convs + max-pool",
+        "convnet", "the Keras residual convnet example: stages of two 3x3 convs + max-pool",
         _convnet_rule, 7, 32, "B", "none", (3, 32, 32), 1, (2, 3),
     ),
 }  # fmt: skip
 
 
 def output_units(spec: NetSpec, num_classes: int) -> int:
-    """A binary dataset on a family whose head is one sigmoid unit (the seed's convnet) gets 1 output and BCE."""
+    """A binary dataset on a family whose head is one sigmoid unit (the Keras example's convnet) gets 1 output and
+    BCE."""
     return 1 if num_classes == 2 and FAMILY_INFO[spec.family].default_classes == 1 else num_classes

@@ -1,8 +1,8 @@
-"""The residual convnet of seed 000 (the Keras example): stages of (filters, pool), no stem, each block two 3x3
+"""The Keras residual convnet example: stages of (filters, pool), no stem, each block two 3x3
 "same" convs with ReLU and an optional 2x2 max-pool; the shortcut is the identity, or a 1x1 projection (stride 2
 when the block pools, no activation) where the shape changes; global average pooling and a dense head.
 
-Its default stages (32, pool), (64, pool), (128, no pool) with one output on 3x32x32 are the seed's model,
+Its default stages (32, pool), (64, pool), (128, no pool) with one output on 3x32x32 are the example's model,
 297,697 parameters. Depth counts weighted layers: 2 per block plus the head, depth = 2kS + 1 for k blocks in each
 of S stages; the first block of a stage changes the filters and pools.
 """
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 def pooled_block(spec: NetSpec, ops: Ops, cin: int, cout: int, pool: bool) -> Block:
-    """conv-ReLU-conv-ReLU[-pool] (+ shortcut), as the seed's `residual_block`, in the order of `branch_layers`
+    """conv-ReLU-conv-ReLU[-pool] (+ shortcut), as the example's `residual_block`, in the order of `branch_layers`
     with the activation after the second conv; norm layers after each conv when norm is batch."""
     layers = branch_layers(
         spec, ops, lambda bias: ops.conv(cin, cout, 3, 1, bias), lambda bias: ops.conv(cout, cout, 3, 1, bias),
@@ -35,7 +35,7 @@ def pooled_block(spec: NetSpec, ops: Ops, cin: int, cout: int, pool: bool) -> Bl
 
 
 def build_convnet(spec: NetSpec, input_shape: tuple[int, ...], num_classes: int) -> Trunk:
-    """The seed 000 convnet of `spec` for (C, L) or (C, H, W) inputs."""
+    """The Keras example's convnet of `spec` for (C, L) or (C, H, W) inputs."""
     ops = Ops(len(input_shape) - 1)
     k = spec.blocks_per_stage
     stages, cin = [], input_shape[0]

@@ -1,4 +1,4 @@
-"""Dense residual nets (seed 004): a_{l+2} = g(z_{l+2} + a_l), the shortcut spanning each pair of linear layers.
+"""Dense residual nets: a_{l+2} = g(z_{l+2} + a_l), the shortcut spanning each pair of linear layers.
 
 Depth counts weighted layers, as He et al. do: an input projection to width w, n blocks of two linear layers and a
 linear head, so depth = 2n + 2 (4, 6, 8, ...). Inputs of any shape are flattened first.

@@ -6,7 +6,7 @@ tested on a small hand-built DataFrame and rendering is a separate step.
 - `depth_figure`: final training and test error vs depth, hue = block, mean with 95 % CI over seeds, the
   papers' numbers overlaid when given — the depth-scaling curve;
 - `gradient_flow_figure`: gradient norm at one block's input through the branch and through the shortcut over
-  training — seed 002's experiment;
+  training — the gradient-norm experiment of the "Residual connection" explainer;
 - `gradient_heatmap_figure`: gradient norm at each block's output by block index x step, a panel per block kind,
   one colour scale — vanishing gradients made visible;
 - `weight_gradient_figure`: per-layer weight-gradient norm vs layer index early, midway and late in training;
@@ -162,8 +162,8 @@ def _deepest(tele: pd.DataFrame) -> pd.DataFrame:
 
 
 def gradient_flow_figure(telemetry: pd.DataFrame, block_index: int | None = None) -> Figure | None:
-    """Seed 002's experiment: the gradient norm reaching one block's input through the branch F (solid) and
-    through the shortcut (dashed) over training, a panel per block kind at the deepest depth."""
+    """The "Residual connection" explainer's experiment: the gradient norm reaching one block's input through the
+    branch F (solid) and through the shortcut (dashed) over training, a panel per block kind at the deepest depth."""
     tele = telemetry[telemetry["kind"].isin(["grad_branch", "grad_shortcut"])]
     if tele.empty:
         return None

@@ -111,8 +111,9 @@ def build_figures(data: SweepData, bench: pd.DataFrame | None = None, log_scale:
     tele = data.telemetry
     if not tele.empty:
         out.append(("gradient_flow", "Gradient through branch vs shortcut",
-                    "Seed 002's experiment: the gradient norm at one block's input, through the branch F and through "
-                    "the shortcut, over training (deepest depth, first seed).",
+                    "The gradient-norm experiment of the \"Residual connection\" explainer: the gradient norm at one "
+                    "block's input, through the branch F and through the shortcut, over training (deepest depth, "
+                    "first seed).",
                     F.gradient_flow_figure(tele)))  # fmt: skip
         out.append(("gradient_heatmap", "Gradient norm by block and step",
                     "log10 gradient norm at each block's output over training, plain next to residual, one colour "

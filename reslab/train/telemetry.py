@@ -1,6 +1,6 @@
-"""Gradient telemetry: seed 002's experiment in every run.
+"""Gradient telemetry: the gradient-norm experiment of the "Residual connection" explainer, in every run.
 
-Seed 002 tracks the gradient norm at the input of a block through the block (x_in) and through the residual
+That experiment tracks the gradient norm at the input of a block through the block (x_in) and through the residual
 connection (x_res): early in training the shortcut carries the clear signal and the branch a weak one; later they
 swap. `GradientProbe` records, every K training steps and inside the backward pass training runs anyway:
 - per block: the gradient norm reaching the block input through the branch F and through the shortcut, and the
