@@ -3,7 +3,7 @@ shortcuts and norms.
 
 The CLI's choices, the sweep config's schema, `NetSpec`'s validation and the builders all read these, so there is
 one list of what exists. Kept free of torch so that `reslab --help` and a config error answer at once: importing
-torch alone takes about 2 s on a 2-core machine, longer than the whole check.
+torch alone takes seconds, far longer than the whole check.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Nothing here restates an architecture as a formula (pycls' hand-written complexity() functions drift from the
 model they describe): output shapes come from forward hooks and MACs from torch's own FLOP counter on one example.
-(ResNet-1202 takes about 2 s on the CPU; the meta device, which allocates nothing, is slower for such nets because
-its norm layers run through Python decompositions, so it is an option for nets too large for memory.)
+(The meta device, which allocates nothing, is slower than the CPU for deep nets because its norm layers run through
+Python decompositions, so it is an option for nets too large for memory.)
 MACs count convolutions and linear layers, as He et al. do; norms, activations, pooling and additions are not
 counted.
 """
