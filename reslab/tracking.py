@@ -23,8 +23,8 @@ The contract (what the sweep, the report and users' own queries may rely on):
 - sweeps: a parent run tagged `reslab.sweep=<name>` and children tagged `mlflow.parentRunId`, `reslab.cell`.
 
 Each MLflow write is a database transaction, and one `log_batch` of many metrics costs about what a few single
-`log_metric` calls do, so everything is logged per epoch or in batches; two processes creating one fresh sqlite DB corrupt it, so
-`Store.prepare` creates it once, under a file lock, before workers start.
+`log_metric` calls do, so everything is logged per epoch or in batches; two processes creating one fresh sqlite DB
+corrupt it, so `Store.prepare` creates it once, under a file lock, before workers start.
 """
 
 from __future__ import annotations
