@@ -73,12 +73,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         track = TrackingConfig(uri=args.tracking_uri, experiment=args.experiment)
     except ValidationError as exc:
         raise UsageError("; ".join(_pydantic_messages(exc))) from None
-    from reslab.data.catalog import DATASET_INFO
     from reslab.limits import memory_problem, training_device
-    from reslab.models.catalog import output_units
 
-    shape, classes = DATASET_INFO[data.name].shape(data.options)
-    problem = memory_problem(spec.name, spec, shape, output_units(spec, classes), train, training_device(train.device))
+    problem = memory_problem(spec.name, spec, data, train, training_device(train.device))
     if problem:
         raise UsageError(problem)
     from reslab.tracking import TrackingError
@@ -120,16 +117,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
         recipe = TrainConfig(batch_size=args.batch, seed=args.seed, device=args.device)
     except ValidationError as exc:
         raise UsageError("; ".join(_pydantic_messages(exc))) from None
-    from reslab.data.catalog import DATASET_INFO
     from reslab.limits import memory_problem, training_device
-    from reslab.models.catalog import output_units
 
-    shape, classes = DATASET_INFO[data.name].shape(data.options)
     for spec in specs:  # a probe holds what a training step holds, less the optimizer's state
-        problem = memory_problem(spec.name, spec, shape, output_units(spec, classes), recipe,
-                                 training_device(recipe.device))  # fmt: skip
+        problem = memory_problem(spec.name, spec, data, recipe, training_device(recipe.device), verb="probe")
         if problem:
-            raise UsageError(problem.replace("to train", "to probe"))
+            raise UsageError(problem)
     import time
 
     from reslab.devices import resolve_device
@@ -228,7 +221,7 @@ def _key_value(text: str) -> tuple[str, object]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from reslab.limits import refuse_impossible
+    from reslab.sweep.checks import refuse_impossible
     from reslab.sweep.config import ConfigError, load_config
 
     assign = {key: value for key, value in (("sweep.workers", args.workers), ("sweep.storage", args.storage),

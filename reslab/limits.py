@@ -1,5 +1,7 @@
 """What this machine can run: the checks that refuse an impossible request before anything is created.
 
+`reslab train`, `reslab probe` and a sweep's config check (`reslab.sweep.checks`) ask these.
+
 A depth-scaling study asks for extremes (He et al. 2015 train a 1202-layer net), and an extreme that does not fit
 fails late and badly: a width of 100000 asks for a 120 GB allocation and dies with a traceback, a depth of 600002
 spends minutes building modules before anything else happens, 500 workers on 2 cores thrash. Each is refused here
@@ -18,9 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from reslab.models.estimate import Estimate
     from reslab.models.spec import NetSpec
-    from reslab.sweep.config import SweepConfig
-    from reslab.train.config import TrainConfig
+    from reslab.train.config import DataConfig, TrainConfig
 
 #: Worker processes beyond these per core / per GPU only contend: each cell gets a slice of a device it cannot use.
 WORKERS_PER_CORE = 4
@@ -83,12 +85,21 @@ def _smallest_free_gpu_memory(count: int) -> int:
         return min(int(torch.cuda.get_device_properties(i).total_memory) for i in range(count))
 
 
-def training_bytes(spec: NetSpec, input_shape: tuple[int, ...], classes: int, train: TrainConfig) -> tuple[int, str]:
-    """Bytes one training of `spec` needs (parameters, gradients and momentum, plus the activations autograd keeps
-    for a batch), and how that splits, in words."""
+def net_estimate(spec: NetSpec, data: DataConfig) -> Estimate:
+    """`spec`'s closed-form size on `data`'s inputs and classes (one output where a one-unit head meets two
+    classes), known without building the net or loading the data."""
+    from reslab.data.catalog import DATASET_INFO
+    from reslab.models.catalog import output_units
     from reslab.models.estimate import estimate
 
-    est = estimate(spec, input_shape, classes)
+    shape, classes = DATASET_INFO[data.name].shape(data.options)
+    return estimate(spec, shape, output_units(spec, classes))
+
+
+def training_bytes(spec: NetSpec, data: DataConfig, train: TrainConfig) -> tuple[int, str]:
+    """Bytes one training of `spec` on `data` needs (parameters, gradients and momentum, plus the activations
+    autograd keeps for a batch), and how that splits, in words."""
+    est = net_estimate(spec, data)
     per_value = 2 if train.precision in ("bf16-mixed", "16-mixed") else 4
     total = est.training_bytes(train.batch_size, per_value)
     activations = total - est.training_bytes(0, per_value)
@@ -97,58 +108,26 @@ def training_bytes(spec: NetSpec, input_shape: tuple[int, ...], classes: int, tr
     return total, split
 
 
-def memory_problem(
-    label: str, spec: NetSpec, input_shape: tuple[int, ...], classes: int, train: TrainConfig, device: Device
-) -> str | None:
-    """One line when `spec` cannot train in `device`'s memory, else None."""
-    need, split = training_bytes(spec, input_shape, classes, train)
+def memory_problem(label: str, spec: NetSpec, data: DataConfig, train: TrainConfig, device: Device,
+                   verb: str = "train") -> str | None:  # fmt: skip
+    """One line when `spec` cannot `verb` (train, probe) on `data` in `device`'s memory, else None."""
+    need, split = training_bytes(spec, data, train)
     if need <= device.memory_bytes:
         return None
     return (
-        f"{label} needs about {need / _GiB:.1f} GiB to train ({split}), but {device.describe()}: choose a smaller "
+        f"{label} needs about {need / _GiB:.1f} GiB to {verb} ({split}), but {device.describe()}: choose a smaller "
         f"depth, width or train.batch_size"
     )
 
 
-def check_sweep(config: SweepConfig) -> list[str]:
-    """Every reason this machine cannot run `config`: too many workers for its cores or GPUs, cells that cannot
-    fit in memory (one line per network, the seeds of a network share it)."""
-    from reslab.data.catalog import DATASET_INFO
-    from reslab.models.catalog import output_units
-    from reslab.sweep.grid import expand
-
-    problems = []
-    device = training_device(config.train.device)
-    workers = config.sweep.workers
-    if isinstance(workers, int):
-        if device.kind == "cuda" and workers > WORKERS_PER_GPU * device.count:
-            problems.append(
-                f"sweep.workers: {workers} workers for {device.count} GPU(s) is more than {WORKERS_PER_GPU} per GPU; "
-                f"valid: 1 to {WORKERS_PER_GPU * device.count}, or auto"
-            )
-        elif device.kind == "cpu" and workers > WORKERS_PER_CORE * device.count:
-            problems.append(
-                f"sweep.workers: {workers} workers for {device.count} CPU core(s) is more than {WORKERS_PER_CORE} "
-                f"per core; valid: 1 to {WORKERS_PER_CORE * device.count}, or auto"
-            )
-    shape, classes = DATASET_INFO[config.dataset.name].shape(config.dataset.options)
-    seen = set()
-    for cell in expand(config.grid):
-        spec = cell.spec()
-        if spec in seen:
-            continue
-        seen.add(spec)
-        problem = memory_problem(f"grid cell {spec.name}", spec, shape, output_units(spec, classes), config.train,
-                                 device)  # fmt: skip
-        if problem:
-            problems.append(problem)
-    return problems
-
-
-def refuse_impossible(config: SweepConfig, source: str) -> None:
-    """Raise the ConfigError of every reason `check_sweep` finds (`source` names the command in it)."""
-    from reslab.sweep.config import ConfigError
-
-    problems = check_sweep(config)
-    if problems:
-        raise ConfigError(source, problems)
+def workers_problem(workers: int | str, device: Device) -> str | None:
+    """One line when `workers` processes would only contend for `device` (more than a few per core or GPU)."""
+    if not isinstance(workers, int):
+        return None
+    if device.kind == "cuda" and workers > WORKERS_PER_GPU * device.count:
+        return (f"sweep.workers: {workers} workers for {device.count} GPU(s) is more than {WORKERS_PER_GPU} per GPU; "
+                f"valid: 1 to {WORKERS_PER_GPU * device.count}, or auto")  # fmt: skip
+    if device.kind == "cpu" and workers > WORKERS_PER_CORE * device.count:
+        return (f"sweep.workers: {workers} workers for {device.count} CPU core(s) is more than {WORKERS_PER_CORE} "
+                f"per core; valid: 1 to {WORKERS_PER_CORE * device.count}, or auto")  # fmt: skip
+    return None

@@ -143,7 +143,7 @@ def test_a_gpu_machine_is_judged_by_its_fullest_gpu_without_a_cuda_context(monke
 
     from reslab import limits
     from reslab.models.spec import NetSpec
-    from reslab.train.config import TrainConfig
+    from reslab.train.config import DataConfig, TrainConfig
 
     gib = 1024**3
     free = {0: 8 * gib, 1: 3 * gib}
@@ -162,5 +162,6 @@ def test_a_gpu_machine_is_judged_by_its_fullest_gpu_without_a_cuda_context(monke
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace(total_memory=80 * gib))
     assert limits.training_device("cuda") == limits.Device("cuda", 80 * gib, 2)
     wide = NetSpec("resnet", "residual", 8, 100000)
-    too_big = limits.memory_problem("grid cell x", wide, (3, 32, 32), 10, TrainConfig(), limits.training_device("cuda"))
+    cifar = DataConfig(name="cifar10")
+    too_big = limits.memory_problem("grid cell x", wide, cifar, TrainConfig(), limits.training_device("cuda"))
     assert too_big is not None and "the GPU has 80.0 GiB free" in too_big

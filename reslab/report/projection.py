@@ -119,10 +119,9 @@ def format_duration(seconds: float) -> str:
 def cell_work(config: SweepConfig) -> list[CellWork]:
     """Every cell of the config (all seeds) with its steps, evaluation examples and FLOPs."""
     from reslab.data.catalog import DATASET_INFO
-    from reslab.models.estimate import estimate
+    from reslab.limits import net_estimate
 
     info = DATASET_INFO[config.dataset.name]
-    shape, classes = info.shape(config.dataset.options)
     n_train, n_val, n_test = info.sizes(config.dataset.options)
     train = config.train
     per_epoch = n_train // train.batch_size if train.drop_last else math.ceil(n_train / train.batch_size)
@@ -130,7 +129,7 @@ def cell_work(config: SweepConfig) -> list[CellWork]:
     eval_examples = train.num_epochs(per_epoch) * (n_val + n_test)
     out = []
     for cell in expand(config.grid):
-        macs = estimate(cell.spec(), shape, classes).macs
+        macs = net_estimate(cell.spec(), config.dataset).macs
         flops = 2.0 * macs * (3.0 * steps * train.batch_size + eval_examples)
         out.append(CellWork(cell, steps, eval_examples, flops))
     return out

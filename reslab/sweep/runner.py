@@ -151,9 +151,7 @@ class Coordinator:
 
     # -- dry run ---------------------------------------------------------------------------------------------------
     def dry_run(self) -> int:
-        from reslab.data.catalog import DATASET_INFO
-        from reslab.models.catalog import output_units
-        from reslab.models.estimate import estimate
+        from reslab.limits import net_estimate
 
         statuses: dict[Item, ItemStatus] = {}
         storage = None
@@ -161,7 +159,6 @@ class Coordinator:
             storage = open_storage(self.storage_url, create=False, retry_s=self.config.sweep.storage_retry_s)
         if storage is not None and study_exists(storage, self.config.name):
             statuses = SweepQueue(storage, self.config.name, create=False).status(self.items)
-        shape, classes = DATASET_INFO[self.config.dataset.name].shape(self.config.dataset.options)
         table = Table(title=f"sweep {self.config.name}: {len(self.items)} runs ({self._plan_line()})")
         for col in ("run", "params", "MACs", "status", "attempts", "lease"):
             table.add_column(col, justify="right" if col in ("params", "MACs", "attempts") else "left")
@@ -169,7 +166,7 @@ class Coordinator:
         for item in self.items:
             spec = self.cells[item[0]].spec()
             if spec not in sizes:  # closed forms: a 1202-layer grid is listed in milliseconds, nothing is built
-                sizes[spec] = estimate(spec, shape, output_units(spec, classes))
+                sizes[spec] = net_estimate(spec, self.config.dataset)
             s = sizes[spec]
             st = statuses.get(item)
             state = st.state if st else "missing"
@@ -503,11 +500,8 @@ def run_sweep(
     config: SweepConfig, *, dry_run: bool = False, console: Console | None = None, source: str = "",
     env_hint: str = "",
 ) -> int:
-    """Run (or with dry_run, list) a sweep. A request this machine cannot run (see `reslab.limits`) is a
-    ConfigError before anything is created; bad storage or tracking: one clear error, exit code 2, nothing run."""
-    from reslab.limits import refuse_impossible
-
-    refuse_impossible(config, source or config.name)
+    """Run (or with dry_run, list) a sweep whose requests this machine can run (`reslab sweep` checks them first,
+    `reslab.sweep.checks`); bad storage or tracking: one clear error, exit code 2, nothing run."""
     coordinator = Coordinator(config, console, source, env_hint)
     try:
         return coordinator.dry_run() if dry_run else coordinator.run()
