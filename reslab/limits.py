@@ -111,13 +111,19 @@ def memory_problem(
 
 
 def check_sweep(config: SweepConfig) -> list[str]:
-    """Every reason this machine cannot run `config`: too many workers for its cores or GPUs, cells that cannot
-    fit in memory (one line per network, the seeds of a network share it)."""
+    """Every reason this machine cannot run `config`: a grid too large to expand, paths it cannot create or write
+    (`reslab.paths`), too many workers for its cores or GPUs, cells that cannot fit in memory (one line per network,
+    the seeds of a network share it)."""
     from reslab.data.catalog import DATASET_INFO
     from reslab.models.catalog import output_units
+    from reslab.paths import sweep_problems
+    from reslab.sweep.config import grid_size_problem
     from reslab.sweep.grid import expand
 
-    problems = []
+    too_big = grid_size_problem(config.grid)
+    if too_big:  # judged from the lists' lengths: no cell is made
+        return [too_big]
+    problems = sweep_problems(config)
     device = training_device(config.train.device)
     workers = config.sweep.workers
     if isinstance(workers, int):

@@ -9,6 +9,7 @@ their YAML path and what is valid, before anything is created or trained.
 from __future__ import annotations
 
 import copy
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,7 @@ from reslab.models.catalog import BLOCK_KINDS, NORMS, SHORTCUTS
 from reslab.models.catalog import FAMILY_INFO as FAMILIES
 from reslab.models.remedies import NO_REMEDY, REMEDIES, REMEDY_CHOICES
 from reslab.models.rules import SpecError
+from reslab.paths import PathError, read_text
 from reslab.redact import STORAGE_ENV, TRACKING_ENV, redact, redact_uri
 from reslab.train.config import DataConfig, TrackingConfig, TrainConfig
 
@@ -327,6 +329,36 @@ def set_path(raw: dict[str, Any], path: str, value: Any, what: str) -> None:
     node[keys[-1]] = value
 
 
+#: The most cells one sweep may hold. He et al.'s CIFAR study is a few dozen cells and a broad depth-scaling sweep a
+#: few hundred; a grid past this is a slip (a range pasted as the seeds), and expanding it cell by cell would cost
+#: minutes of checks before the first message.
+MAX_CELLS = 10_000
+
+
+def grid_size_problem(grid: Any) -> str | None:
+    """A line when the grid's lists multiply to more than MAX_CELLS cells, else None: judged from the lengths of
+    the lists alone (every list-valued GridConfig field, given or defaulted), before any value is validated or any
+    cell made. The product bounds the cell count from above (plain blocks take one shortcut)."""
+    if isinstance(grid, GridConfig):
+        grid = dict(grid)
+    if not isinstance(grid, dict):
+        return None  # not a mapping: validation says so
+    lengths = {}
+    for name, field in GridConfig.model_fields.items():
+        value = grid[name] if name in grid else field.get_default(call_default_factory=True)
+        if isinstance(value, (list, tuple)) and value:
+            lengths[name] = len(value)
+    cells = math.prod(lengths.values())
+    if cells <= MAX_CELLS:
+        return None
+    longest = sorted(lengths.items(), key=lambda kv: -kv[1])
+    factors = " x ".join(f"{n} {name}" for name, n in longest if n > 1)
+    return (
+        f"grid: its lists make {cells:,} cells ({factors}), more than the {MAX_CELLS:,} one sweep may hold: "
+        f"shorten grid.{longest[0][0]}, or split the grid into several sweeps"
+    )
+
+
 def load_config(
     source: str | Path | dict[str, Any],
     overrides: list[str] | tuple[str, ...] = (),
@@ -340,10 +372,13 @@ def load_config(
         raw: Any = copy.deepcopy(source)
     else:
         path = Path(source)
-        if not path.is_file():
+        if not os.path.exists(path):
             raise ConfigError(label, [f"no such config file; the shipped ones are in configs/ ({_shipped()})"])
         try:
-            raw = yaml.safe_load(path.read_text())
+            raw = yaml.safe_load(read_text(path))
+        except PathError as exc:
+            hint = "; name the YAML file, e.g. configs/default.yaml" if path.is_dir() else ""
+            raise ConfigError(label, [f"{exc}{hint}"]) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -365,6 +400,9 @@ def load_config(
             problems.append(str(exc))
     if problems:
         raise ConfigError(label, problems)
+    too_big = grid_size_problem(raw.get("grid"))
+    if too_big:
+        raise ConfigError(label, [too_big])
     tracking = raw.get("tracking")
     if isinstance(tracking, dict) and "experiment" not in tracking and isinstance(raw.get("name"), str):
         tracking["experiment"] = raw["name"]
