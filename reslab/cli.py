@@ -230,6 +230,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         config = load_config(args.config, list(args.set or []), assign)
         source, env_hint = _source(args)
         refuse_impossible(config, source)  # before the runner's imports (Optuna, MLflow, torch): one line, at once
+        _check_report_folder(args, config.name, source)
         from reslab.sweep.runner import run_sweep
 
         code = run_sweep(config, dry_run=args.dry_run, source=source, env_hint=env_hint)
@@ -241,6 +242,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"reslab sweep: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _check_report_folder(args: argparse.Namespace, name: str, source: str) -> None:
+    """`reslab sweep --report` writes reports/<name>/ at the end: a folder it cannot write is said before the sweep."""
+    from reslab.paths import folder_problem
+    from reslab.sweep.config import ConfigError
+
+    problem = folder_problem(f"reports/{name}") if args.report else None
+    if problem:
+        raise ConfigError(source, [f"--report writes reports/{name}: {problem}"])
 
 
 def _source(args: argparse.Namespace) -> tuple[str, str]:
@@ -282,11 +293,21 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"{args.sweep!r} is not a sweep name: sweep names are letters, digits, '.', '_' or '-' (the `name` of "
             f"the sweep's config)"
         )
+    from reslab.paths import folder_problem
+
+    out = args.out or f"reports/{args.sweep}"
+    problem = folder_problem(out)
+    if problem:
+        raise UsageError(f"report folder {out}: {problem}; choose another with --out")
     from reslab.report import ReportError, collect
     from reslab.report.bench import latest_benchmark
     from reslab.report.render import write_report
     from reslab.tracking import TrackingError, check_server, resolve_uri
 
+    bench = args.bench or latest_benchmark()
+    problem = None if args.bench or bench is None else _bench_problem(str(bench))
+    if problem:  # the newest of reports/bench/, found rather than given: said before the slow part
+        raise UsageError(f"the newest benchmark JSON {bench}: {problem}; or give one with --bench")
     t0 = time.perf_counter()
     uri = resolve_uri(args.tracking_uri)
     try:
@@ -294,8 +315,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         data = collect(uri, args.sweep)
     except (ReportError, TrackingError) as exc:
         raise UsageError(str(exc)) from None
-    bench = args.bench or latest_benchmark()
-    paths = write_report(data, args.out or f"reports/{args.sweep}", bench, log_scale=args.log_scale)
+    paths = write_report(data, out, bench, log_scale=args.log_scale)
     print(paths.verdict.text)
     print(f"report: {paths.html}  ({len(paths.figures)} figures, {time.perf_counter() - t0:.1f} s)")
     return 0
@@ -304,11 +324,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_bench_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from reslab.report.bench import load_depth_scaling, load_ratios, render_benchmark, summary
+    from reslab.paths import folder_problem
 
     path = Path(args.json)
-    if not path.is_file():
-        raise UsageError(f"no benchmark JSON at {path}: run `nox -s bench` first")
+    problem = _bench_problem(args.json)
+    if problem:
+        raise UsageError(f"benchmark JSON {path}: {problem}")
+    problem = None if args.out else folder_problem(path.parent)  # --out is judged with every command's options
+    if problem:
+        raise UsageError(f"the figures go beside {path}, but {problem}; choose a folder with --out")
+    from reslab.report.bench import load_depth_scaling, load_ratios, render_benchmark, summary
+
     written = render_benchmark(path, args.out)
     table = summary(path)
     if not table.empty:
@@ -459,6 +485,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_path_options(args: argparse.Namespace) -> None:
+    """The options that name a file or folder, the same in every command that has them, judged before the command
+    does anything (see `reslab.paths`); a command checks the paths it derives itself (a report's default folder)."""
+    import os
+
+    from reslab import paths
+
+    checks = {
+        "--out": (paths.folder_problem, "choose another --out"),
+        "--data-dir": (lambda v: paths.folder_problem(os.path.expanduser(v), write=False), "choose another --data-dir"),
+        "--tracking-uri": (lambda v: paths.store_problem(v, write=args.command != "report"), "give another one"),
+        "--bench": (_bench_problem, ""),
+    }  # fmt: skip
+    for flag, (check, fix) in checks.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
+        problem = check(value) if isinstance(value, str) else None
+        if problem:
+            raise UsageError(f"{flag} {value}: {problem}" + (f"; {fix}" if fix else ""))
+
+
+def _bench_problem(path: str) -> str | None:
+    """Why `path` is not a pytest-benchmark JSON that can be read, or None."""
+    from reslab.paths import PathError, read_text
+
+    try:
+        data = json.loads(read_text(path))
+    except PathError as exc:
+        return f"{exc}; `nox -s bench` writes one into reports/bench/"
+    except json.JSONDecodeError as exc:
+        return f"not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); give the JSON `nox -s bench` wrote"
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
+        return "not a pytest-benchmark JSON (no `benchmarks` list); give the JSON `nox -s bench` wrote"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import os
 
@@ -470,6 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _check_path_options(args)
         return args.func(args)
     except (SpecError, UsageError) as exc:
         print(f"reslab {args.command}: error: {exc}", file=sys.stderr)

@@ -49,6 +49,9 @@ def probe(*argv: str) -> dict:
         (["sweep", "configs/default.yaml", "--workers", "500"], 2, "more than 4 per core"),
         (["sweep", "configs/no-such.yaml"], 2, "no such config file"),
         (["report", "it's"], 2, "is not a sweep name"),
+        (["report", "s", "--out", "pyproject.toml"], 2, "is a file, not a folder"),
+        (["sweep", "configs/default.yaml", "--set", "sweep.runs_dir=pyproject.toml"], 2, "is a file, not a folder"),
+        (["sweep", "configs/default.yaml", "--set", f"grid.seeds={list(range(10_000))}"], 2, "80,000 cells"),
     ],
 )
 def test_help_and_every_error_import_nothing_heavy(argv: list[str], code: int, message: str) -> None:

@@ -9,6 +9,7 @@ their YAML path and what is valid, before anything is created or trained.
 from __future__ import annotations
 
 import copy
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from reslab.models.catalog import FAMILY_INFO as FAMILIES
 from reslab.models.remedies import NO_REMEDY, REMEDY_CHOICES
 from reslab.models.rules import SpecError
+from reslab.paths import PathError, read_text
 from reslab.redact import STORAGE_ENV, TRACKING_ENV, redact, redact_uri
 from reslab.train.config import DataConfig, TrackingConfig, TrainConfig
 
@@ -62,8 +64,7 @@ class _GridBase(_Frozen):
 
             net = NetSpec(family)
             defaults = {f.metadata["plural"]: [getattr(net, f.name)] for f in axis_fields()
-                        if f.name not in ("depth", "remedy")}  # fmt: skip
-            defaults["blocks"] = ["plain", "residual"]
+                        if f.name not in ("block", "depth", "remedy")}  # fmt: skip
             data = {**defaults, **data}
         return data
 
@@ -154,6 +155,9 @@ def _grid_fields() -> dict[str, Any]:
                 default_factory=lambda: [NO_REMEDY], min_length=1,
                 description="remedies for depth (reslab.models.remedies); `none` = the grid's own fields as they are",
             ))  # fmt: skip
+        elif f.name == "block":  # He et al.'s comparison unless a grid says otherwise
+            out[plural] = (list[Literal[choices]], Field(
+                default_factory=lambda: ["plain", "residual"], min_length=1, description=f.metadata["help"]))
         elif plural:
             item = Literal[choices] if choices else int
             out[plural] = (list[item], Field(min_length=1, description=f.metadata["help"]))
@@ -350,6 +354,38 @@ def set_path(raw: dict[str, Any], path: str, value: Any, what: str) -> None:
     node[keys[-1]] = value
 
 
+#: The most cells one sweep may hold. He et al.'s CIFAR study is a few dozen cells and a broad depth-scaling sweep a
+#: few hundred; a grid past this is a slip (a range pasted as the seeds), and expanding it cell by cell would cost
+#: minutes of checks before the first message.
+MAX_CELLS = 10_000
+
+
+def grid_size_problem(grid: Any) -> str | None:
+    """A line when the grid's lists multiply to more than MAX_CELLS cells, else None: judged from the lengths of
+    the lists alone (every list-valued GridConfig field, given or defaulted), before any value is validated or any
+    cell made. The product bounds the cell count from above (plain blocks take one shortcut)."""
+    if isinstance(grid, GridConfig):
+        grid = dict(grid)
+    if not isinstance(grid, dict):
+        return None  # not a mapping: validation says so
+    lengths = {}
+    for name, field in GridConfig.model_fields.items():
+        if name == "stages":  # set once for the grid, not an axis
+            continue
+        value = grid[name] if name in grid else field.get_default(call_default_factory=True)
+        if isinstance(value, (list, tuple)) and value:
+            lengths[name] = len(value)
+    cells = math.prod(lengths.values())
+    if cells <= MAX_CELLS:
+        return None
+    longest = sorted(lengths.items(), key=lambda kv: -kv[1])
+    factors = " x ".join(f"{n} {name}" for name, n in longest if n > 1)
+    return (
+        f"grid: its lists make {cells:,} cells ({factors}), more than the {MAX_CELLS:,} one sweep may hold: "
+        f"shorten grid.{longest[0][0]}, or split the grid into several sweeps"
+    )
+
+
 def load_config(
     source: str | Path | dict[str, Any],
     overrides: list[str] | tuple[str, ...] = (),
@@ -363,10 +399,13 @@ def load_config(
         raw: Any = copy.deepcopy(source)
     else:
         path = Path(source)
-        if not path.is_file():
+        if not os.path.exists(path):
             raise ConfigError(label, [f"no such config file; the shipped ones are in configs/ ({_shipped()})"])
         try:
-            raw = yaml.safe_load(path.read_text())
+            raw = yaml.safe_load(read_text(path))
+        except PathError as exc:
+            hint = "; name the YAML file, e.g. configs/default.yaml" if path.is_dir() else ""
+            raise ConfigError(label, [f"{exc}{hint}"]) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -388,6 +427,9 @@ def load_config(
             problems.append(str(exc))
     if problems:
         raise ConfigError(label, problems)
+    too_big = grid_size_problem(raw.get("grid"))
+    if too_big:
+        raise ConfigError(label, [too_big])
     tracking = raw.get("tracking")
     if isinstance(tracking, dict) and "experiment" not in tracking and isinstance(raw.get("name"), str):
         tracking["experiment"] = raw["name"]

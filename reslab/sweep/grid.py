@@ -90,15 +90,6 @@ def axis_values(grid: GridConfig) -> dict[str, list[Any]]:
     return values
 
 
-def grid_size(grid: GridConfig) -> int:
-    """How many combinations the grid's lists make (seeds and learning rates included), before any cell exists;
-    at least the number of its cells, which combinations a remedy or a plain block collapse."""
-    size = len(grid.seeds) * len(grid.lr or [None])
-    for values in axis_values(grid).values():
-        size *= len(values)
-    return size
-
-
 def expand(grid: GridConfig) -> list[Cell]:
     """Every cell of the grid once. A plain block has no shortcut, so its cells take the first shortcut only; a
     remedy sets its own fields (block, norm, init ...), so it contributes one cell per value of the axes it leaves
