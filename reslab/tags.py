@@ -1,4 +1,4 @@
-"""The names of the MLflow tags reslab writes and reads, in one place.
+"""The names of the MLflow tags and metrics reslab writes and reads, in one place.
 
 They are part of the tracking contract: stored runs carry them and users' own MLflow queries filter on them, so a
 name here never changes, only its use. Import-free on purpose, so the report and the CLI can use them without
@@ -47,3 +47,13 @@ class Tag:
     ATTEMPT: Final = "reslab.attempt"
     TUNE_TRIAL: Final = "reslab.tune_trial"
     TUNE_METRIC: Final = "reslab.tune_metric"
+
+
+class Metric:
+    """MLflow metric names every training run logs per epoch (a namespace, never instantiated)."""
+
+    #: The final values a sweep's queue keeps on a completed cell and the report tabulates.
+    RESULTS: Final = ("train_error", "test_error", "val_error", "train_loss", "test_loss", "val_loss")
+    #: Every per-epoch metric the report reads back as a history.
+    EPOCH: Final = ("train_error", "train_loss", "val_error", "val_loss", "test_error", "test_loss", "lr",
+                    "epoch_time_s", "train_images_per_s")  # fmt: skip

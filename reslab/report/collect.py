@@ -27,11 +27,10 @@ from reslab.models.rules import SpecError
 from reslab.models.spec import spec_fields, spec_from_values, spec_values, variant
 from reslab.redact import redact_uri
 from reslab.sweep.parent import find_sweep, sweep_runs
-from reslab.tags import Tag
+from reslab.tags import Metric, Tag
 
-EPOCH_KEYS = ("train_error", "train_loss", "val_error", "val_loss", "test_error", "test_loss", "lr", "epoch_time_s",
-              "train_images_per_s")  # fmt: skip
-FINAL_KEYS = ("train_error", "test_error", "val_error", "train_loss", "test_loss", "val_loss")
+EPOCH_KEYS = Metric.EPOCH
+FINAL_KEYS = Metric.RESULTS
 TELEMETRY = re.compile(r"^(grad_branch|grad_shortcut|grad_out|gate|probe_act|probe_grad_in|probe_grad_out|probe_share|"
                        r"probe_cmap)/b(\d+)$|^(grad_weight)/(\d+)\.(.+)$|^(probe_net)/([a-z0-9_]+)$")
 #: A cell's columns: its key and run name, every `NetSpec` field, the seed, and the report's label for its net.
