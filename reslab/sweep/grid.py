@@ -58,6 +58,11 @@ class Cell:
         extra += f"-lr{self.lr:g}" if self.lr is not None else ""
         return f"{family}{self.remedy or self.block}-{self.depth}-w{self.width}{extra}-s{self.seed}"
 
+    def run_name(self, slot: int | None = None) -> str:
+        """The name of a run of this cell: `name`, or with a tuning slot (`residual-56-w16-s0-t3`) when the sweep
+        tunes, where each cell has several runs."""
+        return self.name if slot is None else f"{self.name}-t{slot}"
+
     def spec(self) -> NetSpec:
         return NetSpec(self.family, self.block, self.depth, self.width, self.shortcut, self.norm, remedy=self.remedy)
 
