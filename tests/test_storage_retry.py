@@ -482,7 +482,7 @@ def test_every_method_is_retried() -> None:
         "get_study_directions": (study_id,), "get_study_user_attrs": (study_id,),
         "get_study_system_attrs": (study_id,), "get_all_studies": (), "set_study_user_attr": (study_id, "k", 1),
         "set_study_system_attr": (study_id, "k", 1), "set_trial_param": (trial_id, "x", 0.5, dist),
-        "get_trial_id_from_study_id_trial_number": (study_id, 0), "set_trial_intermediate_value": (trial_id, 1, 0.1),
+        "set_trial_intermediate_value": (trial_id, 1, 0.1),
         "set_trial_user_attr": (trial_id, "k", 1), "set_trial_system_attr": (trial_id, "k", 1),
         "get_trial": (trial_id,), "get_all_trials": (study_id,),
     }  # fmt: skip
