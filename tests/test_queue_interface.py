@@ -99,3 +99,28 @@ def test_the_recipe_is_recorded_once_and_a_tuned_sweep_names_its_slots(tmp_path:
     assert len(names) == 2 * len(coordinator.cells) and len(set(names)) == len(names)
     assert all(name.endswith(("-t0", "-t1")) for name in names)
     assert queue.CellQueue.existing(config_in(tmp_path / "none")) is None
+
+
+def test_a_sweep_without_tune_gets_the_recipe_as_is_and_a_tuned_one_samples_and_prunes(tmp_path: Path) -> None:
+    from reslab.sweep.tuner import NoTuner, tuner_for
+    from reslab.train.run import StopRun
+
+    plain = config_in(tmp_path / "plain")
+    cq = queue.CellQueue(plain)
+    cell = next(iter(cq.cells.values()))
+    none = tuner_for(plain, cq, cell, 0)
+    assert type(none) is NoTuner and none.suggest(plain.train) is plain.train and none.metric == "train_error"
+    none.on_epoch(1, {"train_error": 0.9})  # never prunes
+
+    tune = {"trials_per_cell": 4, "metric": "test_error", "lr": [0.01, 0.3], "pruner_startup_trials": 1,
+            "pruner_warmup_epochs": 0}  # fmt: skip
+    tuned = config_in(tmp_path / "tuned", tune=tune)
+    cq = queue.CellQueue(tuned)
+    first = tuner_for(tuned, cq, cell, 0)
+    assert 0.01 <= first.suggest(tuned.train).lr <= 0.3 and first.tags() and first.attrs()["lr"] == first.lr
+    first.on_epoch(1, {"test_error": 0.1})
+    first.done(0.1)
+    second = tuner_for(tuned, cq, cell, 1)
+    with pytest.raises(StopRun, match="pruned after epoch 1"):
+        second.on_epoch(1, {"test_error": 0.9})  # worse than the median of the cell's earlier trials
+    assert second.pruned() == 0.9
