@@ -234,6 +234,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         from reslab.sweep.runner import run_sweep
 
         code = run_sweep(config, dry_run=args.dry_run, source=source, env_hint=env_hint)
+        if args.dry_run and code == 0:  # the sweep's projected wall time, if a benchmark measured its nets
+            from reslab.report.projection import projection_hint
+
+            hint = projection_hint(config, source)
+            if hint:
+                print(hint)
         if args.report and code in (0, 1) and not args.dry_run:  # failed cells are listed in the report too
             report_args = argparse.Namespace(sweep=config.name, tracking_uri=config.tracking.uri or args.tracking_uri,
                                              out=None, bench=None, log_scale=False)  # fmt: skip

@@ -327,6 +327,76 @@ class Store:
         return [a.path for a in self._client.list_artifacts(run_id, path)]
 
 
+class RunRecorder:
+    """The writes of one training run, bound to its MLflow run, so the training code states what it records once
+    instead of asking at every write whether there is a run (`NO_RUN`, below, records nothing)."""
+
+    def __init__(self, store: Store, run_id: str, system_metrics_s: float | None = None) -> None:
+        self.store = store
+        self.run_id: str | None = run_id
+        self.system_metrics_s = system_metrics_s  # None: no system metrics
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self.store.log_params(self.run_id, params)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self.store.set_tags(self.run_id, tags)
+
+    def log_metrics(self, rows: Iterable[tuple[str, float, int]]) -> None:
+        self.store.log_metrics(self.run_id, rows)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.store.log_text(self.run_id, text, artifact_file)
+
+    def log_json(self, data: Any, artifact_file: str) -> None:
+        self.store.log_json(self.run_id, data, artifact_file)
+
+    def finish(self, status: str = "FINISHED", reason: str | None = None) -> None:
+        self.store.finish_run(self.run_id, status, reason)
+
+    def attach(self, trainer: Any) -> None:
+        """Lightning's per-epoch metrics go to this run (see `Store.lightning_logger`)."""
+        trainer.logger = self.store.lightning_logger(self.run_id)
+
+    def system_metrics(self) -> contextlib.AbstractContextManager[None]:
+        """MLflow system metrics for the block's duration, when the run asked for them."""
+        if self.system_metrics_s is None:
+            return contextlib.nullcontext()
+        return self.store.system_metrics(self.run_id, self.system_metrics_s)
+
+
+class _NoRun(RunRecorder):
+    """A training that is not recorded (no tracking store, or a DDP rank other than 0): every write is dropped."""
+
+    def __init__(self) -> None:
+        self.run_id = None
+        self.system_metrics_s = None
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, rows: Iterable[tuple[str, float, int]]) -> None:
+        pass
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        pass
+
+    def log_json(self, data: Any, artifact_file: str) -> None:
+        pass
+
+    def finish(self, status: str = "FINISHED", reason: str | None = None) -> None:
+        pass
+
+    def attach(self, trainer: Any) -> None:
+        pass
+
+
+NO_RUN: RunRecorder = _NoRun()
+
+
 def _param_value(value: Any) -> str:
     if isinstance(value, (list, tuple, dict)):
         return json.dumps(value)

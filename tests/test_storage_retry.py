@@ -5,11 +5,9 @@ The drill at the end restarts a real PostgreSQL server under a loop of queue ope
 
 from __future__ import annotations
 
-import copy
 import errno
 import glob
 import os
-import pickle
 import shutil
 import socket
 import sqlite3
@@ -34,14 +32,8 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from reslab.sweep.retry import (
-    CREATE_TOKEN,
-    RetryingHeartbeatStorage,
-    RetryingStorage,
-    StorageUnavailable,
-    is_transient,
-    with_retries,
-)
+from reslab.sweep.retry import CREATE_TOKEN, RetryingHeartbeatStorage, RetryingStorage, with_retries
+from reslab.sweep.storage_errors import StorageUnavailable, is_transient
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = [
@@ -281,8 +273,6 @@ def test_transient_forever_ends_in_one_clear_error(capsys: pytest.CaptureFixture
     assert info.value.attempts == flaky.calls["get_all_studies"]
     err = capsys.readouterr().err
     assert len(lines(err, "retrying")) == 1 and not lines(err, "answering again") and SECRET not in err
-    again = pickle.loads(pickle.dumps(info.value))  # crosses process boundaries intact
-    assert str(again) == message
 
 
 def test_budget_in_real_time() -> None:
@@ -467,42 +457,16 @@ def test_a_trial_whose_creation_did_not_land_is_created_once() -> None:
     assert len(storage.get_all_trials(study_id)) == 1
 
 
-def test_study_creation_after_an_ambiguous_failure() -> None:
-    flaky = Flaky(InMemoryStorage())
-    storage = wrap(flaky, log=lambda _: None)
-    flaky.fail("create_new_study", Fault(pg_dropped(), applied=True))
-    study_id = storage.create_new_study(MIN)  # unnamed: its name is ours, so the study found is ours
-    assert [s._study_id for s in storage.get_all_studies()] == [study_id]
-    assert storage.get_study_name_from_id(study_id).startswith("no-name-")
-    # Named: our attempt cannot be told from a concurrent creator's, and callers load an existing study anyway.
-    flaky.fail("create_new_study", Fault(pg_dropped(), applied=True))
-    with pytest.raises(DuplicatedStudyError):
-        storage.create_new_study(MIN, "named")
-    assert len(storage.get_all_studies()) == 2
-
-
-def test_a_deletion_that_landed_before_the_error_is_success() -> None:
-    flaky = Flaky(InMemoryStorage())
-    storage = wrap(flaky, log=lambda _: None)
-    study_id = storage.create_new_study(MIN, "s")
-    flaky.fail("delete_study", Fault(pg_dropped(), applied=True))
-    storage.delete_study(study_id)
-    assert storage.get_all_studies() == []
-    with pytest.raises(KeyError):
-        storage.delete_study(study_id)
-
-
 # -- the storage interface ----------------------------------------------------------------------------------------
 
 
 def test_forwards_every_storage_method() -> None:
-    """Each public method of Optuna's BaseStorage (and BaseHeartbeat) is the wrapper's own, so none runs Optuna's
-    default implementation on top of un-retried calls, and a method Optuna adds later shows up here."""
-    missing = [n for n in STORAGE_METHODS if n not in RetryingStorage.__dict__]
-    assert not missing
-    hb = [n for n in HEARTBEAT_METHODS if n not in RetryingHeartbeatStorage.__dict__]
-    assert not hb
+    """Each method Optuna's BaseStorage (and BaseHeartbeat) leaves abstract is the wrapper's own, so every call
+    the queue makes, and Optuna makes for it, goes through the retry loop (Optuna's other methods are built on
+    these), and a method Optuna adds later shows up here."""
     assert not RetryingStorage.__abstractmethods__ and not RetryingHeartbeatStorage.__abstractmethods__
+    assert BaseStorage.__abstractmethods__ <= set(RetryingStorage.__dict__)
+    assert BaseHeartbeat.__abstractmethods__ <= set(RetryingHeartbeatStorage.__dict__)
 
 
 def test_every_method_is_retried() -> None:
@@ -518,16 +482,12 @@ def test_every_method_is_retried() -> None:
         "get_study_directions": (study_id,), "get_study_user_attrs": (study_id,),
         "get_study_system_attrs": (study_id,), "get_all_studies": (), "set_study_user_attr": (study_id, "k", 1),
         "set_study_system_attr": (study_id, "k", 1), "set_trial_param": (trial_id, "x", 0.5, dist),
-        "get_trial_id_from_study_id_trial_number": (study_id, 0), "get_trial_number_from_id": (trial_id,),
-        "get_trial_param": (trial_id, "x"), "set_trial_intermediate_value": (trial_id, 1, 0.1),
+        "set_trial_intermediate_value": (trial_id, 1, 0.1),
         "set_trial_user_attr": (trial_id, "k", 1), "set_trial_system_attr": (trial_id, "k", 1),
-        "get_trial": (trial_id,), "get_all_trials": (study_id,), "get_n_trials": (study_id,),
-        "get_best_trial": (study_id,), "get_trial_params": (trial_id,), "get_trial_user_attrs": (trial_id,),
-        "get_trial_system_attrs": (trial_id,), "remove_session": (),
-        "check_trial_is_updatable": (trial_id, TrialState.RUNNING),
+        "get_trial": (trial_id,), "get_all_trials": (study_id,),
     }  # fmt: skip
     assert set(calls) | {"create_new_study", "create_new_trial", "delete_study", "set_trial_state_values"} == set(
-        STORAGE_METHODS
+        BaseStorage.__abstractmethods__
     )
     for name, args in calls.items():
         flaky = Flaky(inner)
@@ -541,16 +501,12 @@ def test_every_method_is_retried() -> None:
 def test_heartbeat_interface_only_when_the_inner_storage_has_it(tmp_path: Path) -> None:
     journal = with_retries(make_storage("journal", tmp_path))
     assert type(journal) is RetryingStorage and not isinstance(journal, BaseHeartbeat)
-    assert not hasattr(journal, "record_heartbeat")  # reslab's Heartbeat checks this
+    assert not hasattr(journal, "record_heartbeat")  # the queue's lease renewal checks this
     rdb = make_storage("sqlite", tmp_path)
     wrapped = with_retries(rdb)
     assert isinstance(wrapped, RetryingHeartbeatStorage) and isinstance(wrapped, BaseHeartbeat)
-    assert type(RetryingStorage(rdb)) is RetryingHeartbeatStorage
-    assert wrapped.unwrap() is rdb and wrapped.inner is rdb and with_retries(wrapped).inner is rdb
-    assert wrapped.get_heartbeat_interval() == 1 and wrapped.url == rdb.url  # other attributes read through
+    assert wrapped.inner is rdb and wrapped.get_heartbeat_interval() == 1
     assert optuna.storages._heartbeat.is_heartbeat_enabled(wrapped)
-    with pytest.raises(TypeError):
-        RetryingHeartbeatStorage(make_storage("inmemory", tmp_path))
 
 
 def test_heartbeats_are_retried() -> None:
@@ -620,19 +576,6 @@ def test_optimize_with_heartbeat_threads_on_the_wrapper(tmp_path: Path) -> None:
     study = optuna.create_study(storage=storage)
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
-
-
-def test_copies_and_pickles(tmp_path: Path) -> None:
-    journal = with_retries(make_storage("journal", tmp_path), budget_s=7.0)
-    study_id = journal.create_new_study(MIN, "s")
-    for other in (copy.deepcopy(journal), pickle.loads(pickle.dumps(journal))):
-        assert type(other) is RetryingStorage and other.budget_s == 7.0
-        assert other.get_study_id_from_name("s") == study_id
-    rdb = with_retries(make_storage("sqlite", tmp_path))
-    rdb.create_new_study(MIN, "r")
-    again = pickle.loads(pickle.dumps(rdb))
-    assert type(again) is RetryingHeartbeatStorage and again.get_study_id_from_name("r") is not None
-    assert copy.deepcopy(with_retries(InMemoryStorage())).get_all_studies() == []
 
 
 def test_names_the_storage_without_its_password(tmp_path: Path) -> None:

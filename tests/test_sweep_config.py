@@ -148,11 +148,9 @@ def test_dry_run_lists_and_creates_nothing(in_tmp: Path, capsys: pytest.CaptureF
 def test_dry_run_of_a_started_sweep_shows_state_lease_and_attempts(
     in_tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from reslab.sweep.worker import items_of
-
     path = _write(in_tmp / "ok.yaml", GOOD)
     config = load_config(path)
-    cells, items = items_of(config)
+    cells, items = q.items_of(config)
     queue = q.SweepQueue(q.open_storage(config.storage_url), config.name)
     queue.reconcile(items, retry_failed=True, grace_s=60)
     first = queue.claim(items)
@@ -216,7 +214,7 @@ def test_a_dead_workers_item_is_lost_and_retried(journal: str) -> None:
     queue.reconcile(ITEMS[:1], retry_failed=True, grace_s=60)
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     trial = queue.claim()
-    queue.set_attrs(trial, {q.PID: child.pid, q.PID_START: q._pid_start(child.pid)})
+    queue.set_attrs(trial, {q.PID: child.pid, q.PID_START: q.pid_start(child.pid)})
     assert queue.reconcile(ITEMS[:1], retry_failed=False, grace_s=60)[ITEMS[0]].state == "running"
     child.kill()
     child.wait()
@@ -246,7 +244,7 @@ def test_a_committed_run_left_running_is_finished_and_an_orphan_killed(journal: 
         queue.set_attrs(trial, {q.RUN_ID: runs[trial.number]})
     assert queue.complete(committed, 0.125, {"train_error": 0.125})
     queue.fail(orphan, "interrupted")
-    assert settle_orphans(store, "t", parent, queue) == (1, 1)
+    assert settle_orphans(store, "t", parent, queue.outcomes()) == (1, 1)
     status = {n: store.get_run(r).info.status for n, r in runs.items()}
     assert status == {committed.number: "FINISHED", orphan.number: "KILLED", live.number: "RUNNING"}
 
@@ -422,18 +420,18 @@ def test_the_resume_command_names_the_environment_instead_of_a_password() -> Non
 def test_ctrl_c_in_the_middle_of_a_claim_leaves_no_trial_running(tmp_path: Path, monkeypatch) -> None:
     """An interrupt after the claim's RUNNING transition but before the worker holds the trial: it is still
     failed as interrupted, so the next run reruns it at once instead of waiting for its lease to expire."""
-    from reslab.sweep.worker import Worker, items_of
+    from reslab.sweep.worker import Worker
 
     config = load_config({**GOOD, "sweep": {"storage": str(tmp_path / "q.journal")},
                           "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}})  # fmt: skip
-    _, items = items_of(config)
+    _, items = q.items_of(config)
     queue = q.SweepQueue(q.open_storage(config.storage_url), config.name)
     queue.reconcile(items, retry_failed=True, grace_s=60)
 
     def interrupted(*args: object) -> bool:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(q, "set_attrs_if_running", interrupted)  # the claim writes its lease through it
+    monkeypatch.setattr(q, "lease_attrs", interrupted)  # the claim's lease, written after its RUNNING transition
     handler = signal.getsignal(signal.SIGINT)
     assert Worker(config, None, None).run() == 130
     assert signal.getsignal(signal.SIGINT) is handler  # else every process this one starts would ignore Ctrl-C

@@ -6,7 +6,7 @@ reads back the result file that rank 0 writes. Ranks other than 0 train and reco
 cell's result to the queue itself, fenced as a worker does (a refused commit ends the run KILLED, superseded), and
 every rank dies with the process that started it, so a killed worker leaves no cell training on behind it.
 
-    python -m reslab.sweep.cell runs/<sweep>/config.resolved.yaml --cell KEY --slot 0 --trial-id 7 --result out.json
+    python -m reslab.sweep.cell runs/<sweep>/config.resolved.yaml --trial-id 7 --result out.json
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from reslab.atomic import write_atomic
 from reslab.redact import guard_streams, redact
 from reslab.sweep.config import load_config
 from reslab.sweep.lifeline import die_with_parent
-from reslab.sweep.queue import open_storage
+from reslab.sweep.queue import CellQueue
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,34 +29,28 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent(int(expected) if expected else None)
     os.environ["RESLAB_PARENT_PID"] = str(os.getpid())  # the DDP ranks this process starts watch it in turn
 
-    from reslab.sweep.worker import fenced_callbacks, item_tags, items_of
+    from reslab.sweep.worker import fenced_callbacks, item_tags
     from reslab.train.run import Superseded, is_rank_zero, run_one
 
     p = argparse.ArgumentParser(prog="python -m reslab.sweep.cell", description=__doc__)
     p.add_argument("config")
-    p.add_argument("--cell", required=True)
-    p.add_argument("--slot", type=int, default=0)
-    p.add_argument("--trial-id", type=int, required=True)
-    p.add_argument("--trial-number", type=int, required=True)
-    p.add_argument("--attempt", type=int, default=1)
+    p.add_argument("--trial-id", type=int, required=True, help="the queue's handle of the worker's lease")
     p.add_argument("--parent-run-id")
     p.add_argument("--threads", type=int)
     p.add_argument("--result", required=True)
     args = p.parse_args(argv)
     config = load_config(args.config).from_environment()
     guard_streams(config.storage_url, config.tracking.uri)
-    cells, _ = items_of(config)
-    cell = cells[args.cell]
+    lease = CellQueue(config, create=False).reattach(args.trial_id)
+    cell = lease.cell
     train = cell.recipe(config.train.model_copy(update={"threads": args.threads}) if args.threads else config.train)
     uri = tracking.resolve_uri(config.tracking.uri)
-    storage = open_storage(config.storage_url, config.sweep.heartbeat_s, config.sweep.grace_s,
-                           retry_s=config.sweep.storage_retry_s)
-    on_start, on_commit = fenced_callbacks(storage, args.trial_id, "train_error")
+    on_start, on_commit = fenced_callbacks(lease, "train_error")
     try:
         result = run_one(
             cell.spec(), config.dataset, train, config.tracking.model_copy(update={"uri": uri}),
             run_name=cell.name, parent_run_id=args.parent_run_id,
-            extra_tags=item_tags(config, args.cell, args.slot, args.trial_number, args.attempt),
+            extra_tags=item_tags(config, lease.key, lease.slot, lease.number, lease.attempt),
             on_start=on_start, commit=on_commit,
         )  # fmt: skip
     except Superseded as lost:

@@ -65,7 +65,8 @@ class Cell:
         return f"{family}{net.remedy or net.block}-{net.depth}-w{net.width}{extra}-s{self.seed}"
 
     def run_name(self, slot: int | None = None) -> str:
-        """The MLflow run name of this cell, or of its tuning trial in `slot` (`residual-56-w16-s0-t3`)."""
+        """The name of a run of this cell: `name`, or with a tuning slot (`residual-56-w16-s0-t3`) when the sweep
+        tunes, where each cell has several runs."""
         return self.name if slot is None else f"{self.name}-t{slot}"
 
     def spec(self) -> NetSpec:

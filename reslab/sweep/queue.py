@@ -16,22 +16,24 @@ claimed by the atomic WAITING -> RUNNING transition both the journal and the RDB
   time: the live trial with the lowest number (or one already COMPLETE) runs the item, the other is PRUNED;
 - an item that FAILed with a reason (an exception, an interrupt) is retried by the next `reslab sweep`,
   not within the same one; a *lost* item is retried at once (at most `MAX_LOST` times per coordinator run).
+
+The coordinator and the workers see none of this: they hold a `CellQueue` built from the sweep's config, which takes
+and returns cells and speaks a few verbs (`claim` a `Lease`, `renew` it, `commit` or `fail` it, `status`; and on
+the coordinator's side `settle` lost and missing items, check the recipe). Optuna, the storage's retries, the
+journal's repair and the leases' bookkeeping stay in this module and the ones it imports.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import socket
-import threading
 import time
 import uuid
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -39,13 +41,26 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from reslab.redact import redact, redact_uri
+from reslab.sweep.lease import BEAT, HOST, PID, Heartbeat, LeaseJudge, lease_attrs, local_pid_gone, wall_clock
+from reslab.sweep.lease import PID_START as PID_START  # read by tests and drills through this module
+from reslab.sweep.lease import node_name as node_name
+from reslab.sweep.lease import pid_start as pid_start
 from reslab.sweep.retry import with_retries
+from reslab.sweep.storage_errors import StorageUnavailable
+
+if TYPE_CHECKING:
+    from reslab.sweep.config import SweepConfig
+    from reslab.sweep.grid import Cell
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat_interval & co.
 
+#: The names the coordinator and the workers may use (a test holds them to it).
+__all__ = [
+    "CellQueue", "Item", "ItemStatus", "Lease", "QueueError", "StorageUnavailable", "is_rdb", "items_of", "run_name",
+]  # fmt: skip
+
 CELL, SLOT = "reslab.cell", "reslab.slot"
-HOST, PID, PID_START, BEAT = "reslab.host", "reslab.pid", "reslab.pid_start", "reslab.heartbeat"
 FAILURE, LOST, DUPLICATE_OF, RUN_ID = "reslab.failure", "reslab.lost", "reslab.duplicate_of", "reslab.mlflow_run_id"
 STALE = "reslab.stale"
 SWEEP_ID, PARENT_RUN = "reslab.sweep_id", "reslab.parent_run_id"
@@ -58,21 +73,253 @@ class QueueError(RuntimeError):
     """The queue's storage cannot be used: the message says which and what to do."""
 
 
-Item = tuple[str, int]  # (cell key, slot)
+Item = tuple[str, int]  # (cell key, slot): a cell, or one slot of a cell's tuning budget
+
+
+def items_of(config: SweepConfig) -> tuple[dict[str, Cell], list[Item]]:
+    """The sweep's cells by key, and its items: one per cell, or `trials_per_cell` per cell when it tunes."""
+    from reslab.sweep.grid import expand
+
+    cells = {c.key: c for c in expand(config.grid)}
+    slots = config.tune.trials_per_cell if config.tune else 1
+    return cells, [(key, s) for key in cells for s in range(slots)]
+
+
+def run_name(config: SweepConfig, cell: Cell, slot: int) -> str:
+    """An item's run name: the cell's, with the tuning slot when the sweep tunes (each cell then has several)."""
+    return cell.run_name(slot if config.tune is not None else None)
+
+
+def is_rdb(url: str) -> bool:
+    """Whether the queue's URL names a database server (else it is a journal file)."""
+    return "://" in url
+
+
+# -- the interface: cells in, cells out ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ItemStatus:
+    """Where one item stands: done (COMPLETE), running, waiting, failed (with reason), or missing; how many trials
+    have run it (retries after lost leases or failures included); the result attributes of the trial that says so
+    (its value, metrics, size, wall time) and, while it runs, who holds it since when."""
+
+    state: str
+    attempts: int = 0
+    reason: str = ""
+    value: float | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+    holder: str = ""
+    started: float | None = None  # the holder's start time as recorded (a timestamp)
+
+    @classmethod
+    def of(cls, state: str, trial: FrozenTrial | None, attempts: int) -> ItemStatus:
+        if trial is None:
+            return cls(state, attempts)
+        attrs = dict(trial.user_attrs)
+        reason = str(attrs.get(FAILURE) or attrs.get(LOST) or "worker lost")
+        holder = f"{attrs.get(HOST, '?')} pid {attrs.get(PID, '?')}"
+        start = trial.datetime_start.timestamp() if trial.datetime_start is not None else None
+        return cls(state, attempts, reason, trial.value, attrs, holder, start)
+
+    @property
+    def pruned(self) -> str | None:
+        """Why the tuner pruned the item's run, if it did (the item is done all the same)."""
+        return self.attrs.get(PRUNED)
+
+    def lease(self, now: float | None = None) -> str:
+        """'host pid 123, 42 s' for a running item (the age by its start time as recorded), else ''."""
+        if self.state != "running":
+            return ""
+        if self.started is None:
+            return self.holder
+        age = (now if now is not None else time.time()) - self.started
+        return f"{self.holder}, {max(age, 0):.0f} s"
+
+
+class Lease:
+    """One claimed item, held by this process until it commits, fails or loses it. Room is left for a later claim
+    of several cells at once: that would hand out one lease per item."""
+
+    def __init__(self, queue: CellQueue, trial: FrozenTrial, attempt: int) -> None:
+        self._queue = queue
+        self._storage = queue._storage
+        self._trial_id = trial._trial_id
+        self.number = trial.number
+        self.key, self.slot = trial.user_attrs[CELL], int(trial.user_attrs.get(SLOT, 0))
+        self.cell = queue.cells[self.key]
+        self.name = queue.name_of((self.key, self.slot))
+        self.attempt = attempt
+
+    @property
+    def trial_id(self) -> int:
+        """The handle a process of this cell's own (a multi-device cell) reattaches with (`CellQueue.reattach`)."""
+        return self._trial_id
+
+    def renew(self) -> None:
+        """A heartbeat: Optuna's on an RDB, a changing user attribute on the journal (see `LeaseJudge`)."""
+        if hasattr(self._storage, "record_heartbeat"):
+            self._storage.record_heartbeat(self._trial_id)
+        self._storage.set_trial_user_attr(self._trial_id, BEAT, wall_clock())
+
+    def record_run(self, run_id: str) -> bool:
+        """Name the item's MLflow run; False if the lease was lost meanwhile."""
+        return write_trial(self._storage, self._trial_id, {RUN_ID: run_id})
+
+    def commit(self, value: float, attrs: dict[str, Any], *, pruned: str | None = None) -> bool:
+        """The item's result (see `commit`); False if this lease was lost before it could be recorded. `pruned`:
+        why the tuner stopped the run early (its last value is the result)."""
+        extra = {PRUNED: pruned} if pruned is not None else {}
+        return commit(self._storage, self._trial_id, value, {**attrs, **extra})
+
+    def fail(self, reason: str, attrs: dict[str, Any] | None = None) -> bool:
+        """FAIL with a reason: the next `reslab sweep` retries it, this one does not. False if it had already
+        finished (failed as lost by another process)."""
+        return fail(self._storage, self._trial_id, reason, attrs)
+
+    def lose(self, why: str) -> bool:
+        """Give the item back as lost (its process was killed): it runs again at once, and its MLflow run is marked
+        FAILED. False if it had finished meanwhile."""
+        trial = self._storage.get_trial(self._trial_id)
+        if not self._queue._queue.fail_lost(trial, why):
+            return False
+        self._queue._lost(self._storage.get_trial(self._trial_id), why)
+        return True
+
+
+class CellQueue:
+    """A sweep's queue of cells: what the coordinator enqueues and settles, what its workers claim and commit.
+
+    `create`: make the study (the coordinator); a worker attaches to the one its coordinator made. `on_lost(run_id,
+    why)` is told of every item found lost here, with the MLflow run it had started (or None)."""
+
+    def __init__(
+        self,
+        config: SweepConfig,
+        *,
+        url: str | None = None,
+        create: bool = True,
+        on_lost: Callable[[str | None, str], None] | None = None,
+        _storage: BaseStorage | None = None,
+    ) -> None:
+        self.config = config
+        self.cells, self.items = items_of(config)
+        self.url = url or config.storage_url
+        sweep = config.sweep
+        self._storage = _storage or open_storage(self.url, sweep.heartbeat_s, sweep.grace_s,
+                                                 retry_s=sweep.storage_retry_s)  # fmt: skip
+        self._create = create
+        self._on_lost = on_lost
+        self._lost_counts: dict[Item, int] = {}
+
+    @cached_property
+    def _queue(self) -> SweepQueue:
+        """The study, opened (or created) on first use: a coordinator opens the storage first, so that an
+        unreachable database is one error before anything else (a tracking store, a study) is created."""
+        return SweepQueue(self._storage, self.config.name, create=self._create)
+
+    @classmethod
+    def existing(cls, config: SweepConfig, url: str | None = None) -> CellQueue | None:
+        """The sweep's queue if it exists, else None; nothing is created (a dry run only looks)."""
+        url = url or config.storage_url
+        if not is_rdb(url) and not Path(url).exists():
+            return None
+        storage = open_storage(url, create=False, retry_s=config.sweep.storage_retry_s)
+        if not study_exists(storage, config.name):
+            return None
+        return cls(config, url=url, create=False, _storage=storage)
+
+    def name_of(self, item: Item) -> str:
+        """The item's run name: the cell's, with the tuning slot when the sweep tunes."""
+        return run_name(self.config, self.cells[item[0]], item[1])
+
+    def status(self) -> dict[Item, ItemStatus]:
+        return self._queue.status(self.items)
+
+    # -- the coordinator's side ----------------------------------------------------------------------------------
+    def sweep_id(self) -> str:
+        """The identity of this incarnation of the queue, which the sweep's MLflow parent run carries."""
+        return self._queue.sweep_id()
+
+    @property
+    def parent_run(self) -> str | None:
+        """The sweep's MLflow parent run, as recorded on an earlier start."""
+        return self._queue.study.user_attrs.get(PARENT_RUN)
+
+    def set_parent_run(self, run_id: str) -> None:
+        self._queue.study.set_user_attr(PARENT_RUN, run_id)
+
+    def recorded_recipe(self, recipe: dict[str, Any]) -> dict[str, Any] | None:
+        """The recipe this queue's results come from; `recipe` is recorded (and None returned) if there is none."""
+        old = self._queue.study.user_attrs.get(RECIPE)
+        if old is None:
+            self._queue.study.set_user_attr(RECIPE, recipe)
+        return old
+
+    def prune_stale(self) -> list[str]:
+        """The keys of cells the queue holds that the grid no longer has (it shrank): their waiting trials are
+        pruned as stale, so no worker runs them."""
+        known = {t.user_attrs[CELL] for t in self._queue.trials() if CELL in t.user_attrs}
+        self._queue.prune_stale(self.items)
+        return sorted(known - set(self.cells))
+
+    def settle(self, *, retry_failed: bool, lost_reasons: dict[int, str] | None = None) -> dict[Item, ItemStatus]:
+        """Fail lost items (`on_lost` hears of each), enqueue every item without a live trial (failed ones only with
+        `retry_failed`; lost ones up to MAX_LOST times per queue object), and return every item's status.
+        `lost_reasons`: why a given worker pid's items are lost, when known better than a judge can say."""
+        return self._queue.reconcile(self.items, retry_failed=retry_failed, grace_s=self.config.sweep.grace_s,
+                                     on_lost=self._lost, lost_counts=self._lost_counts,
+                                     lost_reasons=lost_reasons)  # fmt: skip
+
+    def worker_exited(self, pid: int, reasons: dict[int, str]) -> None:
+        """A worker process on this node has died: its items are lost now, with the reason `reasons` gives for
+        its pid, and go back to the queue (no need to wait for a judge)."""
+        if any(int(t.user_attrs.get(PID, -1)) == pid for t in self._queue.trials((TrialState.RUNNING,))):
+            self.settle(retry_failed=False, lost_reasons=reasons)
+
+    def outcomes(self) -> dict[int, tuple[str, str | None]]:
+        """Per trial number (the `reslab.trial` tag of a run): 'running', 'done' or 'ended', and its MLflow run."""
+        return self._queue.outcomes()
+
+    def _lost(self, trial: FrozenTrial, why: str) -> None:
+        if self._on_lost is not None:
+            self._on_lost(trial.user_attrs.get(RUN_ID), why)
+
+    # -- the worker's side ---------------------------------------------------------------------------------------
+    def claim(self) -> Lease | None:
+        """Take the oldest waiting item for this process, or None if there is none."""
+        trial = self._queue.claim(self.items)
+        return Lease(self, trial, self._queue.attempt(trial)) if trial is not None else None
+
+    def heartbeat(self, watch_parent: bool = True) -> Heartbeat:
+        """A thread that renews the lease it is given to hold (see `Heartbeat`)."""
+        return Heartbeat(self.config.sweep.heartbeat_s, watch_parent)
+
+    def interrupted(self) -> None:
+        """Ctrl-C: the item this process last took (an interrupt may come mid-claim), if it still runs, is failed
+        as interrupted, so the next `reslab sweep` reruns it at once."""
+        held = self._queue.holding
+        if held is not None:
+            trial = self._storage.get_trial(held)
+            if trial.state == TrialState.RUNNING:
+                fail(self._storage, held, "interrupted")
+
+    def reattach(self, trial_id: int) -> Lease:
+        """The lease a worker holds, in a process of the cell's own (a multi-device cell)."""
+        trial = self._storage.get_trial(trial_id)
+        return Lease(self, trial, self._queue.attempt(trial))
+
+    def tuning_study(self, cell: Cell) -> optuna.Study:
+        """The study beside the queue in which a cell's tuner samples (`reslab.sweep.tuner`)."""
+        return open_study(self._storage, f"{self.config.name}.tune.{cell.key}")
+
+
+# -- the storage ------------------------------------------------------------------------------------------------------
 
 
 def item_of(trial: FrozenTrial) -> Item | None:
     cell = trial.user_attrs.get(CELL)
     return (cell, int(trial.user_attrs.get(SLOT, 0))) if cell else None
-
-
-def is_rdb(url: str) -> bool:
-    return "://" in url
-
-
-def node_name() -> str:
-    """The machine a lease names: $RESLAB_NODE (drills simulate several machines on one), else the hostname."""
-    return os.environ.get("RESLAB_NODE") or socket.gethostname()
 
 
 def open_storage(
@@ -132,6 +379,12 @@ def open_study(storage: BaseStorage, name: str, create: bool = True) -> optuna.S
     return study
 
 
+def is_rdb_storage(storage: BaseStorage) -> bool:
+    """Whether the storage (or the one a retrying wrapper holds) is an RDB, whose heartbeat Optuna judges."""
+    inner = getattr(storage, "inner", storage)
+    return isinstance(inner, RDBStorage)
+
+
 def group_by_item(trials: Iterable[FrozenTrial]) -> dict[Item, list[FrozenTrial]]:
     out: dict[Item, list[FrozenTrial]] = defaultdict(list)
     for t in trials:
@@ -143,32 +396,9 @@ def group_by_item(trials: Iterable[FrozenTrial]) -> dict[Item, list[FrozenTrial]
     return out
 
 
-@dataclass
-class ItemStatus:
-    """Where one item stands: done (COMPLETE), running, waiting, failed (with reason), or missing; and how many
-    trials have run it (retries after lost leases or failures included)."""
-
-    state: str
-    trial: FrozenTrial | None = None
-    attempts: int = 0
-
-    @property
-    def reason(self) -> str:
-        if self.trial is None:
-            return ""
-        return str(self.trial.user_attrs.get(FAILURE) or self.trial.user_attrs.get(LOST) or "worker lost")
-
-    def lease(self, now: float | None = None) -> str:
-        """'host pid 123, 42 s' for a running item (the age by its start time as recorded), else ''."""
-        if self.state != "running" or self.trial is None:
-            return ""
-        attrs = self.trial.user_attrs
-        owner = f"{attrs.get(HOST, '?')} pid {attrs.get(PID, '?')}"
-        start = self.trial.datetime_start
-        if start is None:
-            return owner
-        age = (now if now is not None else time.time()) - start.timestamp()
-        return f"{owner}, {max(age, 0):.0f} s"
+def counts_as_attempt(trial: FrozenTrial) -> bool:
+    """Trials that ran (or may run) the item: not a duplicate enqueue pruned at claim, not a stale grid item."""
+    return DUPLICATE_OF not in trial.user_attrs and STALE not in trial.user_attrs
 
 
 def status(items: Iterable[Item], grouped: dict[Item, list[FrozenTrial]]) -> dict[Item, ItemStatus]:
@@ -178,176 +408,53 @@ def status(items: Iterable[Item], grouped: dict[Item, list[FrozenTrial]]) -> dic
         by_state = {s: [t for t in trials if t.state == s] for s in TrialState}
         started = sum(1 for t in trials if t.state != TrialState.WAITING)
         if by_state[TrialState.COMPLETE]:
-            out[item] = ItemStatus("done", by_state[TrialState.COMPLETE][0], started)
+            out[item] = ItemStatus.of("done", by_state[TrialState.COMPLETE][0], started)
         elif by_state[TrialState.RUNNING]:
-            out[item] = ItemStatus("running", by_state[TrialState.RUNNING][0], started)
+            out[item] = ItemStatus.of("running", by_state[TrialState.RUNNING][0], started)
         elif by_state[TrialState.WAITING]:
-            out[item] = ItemStatus("waiting", by_state[TrialState.WAITING][0], started)
+            out[item] = ItemStatus.of("waiting", by_state[TrialState.WAITING][0], started)
         elif by_state[TrialState.FAIL]:
-            out[item] = ItemStatus("failed", by_state[TrialState.FAIL][-1], started)
+            out[item] = ItemStatus.of("failed", by_state[TrialState.FAIL][-1], started)
         else:
-            out[item] = ItemStatus("missing", None, started)
+            out[item] = ItemStatus.of("missing", None, started)
     return out
 
 
-# -- leases ------------------------------------------------------------------------------------------------------------
-
-
-def _pid_start(pid: int) -> float | None:
-    import psutil
-
+def write_trial(
+    storage: BaseStorage,
+    trial_id: int,
+    attrs: dict[str, Any],
+    state: TrialState | None = None,
+    values: list[float] | None = None,
+) -> bool:
+    """Attributes, then (if given) a state, written to a trial this process holds. False, nothing raised, when the
+    storage refuses because the trial has already finished: another process failed it as lost, so this process's
+    lease ended and what it meant to write is not the item's. Also False when a WAITING -> RUNNING claim finds the
+    trial taken."""
     try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
-
-
-def local_pid_gone(trial: FrozenTrial) -> str | None:
-    """Why a trial leased on *this* node has no worker any more (its pid is dead or reused), or None while it runs
-    or when the lease is another node's: a fact of this machine, no clock involved."""
-    attrs = trial.user_attrs
-    if attrs.get(HOST) != node_name() or PID not in attrs:
-        return None
-    started = _pid_start(int(attrs[PID]))
-    if started is None or abs(started - float(attrs.get(PID_START, started))) > 1.0:
-        return f"worker pid {attrs[PID]} on {attrs[HOST]} is gone"
-    return None
-
-
-class LeaseJudge:
-    """Decides when a journal trial's lease is lost without trusting any machine's wall clock.
-
-    A worker's heartbeat is a value it rewrites every few seconds; what counts is that the value *changes*, not what
-    time it names (the worker's clock may be minutes off). The judge remembers, per trial, the beat value it last
-    saw and when (on its own monotonic clock) it first saw it; the lease is lost once the value stayed the same for
-    `grace_s` during which the judge itself could read the storage. A failed or slow read, or a long pause between
-    reads (a judge that was busy, or a storage outage that also kept the workers from beating), restarts the
-    window: when the storage comes back, every lease first gets `grace_s` to show a new beat.
-    """
-
-    def __init__(self, grace_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.grace_s = grace_s
-        self.clock = clock
-        self._seen: dict[int, tuple[Any, float]] = {}
-        self._readable_since: float | None = None
-        self._last_read: float | None = None
-
-    @property
-    def _max_gap(self) -> float:
-        return self.grace_s / 2
-
-    def read_started(self) -> float:
-        return self.clock()
-
-    def read_failed(self) -> None:
-        self._readable_since = self._last_read = None
-
-    def read_done(self, started: float) -> None:
-        """A read of every trial that began at `started` succeeded: the storage is known readable since then."""
-        now = self.clock()
-        if now - started > self._max_gap or self._last_read is None or started - self._last_read > self._max_gap:
-            self._readable_since = started if now - started <= self._max_gap else now
-        self._last_read = now
-
-    def lost(self, trial: FrozenTrial) -> str | None:
-        """Why `trial`'s lease is lost, or None while it holds (or while this judge cannot tell yet)."""
-        now = self.clock()
-        beat = trial.user_attrs.get(BEAT)
-        seen = self._seen.get(trial._trial_id)
-        if seen is None or seen[0] != beat:
-            self._seen[trial._trial_id] = (beat, now)
-            return None
-        since = max(seen[1], self._readable_since if self._readable_since is not None else now)
-        if now - since < self.grace_s:
-            return None
-        host = trial.user_attrs.get(HOST, "its worker")
-        return f"no heartbeat from {host} for {now - since:.0f} s (judged on {node_name()})"
-
-    def forget(self, keep: Iterable[int]) -> None:
-        keep = set(keep)
-        self._seen = {k: v for k, v in self._seen.items() if k in keep}
-
-
-def wall_clock() -> float:
-    """The time a heartbeat names: only ever compared with itself (see LeaseJudge). RESLAB_CLOCK_OFFSET_S shifts it,
-    so the fault drills can run a node whose clock is off."""
-    return time.time() + float(os.environ.get("RESLAB_CLOCK_OFFSET_S") or 0.0)
-
-
-class Heartbeat:
-    """Renews a claimed trial's lease every `interval_s` in a daemon thread (Optuna's heartbeat on RDB, a user attr
-    on the journal), and ends this worker process if the process that started it has died (so a killed sweep
-    leaves no orphans; its trials are then found lost). A beat for a trial that has just finished, or that someone
-    else failed as lost, is simply dropped: the worker learns of a lost lease at its commit."""
-
-    def __init__(self, storage: BaseStorage, interval_s: float, watch_parent: bool = True) -> None:
-        self.storage = storage
-        self.interval_s = interval_s
-        self.trial_id: int | None = None
-        self._parent = os.getppid() if watch_parent else None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="reslab-heartbeat", daemon=True)
-        self._thread.start()
-
-    def hold(self, trial_id: int | None) -> None:
-        self.trial_id = trial_id
-        if trial_id is not None:
-            self._beat()
-
-    def _beat(self) -> None:
-        trial_id = self.trial_id
-        if trial_id is None:
-            return
-        try:
-            if hasattr(self.storage, "record_heartbeat"):
-                self.storage.record_heartbeat(trial_id)
-            self.storage.set_trial_user_attr(trial_id, BEAT, wall_clock())
-        except Exception:
-            pass  # finished or failed meanwhile, or the storage is briefly away: the next beat tries again
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            if self._parent is not None and os.getppid() != self._parent:
-                os._exit(3)  # the coordinator is gone: stop working for it
-            self._beat()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
-# -- the queue --------------------------------------------------------------------------------------------------------
-
-
-def counts_as_attempt(trial: FrozenTrial) -> bool:
-    """Trials that ran (or may run) the item: not a duplicate enqueue pruned at claim, not a stale grid item."""
-    return DUPLICATE_OF not in trial.user_attrs and STALE not in trial.user_attrs
+        for key, value in attrs.items():
+            storage.set_trial_user_attr(trial_id, key, value)
+        if state is not None:
+            return bool(storage.set_trial_state_values(trial_id, state, values))
+    except UpdateFinishedTrialError:
+        return False
+    return True
 
 
 def commit(storage: BaseStorage, trial_id: int, value: float, attrs: dict[str, Any]) -> bool:
     """The commit point of an item: its attributes, then RUNNING -> COMPLETE. False when the storage refuses
     because another process already failed the trial as lost (this worker's lease ended: its result is not the
-    item's). Used by workers and by multi-device cell processes alike."""
-    try:
-        for key, value_ in attrs.items():
-            storage.set_trial_user_attr(trial_id, key, value_)
-        storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [value])
-    except UpdateFinishedTrialError:
-        return False
-    return True
+    item's)."""
+    return write_trial(storage, trial_id, attrs, TrialState.COMPLETE, [value])
 
 
-def set_attrs_if_running(storage: BaseStorage, trial_id: int, attrs: dict[str, Any]) -> bool:
-    """Write attributes to a trial this worker holds; False (nothing raised) if the trial has already finished."""
-    try:
-        for key, value in attrs.items():
-            storage.set_trial_user_attr(trial_id, key, value)
-    except UpdateFinishedTrialError:
-        return False
-    return True
+def fail(storage: BaseStorage, trial_id: int, reason: str, attrs: dict[str, Any] | None = None) -> bool:
+    """FAIL with a reason (redacted, cut to 2,000 characters); False if the trial had already finished."""
+    return write_trial(storage, trial_id, {**(attrs or {}), FAILURE: redact(reason)[:2000]}, TrialState.FAIL)
 
 
 class SweepQueue:
-    """The study of one sweep, seen as a queue of items."""
+    """The study of one sweep, seen as a queue of items: the Optuna side of `CellQueue`."""
 
     def __init__(self, storage: BaseStorage, name: str, create: bool = True) -> None:
         self.storage = storage
@@ -375,6 +482,11 @@ class SweepQueue:
 
     def status(self, items: Iterable[Item]) -> dict[Item, ItemStatus]:
         return status(items, group_by_item(self.trials()))
+
+    def outcomes(self) -> dict[int, tuple[str, str | None]]:
+        """Per trial number: 'running', 'done' (COMPLETE) or 'ended' (anything else), and its MLflow run id."""
+        names = {TrialState.RUNNING: "running", TrialState.COMPLETE: "done"}
+        return {t.number: (names.get(t.state, "ended"), t.user_attrs.get(RUN_ID)) for t in self.trials()}
 
     # -- the coordinator's side ----------------------------------------------------------------------------------
     def _judge(self, grace_s: float) -> LeaseJudge:
@@ -405,12 +517,7 @@ class SweepQueue:
 
     def fail_lost(self, trial: FrozenTrial, why: str) -> bool:
         """Fail a RUNNING trial as lost; False if it finished first (its worker committed, or another judge won)."""
-        try:
-            self.storage.set_trial_user_attr(trial._trial_id, LOST, why)
-            self.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        except UpdateFinishedTrialError:
-            return False
-        return True
+        return write_trial(self.storage, trial._trial_id, {LOST: why}, TrialState.FAIL)
 
     def reconcile(
         self,
@@ -458,14 +565,8 @@ class SweepQueue:
         known, pruned = set(items), []
         for t in self.trials((TrialState.WAITING,)):
             item = item_of(t)
-            if item is None or item in known:
-                continue
-            try:
-                self.storage.set_trial_user_attr(t._trial_id, STALE, "not in the sweep's grid any more")
-                self.storage.set_trial_state_values(t._trial_id, TrialState.PRUNED)
-            except UpdateFinishedTrialError:
-                continue
-            pruned.append(item)
+            if item is not None and item not in known and self._end(t, STALE, "not in the sweep's grid any more"):
+                pruned.append(item)
         return pruned
 
     # -- the worker's side ---------------------------------------------------------------------------------------
@@ -478,30 +579,27 @@ class SweepQueue:
             if item is None:
                 continue
             try:
-                if not self.storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
-                    continue
-            except (UpdateFinishedTrialError, KeyError):
-                continue  # finished or taken in the meantime
+                if not write_trial(self.storage, t._trial_id, {}, TrialState.RUNNING):
+                    continue  # finished or taken in the meantime
+            except KeyError:
+                continue
             self.holding = t._trial_id
             if known is not None and item not in known:
-                self._end_claimed(t, STALE, "not in the sweep's grid any more")
+                self._end(t, STALE, "not in the sweep's grid any more")
                 continue
             others = [p for p in self.trials(LIVE) if item_of(p) == item and p._trial_id != t._trial_id]
             rival = [p for p in others if p.state == TrialState.COMPLETE or p.number < t.number]
             if rival:  # enqueued twice by two coordinators (or done meanwhile): one trial runs the item
-                self._end_claimed(t, DUPLICATE_OF, min(p.number for p in rival))
+                self._end(t, DUPLICATE_OF, min(p.number for p in rival))
                 continue
-            pid = os.getpid()
-            lease = {HOST: node_name(), PID: pid, PID_START: _pid_start(pid), BEAT: wall_clock()}
-            if not set_attrs_if_running(self.storage, t._trial_id, lease):
+            if not write_trial(self.storage, t._trial_id, lease_attrs()):
                 continue
             return self.storage.get_trial(t._trial_id)
         return None
 
-    def _end_claimed(self, trial: FrozenTrial, key: str, value: Any) -> None:
-        with contextlib.suppress(UpdateFinishedTrialError):
-            self.storage.set_trial_user_attr(trial._trial_id, key, value)
-            self.storage.set_trial_state_values(trial._trial_id, TrialState.PRUNED)
+    def _end(self, trial: FrozenTrial, key: str, value: Any) -> bool:
+        """PRUNE a trial that must not run, saying why; False if it had finished meanwhile."""
+        return write_trial(self.storage, trial._trial_id, {key: value}, TrialState.PRUNED)
 
     def attempt(self, trial: FrozenTrial) -> int:
         """Which attempt at its item `trial` is: 1 for the first trial that ran it, 2 after one lost or failed..."""
@@ -511,7 +609,7 @@ class SweepQueue:
 
     def set_attrs(self, trial: FrozenTrial, attrs: dict[str, Any]) -> bool:
         """Attributes of a trial this worker holds; False if it finished meanwhile (the lease was lost)."""
-        return set_attrs_if_running(self.storage, trial._trial_id, attrs)
+        return write_trial(self.storage, trial._trial_id, attrs)
 
     def complete(self, trial: FrozenTrial, value: float, attrs: dict[str, Any]) -> bool:
         """Commit the item's result (see `commit`); False if this worker's lease was lost before it could."""
@@ -520,16 +618,4 @@ class SweepQueue:
     def fail(self, trial: FrozenTrial, reason: str, attrs: dict[str, Any] | None = None) -> bool:
         """FAIL with a reason: the next `reslab sweep` retries it, this one does not. False if the trial had
         already finished (failed as lost by another process)."""
-        try:
-            for key, value in {**(attrs or {}), FAILURE: redact(reason)[:2000]}.items():
-                self.storage.set_trial_user_attr(trial._trial_id, key, value)
-            self.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        except UpdateFinishedTrialError:
-            return False
-        return True
-
-
-def is_rdb_storage(storage: BaseStorage) -> bool:
-    """Whether the storage (or the one a retrying wrapper holds) is an RDB, whose heartbeat Optuna judges."""
-    inner = getattr(storage, "inner", storage)
-    return isinstance(inner, RDBStorage)
+        return fail(self.storage, trial._trial_id, reason, attrs)

@@ -39,24 +39,9 @@ from reslab.redact import (
 from reslab.sweep.config import ConfigError, SweepConfig
 from reslab.sweep.grid import Cell
 from reslab.sweep.parent import ensure_sweep_run
-from reslab.sweep.queue import (
-    CELL,
-    PARENT_RUN,
-    PID,
-    PRUNED,
-    RECIPE,
-    Item,
-    ItemStatus,
-    QueueError,
-    SweepQueue,
-    TrialState,
-    is_rdb,
-    open_storage,
-    study_exists,
-)
-from reslab.sweep.retry import StorageUnavailable
+from reslab.sweep.queue import CellQueue, Item, ItemStatus, QueueError, StorageUnavailable, is_rdb, items_of, run_name
 from reslab.sweep.runs import mark_lost_run, settle_orphans
-from reslab.sweep.worker import describe_exit, items_of
+from reslab.sweep.worker import describe_exit
 from reslab.tags import Tag
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -131,7 +116,6 @@ class Coordinator:
         self.source = source or config.name
         self.env_hint = env_hint
         self.cells, self.items = items_of(config)
-        self.lost_counts: dict[Item, int] = {}
         self._procs: list[subprocess.Popen] = []  # the workers, once started
         self._parent: str | None = None  # the sweep's MLflow parent run, once attached
         self.storage_url = _absolute_storage(config.storage_url)
@@ -146,19 +130,14 @@ class Coordinator:
 
     # -- naming ----------------------------------------------------------------------------------------------------
     def label(self, item: Item) -> str:
-        cell = self.cells[item[0]]
-        return cell.name if self.config.tune is None else f"{cell.name}-t{item[1]}"
+        return run_name(self.config, self.cells[item[0]], item[1])
 
     # -- dry run ---------------------------------------------------------------------------------------------------
     def dry_run(self) -> int:
         from reslab.limits import net_estimate
 
-        statuses: dict[Item, ItemStatus] = {}
-        storage = None
-        if is_rdb(self.storage_url) or Path(self.storage_url).exists():
-            storage = open_storage(self.storage_url, create=False, retry_s=self.config.sweep.storage_retry_s)
-        if storage is not None and study_exists(storage, self.config.name):
-            statuses = SweepQueue(storage, self.config.name, create=False).status(self.items)
+        queue = CellQueue.existing(self.config, self.storage_url)
+        statuses = queue.status() if queue is not None else {}
         table = Table(title=f"sweep {self.config.name}: {len(self.items)} runs ({self._plan_line()})")
         for col in ("run", "params", "MACs", "status", "attempts", "lease"):
             table.add_column(col, justify="right" if col in ("params", "MACs", "attempts") else "left")
@@ -177,11 +156,6 @@ class Coordinator:
         self.console.print(table)
         done = sum(1 for st in statuses.values() if st.state == "done")
         self.console.print(f"{done} of {len(self.items)} done; `{self.resume}` runs the rest.")
-        from reslab.report.projection import projection_hint
-
-        hint = projection_hint(self.config, self.source)
-        if hint:
-            self.console.print(hint)
         return EXIT_OK
 
     def _plan_line(self) -> str:
@@ -191,17 +165,15 @@ class Coordinator:
     def run(self) -> int:
         config = self.config
         # The queue first: an unreachable database must not leave a tracking store or experiment behind.
-        storage = open_storage(self.storage_url, config.sweep.heartbeat_s, config.sweep.grace_s,
-                               retry_s=config.sweep.storage_retry_s)
+        queue = CellQueue(config, url=self.storage_url, on_lost=mark_lost_run(self.store))
         self.store.prepare(config.tracking.experiment)
-        queue = SweepQueue(storage, config.name)
         self._check_recipe(queue)
         parent, superseded = ensure_sweep_run(
             self.store, config.tracking.experiment, config.name, yaml.safe_dump(config.resolved(), sort_keys=False),
             {Tag.GIT_COMMIT: tracking.git_commit(), Tag.CONFIG: self.source},
-            sweep_id=queue.sweep_id(), known_parent=queue.study.user_attrs.get(PARENT_RUN),
+            sweep_id=queue.sweep_id(), known_parent=queue.parent_run,
         )  # fmt: skip
-        queue.study.set_user_attr(PARENT_RUN, parent)
+        queue.set_parent_run(parent)
         self._parent = parent
         if superseded:
             self.console.print(
@@ -210,10 +182,7 @@ class Coordinator:
                 f"a new parent run"
             )
         self._report_grid_change(queue)
-        before = queue.reconcile(
-            self.items, retry_failed=True, grace_s=config.sweep.grace_s, on_lost=mark_lost_run(self.store),
-            lost_counts=self.lost_counts,
-        )  # fmt: skip
+        before = queue.settle(retry_failed=True)
         self._close_orphans(queue, parent)
         todo = [i for i, s in before.items() if s.state != "done"]
         plan = plan_workers(config, len(todo))
@@ -238,18 +207,16 @@ class Coordinator:
             with contextlib.suppress(Exception):
                 self.store.finish_run(self._parent, "FAILED", f"queue storage unavailable: {exc}")
 
-    def _close_orphans(self, queue: SweepQueue, parent: str) -> None:
+    def _close_orphans(self, queue: CellQueue, parent: str) -> None:
         """Child runs still RUNNING whose worker is gone: FINISHED if their trial committed, else KILLED."""
-        finished, _ = settle_orphans(self.store, self.config.tracking.experiment, parent, queue)
+        finished, _ = settle_orphans(self.store, self.config.tracking.experiment, parent, queue.outcomes())
         if finished:
             self.console.print(f"{finished} committed run{'s' * (finished > 1)} marked FINISHED (worker gone)")
 
-    def _report_grid_change(self, queue: SweepQueue) -> None:
+    def _report_grid_change(self, queue: CellQueue) -> None:
         """Items the queue holds that the grid no longer has (it shrank): their waiting trials are pruned as stale,
         their results stay in MLflow but not in this sweep's counts; a grid that grew just runs the new cells."""
-        known = {t.user_attrs[CELL] for t in queue.trials() if CELL in t.user_attrs}
-        gone = sorted(known - set(self.cells))
-        queue.prune_stale(self.items)
+        gone = queue.prune_stale()
         if gone:
             shown = ", ".join(gone[:6]) + (f" and {len(gone) - 6} more" if len(gone) > 6 else "")
             self.console.print(
@@ -257,11 +224,10 @@ class Coordinator:
                 f"({shown}); they are skipped and left out of this sweep's summary"
             )
 
-    def _check_recipe(self, queue: SweepQueue) -> None:
+    def _check_recipe(self, queue: CellQueue) -> None:
         recipe = self.config.recipe()
-        old = queue.study.user_attrs.get(RECIPE)
+        old = queue.recorded_recipe(recipe)
         if old is None:
-            queue.study.set_user_attr(RECIPE, recipe)
             return
         changes = recipe_changes(old, recipe)
         if changes:
@@ -309,7 +275,7 @@ class Coordinator:
             log.flush()
             return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
-    def _watch(self, queue: SweepQueue, procs: list[subprocess.Popen], before: dict[Item, ItemStatus]) -> bool:
+    def _watch(self, queue: CellQueue, procs: list[subprocess.Popen], before: dict[Item, ItemStatus]) -> bool:
         """Progress from the queue until every worker has exited; True if interrupted. A worker that dies (a
         signal, the OOM killer) while work remains is started again, at most MAX_RESPAWNS times per slot."""
         reported = {i for i, s in before.items() if s.state == "done"}
@@ -321,7 +287,7 @@ class Coordinator:
             task = progress.add_task("cells", total=len(self.items), completed=len(reported))
             try:
                 while True:
-                    statuses = queue.status(self.items)
+                    statuses = queue.status()
                     for item, st in statuses.items():
                         if item in reported or st.state not in ("done", "failed"):
                             continue
@@ -337,7 +303,7 @@ class Coordinator:
                             continue
                         if proc.pid not in killed:
                             killed[proc.pid] = f"worker {describe_exit(code)}"
-                            self._fail_cells_of(queue, proc.pid, killed)
+                            queue.worker_exited(proc.pid, killed)  # its cells are lost now, with this reason
                         if pending and respawns[i] < MAX_RESPAWNS:
                             respawns[i] += 1
                             why = describe_exit(code)
@@ -351,29 +317,20 @@ class Coordinator:
                 _stop(procs)
                 return True
 
-    def _fail_cells_of(self, queue: SweepQueue, pid: int, reasons: dict[int, str]) -> None:
-        """A worker this coordinator started has died: its cells are lost now (no need to wait for a judge), with
-        the reason the exit code gives, and go back to the queue up to the lost-retry limit."""
-        mine = [t for t in queue.trials((TrialState.RUNNING,)) if int(t.user_attrs.get(PID, -1)) == pid]
-        if mine:
-            queue.reconcile(self.items, retry_failed=False, grace_s=self.config.sweep.grace_s,
-                            on_lost=mark_lost_run(self.store), lost_counts=self.lost_counts,
-                            lost_reasons=reasons)  # fmt: skip
-
     def _result_line(self, item: Item, st: ItemStatus) -> str:
-        attrs = st.trial.user_attrs if st.trial is not None else {}
+        attrs = st.attrs
         if st.state == "failed":
             return f"[red]✗[/] {self.label(item):<24} failed: {st.reason}"
         if Tag.DIVERGED in attrs:
             return f"[yellow]~[/] {self.label(item):<24} diverged: {attrs[Tag.DIVERGED]}"
         parts = [f"train {100 * attrs.get('train_error', float('nan')):6.2f} %",
                  f"test {100 * attrs.get('test_error', float('nan')):6.2f} %"]  # fmt: skip
-        if PRUNED in attrs:
-            parts = [f"pruned ({attrs[PRUNED]})"]
+        if st.pruned is not None:
+            parts = [f"pruned ({st.pruned})"]
         return f"[green]✓[/] {self.label(item):<24} " + "  ".join(parts) + f"  {attrs.get('wall_s', 0):6.1f} s"
 
-    def _finish(self, queue: SweepQueue, parent: str, interrupted: bool) -> int:
-        statuses = queue.status(self.items)
+    def _finish(self, queue: CellQueue, parent: str, interrupted: bool) -> int:
+        statuses = queue.status()
         counts: dict[str, int] = defaultdict(int)
         for st in statuses.values():
             counts[st.state] += 1
@@ -440,10 +397,10 @@ def summary_table(config: SweepConfig, cells: dict[str, Cell], statuses: dict[It
     seeds (the best trial per cell when tuned)."""
     best: dict[str, dict[str, Any]] = {}
     for (key, _), st in statuses.items():
-        if st.state != "done" or st.trial is None or st.trial.value is None:
+        if st.state != "done" or st.value is None:
             continue
-        if key not in best or st.trial.value < best[key]["value"]:
-            best[key] = {"value": st.trial.value, **st.trial.user_attrs}
+        if key not in best or st.value < best[key]["value"]:
+            best[key] = {"value": st.value, **st.attrs}
     rows: dict[str, dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
     for key, attrs in best.items():
         cell = cells[key]

@@ -13,10 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from optuna.trial import FrozenTrial, TrialState
-
 from reslab.sweep.parent import running_children
-from reslab.sweep.queue import RUN_ID, SweepQueue
 from reslab.tags import Tag
 from reslab.tracking import Store
 
@@ -34,11 +31,11 @@ def result_attrs(
     return attrs
 
 
-def mark_lost_run(store: Store) -> Callable[[FrozenTrial, str], None]:
-    """What to do with the MLflow run of a lost item: FAILED, with why (so it never looks finished)."""
+def mark_lost_run(store: Store) -> Callable[[str | None, str], None]:
+    """What to do with the MLflow run of a lost item (if it had started one): FAILED, with why (so it never looks
+    finished)."""
 
-    def on_lost(trial: FrozenTrial, why: str) -> None:
-        run_id = trial.user_attrs.get(RUN_ID)
+    def on_lost(run_id: str | None, why: str) -> None:
         if not run_id:
             return
         try:
@@ -50,16 +47,18 @@ def mark_lost_run(store: Store) -> Callable[[FrozenTrial, str], None]:
     return on_lost
 
 
-def settle_orphans(store: Store, experiment: str, parent: str, queue: SweepQueue) -> tuple[int, int]:
+def settle_orphans(
+    store: Store, experiment: str, parent: str, outcomes: dict[int, tuple[str, str | None]]
+) -> tuple[int, int]:
     """Child runs still RUNNING whose worker is gone: FINISHED when their trial committed, KILLED when it is no
-    longer RUNNING. Returns (finished, killed)."""
-    trials = {t.number: t for t in queue.trials()}
+    longer RUNNING. `outcomes`: per trial number, its state and run id (`CellQueue.outcomes`). Returns (finished,
+    killed)."""
     finished = killed = 0
     for run in running_children(store, experiment, parent):
-        trial = trials.get(int(run.data.tags.get(Tag.TRIAL, -1)))
-        if trial is not None and trial.state == TrialState.RUNNING:
+        state, run_id = outcomes.get(int(run.data.tags.get(Tag.TRIAL, -1)), ("ended", None))
+        if state == "running":
             continue
-        if trial is not None and trial.state == TrialState.COMPLETE and trial.user_attrs.get(RUN_ID) == run.info.run_id:
+        if state == "done" and run_id == run.info.run_id:
             store.finish_run(run.info.run_id, "FINISHED")
             finished += 1
         else:

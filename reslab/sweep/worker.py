@@ -18,34 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from optuna.trial import FrozenTrial, TrialState
-
 from reslab import tracking
 from reslab.redact import guard_streams
 from reslab.sweep.config import SweepConfig, load_config
-from reslab.sweep.grid import Cell, expand
-from reslab.sweep.queue import (
-    CELL,
-    PRUNED,
-    RUN_ID,
-    SLOT,
-    Heartbeat,
-    Item,
-    QueueError,
-    SweepQueue,
-    commit,
-    open_storage,
-    set_attrs_if_running,
-)
-from reslab.sweep.retry import StorageUnavailable
+from reslab.sweep.grid import Cell
+from reslab.sweep.queue import CellQueue, Lease, QueueError, StorageUnavailable
 from reslab.sweep.runs import mark_lost_run, result_attrs
+from reslab.sweep.tuner import tuner_for
 from reslab.tags import Tag
-
-
-def items_of(config: SweepConfig) -> tuple[dict[str, Cell], list[Item]]:
-    cells = {c.key: c for c in expand(config.grid)}
-    slots = config.tune.trials_per_cell if config.tune else 1
-    return cells, [(key, s) for key in cells for s in range(slots)]
 
 
 def item_tags(config: SweepConfig, key: str, slot: int, trial_number: int, attempt: int = 1) -> dict[str, Any]:
@@ -57,23 +37,23 @@ def multi_device(config: SweepConfig) -> bool:
     return (isinstance(devices, int) and devices > 1) or (isinstance(devices, str) and devices not in ("1", "auto"))
 
 
-def fenced_callbacks(storage, trial_id: int, metric: str, extra_attrs: Callable[[], dict[str, Any]] | None = None):
-    """`on_start` and `commit` for `run_one` on a leased trial: record the run id, then commit the result. Either
-    raises `Superseded` when the queue says the trial is no longer this worker's (it was failed as lost while this
+def fenced_callbacks(lease: Lease, metric: str, extra_attrs: Callable[[], dict[str, Any]] | None = None):
+    """`on_start` and `commit` for `run_one` on a leased item: record the run id, then commit the result. Either
+    raises `Superseded` when the queue says the item is no longer this worker's (it was failed as lost while this
     process was paused or cut off): the run then ends KILLED, tagged superseded, and nothing is recorded twice."""
     from reslab.train.run import Superseded
 
     lost = "its lease was lost (the cell was given to another worker)"
 
     def on_start(run_id: str | None) -> None:
-        if run_id and not set_attrs_if_running(storage, trial_id, {RUN_ID: run_id}):
+        if run_id and not lease.record_run(run_id):
             raise Superseded(lost)
 
     def on_commit(result) -> None:
         attrs = result_attrs(result.metrics, result.params, result.macs, result.wall_s, len(result.history),
                              result.diverged)  # fmt: skip
         attrs.update(extra_attrs() if extra_attrs is not None else {})
-        if not commit(storage, trial_id, result.metrics[metric], attrs):
+        if not lease.commit(result.metrics[metric], attrs):
             raise Superseded(lost)
 
     return on_start, on_commit
@@ -90,32 +70,24 @@ class Worker:
         self.train = config.train if threads is None else config.train.model_copy(update={"threads": threads})
         self.uri = tracking.resolve_uri(config.tracking.uri)
         self.store = tracking.store(self.uri)
-        self.storage = open_storage(config.storage_url, config.sweep.heartbeat_s, config.sweep.grace_s,
-                                    retry_s=config.sweep.storage_retry_s)
-        self.queue = SweepQueue(self.storage, config.name, create=False)
-        self.cells, self.items = items_of(config)
-        self.lost_counts: dict[Item, int] = {}
+        self.queue = CellQueue(config, create=False, on_lost=mark_lost_run(self.store))
 
     def run(self) -> int:
-        heartbeat = Heartbeat(self.storage, self.config.sweep.heartbeat_s)
-        trial = None
+        heartbeat = self.queue.heartbeat()
         try:
             while True:
-                trial = self.queue.claim(self.items)
-                if trial is None:
+                lease = self.queue.claim()
+                if lease is None:
                     if not self._wait_for_work():
                         return 0
                     continue
-                heartbeat.hold(trial._trial_id)
-                self.run_item(trial)
+                heartbeat.hold(lease)
+                self.run_item(lease)
                 heartbeat.hold(None)
-                trial = None
         except KeyboardInterrupt:
             previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # record why, uninterrupted by a second Ctrl-C
             try:
-                held = trial._trial_id if trial is not None else self.queue.holding  # Ctrl-C may come mid-claim
-                if held is not None and self.storage.get_trial(held).state == TrialState.RUNNING:
-                    self.queue.fail(self.storage.get_trial(held), "interrupted")  # the next `reslab sweep` reruns it
+                self.queue.interrupted()  # the next `reslab sweep` reruns it
             finally:
                 signal.signal(signal.SIGINT, previous)  # ignored signals are inherited by every later child
             return 130
@@ -124,11 +96,7 @@ class Worker:
 
     def _wait_for_work(self) -> bool:
         """Nothing waiting: retry lost items; wait while others still run (one of them may be lost later)."""
-        statuses = self.queue.reconcile(
-            self.items, retry_failed=False, grace_s=self.config.sweep.grace_s,
-            on_lost=mark_lost_run(self.store), lost_counts=self.lost_counts,
-        )  # fmt: skip
-        states = {s.state for s in statuses.values()}
+        states = {s.state for s in self.queue.settle(retry_failed=False).values()}
         if "waiting" in states:
             return True
         if "running" in states:
@@ -136,25 +104,17 @@ class Worker:
             return True
         return False
 
-    def run_item(self, trial: FrozenTrial) -> None:
+    def run_item(self, lease: Lease) -> None:
         from reslab.train.run import StopRun, Superseded, run_one
 
-        key, slot = trial.user_attrs[CELL], int(trial.user_attrs.get(SLOT, 0))
-        cell = self.cells[key]
-        attempt = self.queue.attempt(trial)
+        cell, run_name = lease.cell, lease.name
         if multi_device(self.config) and self.config_path:
-            self.run_item_in_process(trial, key, slot, attempt)
+            self.run_item_in_process(lease)
             return
-        train = cell.recipe(self.train)
-        tags = item_tags(self.config, key, slot, trial.number, attempt)
-        tuner = Tuner(self.config, self.storage, cell, slot) if self.config.tune else None
-        if tuner is not None:
-            train = tuner.suggest(train)
-            tags.update(tuner.tags())
-        run_name = cell.name if tuner is None else f"{cell.name}-t{slot}"
-        metric = self.config.tune.metric if tuner is not None else "train_error"
-        on_start, on_commit = fenced_callbacks(self.storage, trial._trial_id, metric,
-                                               tuner.attrs if tuner is not None else None)  # fmt: skip
+        tuner = tuner_for(self.config, self.queue, cell, lease.slot)
+        train = tuner.suggest(cell.recipe(self.train))
+        tags = {**item_tags(self.config, lease.key, lease.slot, lease.number, lease.attempt), **tuner.tags()}
+        on_start, on_commit = fenced_callbacks(lease, tuner.metric, tuner.attrs)
         started: list[str | None] = []
 
         def on_run_start(run_id: str | None) -> None:
@@ -166,33 +126,28 @@ class Worker:
             result = run_one(
                 cell.spec(), self.config.dataset, train, self.config.tracking.model_copy(update={"uri": self.uri}),
                 run_name=run_name, parent_run_id=self.parent_run_id, extra_tags=tags, on_start=on_run_start,
-                on_epoch=tuner.on_epoch if tuner is not None else None, commit=on_commit,
+                on_epoch=tuner.on_epoch, commit=on_commit,
             )  # fmt: skip
         except KeyboardInterrupt:
-            if tuner is not None:
-                tuner.abandon()
+            tuner.abandon()
             raise
         except Superseded as lost:
-            if tuner is not None:
-                tuner.abandon()
+            tuner.abandon()
             print(f"superseded {run_name}: {lost}; its run is KILLED and tagged {Tag.SUPERSEDED}", flush=True)
             return
         except StopRun as stop:  # pruned by the tuner: the item is done, its trial pruned
-            tuner.pruned()
-            self.queue.complete(trial, tuner.last_value, {PRUNED: str(stop), **tuner.attrs()})
+            lease.commit(tuner.pruned(), tuner.attrs(), pruned=str(stop))
             print(f"pruned {run_name}: {stop}", flush=True)
             return
         except Exception as exc:
-            if tuner is not None:
-                tuner.abandon()
+            tuner.abandon()
             if not started:  # failed before run_one created an MLflow run (SetupError, a corrupt dataset, ...)
                 self._record_setup_failure(cell, run_name, tags, exc)
-            self.queue.fail(trial, f"{type(exc).__name__}: {exc}", {"wall_s": time.perf_counter() - t0})
+            lease.fail(f"{type(exc).__name__}: {exc}", {"wall_s": time.perf_counter() - t0})
             print(f"failed {run_name}: {type(exc).__name__}: {exc}", flush=True)
             _free_device_memory()
             return
-        if tuner is not None:
-            tuner.done(result.metrics[metric])
+        tuner.done(result.metrics[tuner.metric])
         outcome = f"train_error {result.metrics['train_error']:.4f}"
         print(f"done {run_name}: {f'diverged, {outcome}' if result.diverged else outcome} in {result.wall_s:.1f} s",
               flush=True)  # fmt: skip
@@ -210,7 +165,7 @@ class Worker:
         except Exception as err:  # the queue still records the failure
             print(f"could not record the failure of {run_name} in MLflow: {err}", file=sys.stderr)
 
-    def run_item_in_process(self, trial: FrozenTrial, key: str, slot: int, attempt: int) -> None:
+    def run_item_in_process(self, lease: Lease) -> None:
         """A multi-device (DDP) cell: its own process, so Lightning can start the other ranks from its command."""
         import json
         import subprocess
@@ -223,16 +178,8 @@ class Worker:
                 "-m",
                 "reslab.sweep.cell",
                 str(self.config_path),
-                "--cell",
-                key,
-                "--slot",
-                str(slot),
                 "--trial-id",
-                str(trial._trial_id),
-                "--trial-number",
-                str(trial.number),
-                "--attempt",
-                str(attempt),
+                str(lease.trial_id),
                 "--result",
                 str(result),
             ]
@@ -247,78 +194,16 @@ class Worker:
             outcome = json.loads(result.read_text()) if result.exists() else {}
         if not outcome and proc.returncode < 0:  # killed by a signal (the OOM killer): lost, retried at once
             why = f"the cell's process was {describe_exit(proc.returncode)}"
-            if self.queue.fail_lost(trial, why):
-                mark_lost_run(self.store)(self.storage.get_trial(trial._trial_id), why)
-            print(f"lost {key}: {why}", flush=True)
+            lease.lose(why)
+            print(f"lost {lease.key}: {why}", flush=True)
         elif "error" in outcome or not outcome:
             why = outcome.get("error") or f"the cell's process died ({describe_exit(proc.returncode)})"
-            self.queue.fail(trial, why, {"wall_s": time.perf_counter() - t0})
-            print(f"failed {key}: {why}", flush=True)
+            lease.fail(why, {"wall_s": time.perf_counter() - t0})
+            print(f"failed {lease.key}: {why}", flush=True)
         elif outcome.get("superseded"):
-            print(f"superseded {key}: {outcome['superseded']}", flush=True)
+            print(f"superseded {lease.key}: {outcome['superseded']}", flush=True)
         else:
-            print(f"done {key} on {self.config.train.devices} devices", flush=True)
-
-
-class Tuner:
-    """One slot of a cell's tuning budget: a TPE trial over lr (and weight decay) in the cell's own study, pruned
-    by the median of the cell's earlier trials."""
-
-    def __init__(self, config: SweepConfig, storage, cell: Cell, slot: int) -> None:
-        import optuna
-
-        from reslab.sweep.queue import open_study
-
-        tune = config.tune
-        self.tune = tune
-        self.study = open_study(storage, f"{config.name}.tune.{cell.key}")
-        self.study.sampler = optuna.samplers.TPESampler(seed=10_007 * cell.seed + slot, n_startup_trials=3)
-        if tune.pruner == "median":
-            self.study.pruner = optuna.pruners.MedianPruner(
-                n_startup_trials=tune.pruner_startup_trials, n_warmup_steps=tune.pruner_warmup_epochs
-            )
-        else:
-            self.study.pruner = optuna.pruners.NopPruner()
-        self.trial = self.study.ask()
-        self.lr = self.trial.suggest_float("lr", *tune.lr, log=True)
-        self.weight_decay = (
-            self.trial.suggest_float("weight_decay", *tune.weight_decay, log=True) if tune.weight_decay else None
-        )
-        self.last_value = float("nan")
-
-    def suggest(self, train):
-        update = {"lr": self.lr}
-        if self.weight_decay is not None:
-            update["weight_decay"] = self.weight_decay
-        return train.model_copy(update=update)
-
-    def tags(self) -> dict[str, Any]:
-        return {Tag.TUNE_TRIAL: self.trial.number, Tag.TUNE_METRIC: self.tune.metric}
-
-    def attrs(self) -> dict[str, Any]:
-        return {"lr": self.lr, "weight_decay": self.weight_decay, "tune_trial": self.trial.number}
-
-    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        from reslab.train.run import StopRun
-
-        value = metrics[self.tune.metric]
-        self.last_value = value
-        self.trial.report(value, epoch)
-        if self.trial.should_prune():
-            raise StopRun(f"pruned after epoch {epoch}: {self.tune.metric} {value:.4f} worse than the median")
-
-    def done(self, value: float) -> None:
-        self.study.tell(self.trial, value)
-
-    def pruned(self) -> None:
-        import optuna
-
-        self.study.tell(self.trial, state=optuna.trial.TrialState.PRUNED)
-
-    def abandon(self) -> None:
-        import optuna
-
-        self.study.tell(self.trial, state=optuna.trial.TrialState.FAIL)
+            print(f"done {lease.key} on {self.config.train.devices} devices", flush=True)
 
 
 def describe_exit(code: int) -> str:

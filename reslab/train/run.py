@@ -236,7 +236,7 @@ def _fit(plan: FitPlan) -> RunResult:
     config = resolved_config(spec, data, train)
     device_desc = describe_device(plan.device)
 
-    run_id, store = None, None
+    record = tracking.NO_RUN
     if tracking_cfg is not None and is_rank_zero():  # one MLflow run per training, however many processes
         store = tracking.store(tracking.resolve_uri(tracking_cfg.uri))
         store.prepare(tracking_cfg.experiment)
@@ -246,65 +246,61 @@ def _fit(plan: FitPlan) -> RunResult:
             tracking_cfg.experiment, plan.run_name or f"{spec.name}-s{train.seed}", tags, flat_params(config),
             plan.parent_run_id,
         )  # fmt: skip
+        interval = tracking_cfg.system_metrics_interval_s if tracking_cfg.system_metrics else None
+        record = tracking.RunRecorder(store, run_id, interval)
     committed = telemetry_written = False
     at_init: list[tuple[str, float, int]] = []  # the probe at initialisation's telemetry rows (step 0)
 
     def keep_telemetry() -> None:
         """On the way out of a run that did not finish: the telemetry recorded so far, the steps of the epoch cut
         short included, as the run's telemetry.csv. Never raises: the error that ended the run is the one to see."""
-        if run_id is None or telemetry_written:
+        if telemetry_written:
             return
         try:
             probe.flush(log=False)  # the store may be what failed: one artifact write is all that is tried
             if at_init or probe.history:
-                store.log_text(run_id, telemetry_csv([*at_init, *probe.history]), TELEMETRY_ARTIFACT)
+                record.log_text(telemetry_csv([*at_init, *probe.history]), TELEMETRY_ARTIFACT)
         except Exception as err:
-            print(f"run {run_id}: {TELEMETRY_ARTIFACT} not written: {type(err).__name__}: {err}", file=sys.stderr)
+            why = f"{type(err).__name__}: {err}"
+            print(f"run {record.run_id}: {TELEMETRY_ARTIFACT} not written: {why}", file=sys.stderr)
 
     try:  # from here on the run ends FINISHED, FAILED or KILLED, whatever happens
-        if run_id is not None:
-            store.log_params(run_id, {"net.params": summary.params, "net.macs": summary.macs})
-            store.log_text(run_id, _yaml(config), "config.yaml")
-            store.log_text(run_id, summary.table(spec.name), "model_summary.txt")
-            plan.trainer.logger = store.lightning_logger(run_id)
-            probe.sink = lambda rows: store.log_metrics(run_id, rows)
+        record.log_params({"net.params": summary.params, "net.macs": summary.macs})
+        record.log_text(_yaml(config), "config.yaml")
+        record.log_text(summary.table(spec.name), "model_summary.txt")
+        record.attach(plan.trainer)
+        probe.sink = record.log_metrics
         if plan.on_start is not None and is_rank_zero():
-            plan.on_start(run_id)
+            plan.on_start(record.run_id)
         if train.probe and is_rank_zero():  # step 0, before Lightning touches the net
             from reslab.probe.measure import probe_at_init
 
             measured = probe_at_init(plan.net, plan.splits, train.batch_size, train.seed, plan.device)
             at_init = measured.telemetry_rows(step=0)
-            if run_id is not None:
-                store.log_metrics(run_id, measured.summary_rows(step=0))
+            record.log_metrics(measured.summary_rows(step=0))
         module = ResLabModule(plan.net, train, dm.eval_names, on_epoch=plan.on_epoch)
-        if run_id is not None and tracking_cfg.system_metrics:
-            with store.system_metrics(run_id, tracking_cfg.system_metrics_interval_s):
-                plan.trainer.fit(module, datamodule=dm)
-        else:
+        with record.system_metrics():
             plan.trainer.fit(module, datamodule=dm)
         if not module.history:
             raise RuntimeError("training ran no epoch")
-        if run_id is not None and module.compile_fallback:
-            store.set_tags(run_id, {Tag.COMPILE: "off", Tag.COMPILE_FALLBACK: module.compile_fallback})
+        if module.compile_fallback:
+            record.set_tags({Tag.COMPILE: "off", Tag.COMPILE_FALLBACK: module.compile_fallback})
         final = {k: v for k, v in module.history[-1].items() if k != "epoch"}
         result = RunResult(
-            run_id=run_id, spec=spec, metrics=final, history=module.history, params=summary.params,
+            run_id=record.run_id, spec=spec, metrics=final, history=module.history, params=summary.params,
             macs=summary.macs, wall_s=time.perf_counter() - plan.t_start, device=device_desc,
             telemetry=[*at_init, *probe.history], diverged=module.diverged,
         )  # fmt: skip
-        if run_id is not None:
-            if result.diverged:
-                store.set_tags(run_id, {Tag.DIVERGED: result.diverged})
-            store.log_json(run_id, {**result.to_json(), "metrics": final}, "final_metrics.json")
-            if result.telemetry:  # every per-block value, in one file: reports read it in one call
-                store.log_text(run_id, telemetry_csv(result.telemetry), TELEMETRY_ARTIFACT)
-            telemetry_written = True
+        if result.diverged:
+            record.set_tags({Tag.DIVERGED: result.diverged})
+        record.log_json({**result.to_json(), "metrics": final}, "final_metrics.json")
+        if result.telemetry:  # every per-block value, in one file: reports read it in one call
+            record.log_text(telemetry_csv(result.telemetry), TELEMETRY_ARTIFACT)
+        telemetry_written = True
         if plan.commit is not None and is_rank_zero():
             plan.commit(result)
         committed = True  # the result is recorded: from here on the run can only end FINISHED
-        if run_id is not None:
-            store.finish_run(run_id, "FINISHED")
+        record.finish("FINISHED")
         return result
     except (KeyboardInterrupt, SystemExit) as exc:
         # Lightning turns Ctrl-C into SystemExit(1). A second Ctrl-C (an impatient user, or a coordinator
@@ -314,29 +310,26 @@ def _fit(plan: FitPlan) -> RunResult:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             keep_telemetry()
-            if run_id is not None:
-                store.finish_run(run_id, *(("FINISHED",) if committed else ("KILLED", "interrupted")))
+            record.finish(*(("FINISHED",) if committed else ("KILLED", "interrupted")))
         except Exception as err:  # e.g. sqlite still locked by the write the interrupt cut short: the interrupt
             # must go on up (its worker records the cell as interrupted); the coordinator settles the run later
-            print(f"run {run_id} left for the coordinator to end: {type(err).__name__}", file=sys.stderr)
+            print(f"run {record.run_id} left for the coordinator to end: {type(err).__name__}", file=sys.stderr)
         finally:
             signal.signal(signal.SIGINT, signal.default_int_handler)
         raise KeyboardInterrupt from exc
     except Superseded as exc:
         keep_telemetry()
-        if run_id is not None:
-            store.set_tags(run_id, {Tag.SUPERSEDED: str(exc)})
-            store.finish_run(run_id, "KILLED", str(exc))
+        record.set_tags({Tag.SUPERSEDED: str(exc)})
+        record.finish("KILLED", str(exc))
         raise
     except StopRun as exc:
         keep_telemetry()
-        if run_id is not None:
-            store.finish_run(run_id, "KILLED", str(exc))
+        record.finish("KILLED", str(exc))
         raise
     except BaseException as exc:
-        if run_id is not None and not committed:  # committed: a coordinator finishes the run (settle_orphans)
+        if not committed:  # committed: a coordinator finishes the run (settle_orphans)
             keep_telemetry()
-            store.finish_run(run_id, "FAILED", f"{type(exc).__name__}: {exc}")
+            record.finish("FAILED", f"{type(exc).__name__}: {exc}")
         raise
 
 

@@ -249,7 +249,7 @@ class Drill:
     def _done(self, sweep: str) -> bool:
         config = yaml.safe_load((self.workdir / f"{sweep}.yaml").read_text())
         from reslab.sweep.config import load_config
-        from reslab.sweep.worker import items_of
+        from reslab.sweep.queue import items_of
 
         _, items = items_of(load_config(config))
         try:
@@ -301,7 +301,7 @@ class Drill:
         for sweep in sweeps:
             config = sweep_config(sweep, "ddp" in sweep)
             from reslab.sweep.config import load_config
-            from reslab.sweep.worker import items_of
+            from reslab.sweep.queue import items_of
 
             cells, _ = items_of(load_config(config))
             runs = client.search_runs([exp.experiment_id], f"tags.`reslab.sweep` = '{sweep}'", max_results=5000)
