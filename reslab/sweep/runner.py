@@ -27,6 +27,7 @@ from rich.table import Table
 
 from reslab import tracking
 from reslab.atomic import write_atomic
+from reslab.models.spec import spec_extras
 from reslab.redact import (
     PASSWORD_ENV,
     STORAGE_ENV,
@@ -393,8 +394,8 @@ def make_console() -> Console:
 
 
 def summary_table(config: SweepConfig, cells: dict[str, Cell], statuses: dict[Item, ItemStatus]) -> Table:
-    """Block or remedy (x width, shortcut, norm, lr when they vary) by depth: final train / test error, mean over
-    seeds (the best trial per cell when tuned)."""
+    """Block or remedy (x width, shortcut, norm, the other spec fields, lr when they vary) by depth: final train /
+    test error, mean over seeds (the best trial per cell when tuned)."""
     best: dict[str, dict[str, Any]] = {}
     for (key, _), st in statuses.items():
         if st.state != "done" or st.value is None:
@@ -407,6 +408,7 @@ def summary_table(config: SweepConfig, cells: dict[str, Cell], statuses: dict[It
         label = (cell.remedy or cell.block) + (f" w{cell.width}" if len(config.grid.widths) > 1 else "")
         label += f" {cell.shortcut}" if len(config.grid.shortcuts) > 1 and cell.block != "plain" else ""
         label += f" norm {cell.norm}" if len(config.grid.norms) > 1 else ""
+        label += "".join(f" {name} {value}" for name, value in spec_extras(cell.net, cell.varies))
         label += f" lr {cell.lr:g}" if cell.lr is not None else ""
         rows[label][cell.depth].append((attrs.get("train_error", float("nan")), attrs.get("test_error", float("nan"))))
     depths = sorted(config.grid.depths)

@@ -14,17 +14,15 @@ from collections.abc import Callable
 from typing import Any
 
 from reslab.sweep.parent import running_children
-from reslab.tags import Tag
+from reslab.tags import Metric, Tag
 from reslab.tracking import Store
-
-RESULT_KEYS = ("train_error", "test_error", "val_error", "train_loss", "test_loss", "val_loss")
 
 
 def result_attrs(
     metrics: dict[str, float], params: int, macs: int, wall_s: float, epochs: int, diverged: str | None = None
 ) -> dict[str, Any]:
     """The attributes a completed trial carries: final metrics, size, wall time (and why it diverged, if it did)."""
-    attrs: dict[str, Any] = {k: metrics[k] for k in RESULT_KEYS if k in metrics}
+    attrs: dict[str, Any] = {k: metrics[k] for k in Metric.RESULTS if k in metrics}
     attrs.update(params=params, macs=macs, wall_s=wall_s, epochs=epochs)
     if diverged:
         attrs[Tag.DIVERGED] = diverged
