@@ -2,7 +2,7 @@
 `train_step`, variant `packK`).
 
 A width-16 ResNet cannot fill a GPU alone; a pack of K cells runs each layer of all K members as one kernel
-(`reslab.train.pack`). Each result's extra_info holds the aggregate rate of the K cells (images/s, TFLOP/s and the
+(`benchmarks/pack.py`). Each result's extra_info holds the aggregate rate of the K cells (images/s, TFLOP/s and the
 fraction of the datasheet peak), so packs of different K compare directly with each other and with the solo step.
 On CPU a pack of 2 and 4 at depth 20; on CUDA K in 1, 4, 8, 16 at depths 20, 56, 110. The recipe is that of
 configs/cifar10-he2015.yaml (bf16 autocast on CUDA, fp32 on the CPU, where bf16 is slower); a pack runs eagerly.
@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from benchmarks.conftest import cuda
+from benchmarks.pack import PackTraining
 from benchmarks.test_train_step import he2015_recipe
 from reslab.data.synthetic import load_synthetic
 from reslab.models import NetSpec, describe
 from reslab.perf import device_name, rate_info, sync
-from reslab.train.pack import PackTraining
 
 BATCH = 128
 SHAPE = (3, 32, 32)

@@ -104,8 +104,8 @@ def _concurrent(spec: NetSpec, cfg: TrainConfig, cells: int, device: str, smoke:
 
 
 def _pack(spec: NetSpec, cells: int, device: str, smoke: bool) -> StepTiming:
-    """A pack of `cells` seeds (reslab.train.pack) with the recipe's precision on CUDA, fp32 on the CPU."""
-    from reslab.train.pack import packed_step_times
+    """A pack of `cells` seeds (`benchmarks/pack.py`) with the recipe's precision on CUDA, fp32 on the CPU."""
+    from benchmarks.pack import packed_step_times
 
     warmup, steps = window(device, smoke)
     batch = 8 if smoke else he2015_recipe().batch_size

@@ -15,13 +15,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from reslab.data.tensors import DeviceBatches, Split, Splits
 from reslab.devices import sync
 from reslab.models import NetSpec, build_net
-from reslab.models.blocks import param_groups
 from reslab.train.config import DataConfig, TrainConfig
+from reslab.train.objective import sgd, training_loss
 from reslab.train.schedule import lr_lambda
 
 
@@ -55,20 +54,18 @@ class StepTiming:
 def plain_loop_step_times(
     spec: NetSpec, splits: Splits, cfg: TrainConfig, steps: int, warmup: int = 3, device: str = "cpu"
 ) -> StepTiming:
-    """The loop a researcher writes by hand: forward, cross-entropy, backward, SGD step, schedule step."""
+    """The loop a researcher writes by hand: forward, the training loss, backward, SGD step, schedule step (loss
+    and SGD are the ones reslab trains with, `reslab.train.objective`)."""
     torch.manual_seed(cfg.seed)
     net = build_net(spec, splits.input_shape, splits.num_classes).to(device)
-    opt = torch.optim.SGD(
-        param_groups(net, cfg.lr), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-        weight_decay=cfg.weight_decay,
-    )  # fmt: skip
+    opt = sgd(net, cfg, device)
     batches = DeviceBatches(splits.train.to(device), cfg.batch_size, shuffle=True, seed=cfg.seed)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, len(batches)))
     ends: list[float] = [time.perf_counter()]
     net.train()
     while len(ends) <= warmup + steps:
         for x, y in batches:
-            loss = F.cross_entropy(net(x), y)
+            loss = training_loss(net(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

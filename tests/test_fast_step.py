@@ -12,12 +12,8 @@ from torch.overrides import TorchFunctionMode
 from reslab.devices import compile_mode
 from reslab.models import NetSpec
 from reslab.train.config import DataConfig, TrainConfig
-from reslab.train.fast import (
-    CompileFallbackWarning,
-    TrainingForward,
-    loss_and_wrong,
-    uses_channels_last,
-)
+from reslab.train.fast import CompileFallbackWarning, TrainingForward, uses_channels_last
+from reslab.train.objective import loss_and_wrong
 
 SYNTH = DataConfig(name="synthetic", options={"shape": [1, 16], "train_size": 256, "test_size": 64})
 IMAGES = DataConfig(name="synthetic", options={"shape": [3, 8, 8], "train_size": 128, "test_size": 32})

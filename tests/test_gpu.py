@@ -104,11 +104,12 @@ def test_the_fast_cuda_step_compiles_without_fallback_and_never_syncs_between_te
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
 
 
+@pytest.mark.slow
 def test_a_pack_trains_on_cuda_in_bf16_and_each_member_matches_its_solo_start() -> None:
     """Packing on the GPU: the stacked members' first bf16 losses equal their solo nets' (same weights, same batch,
     up to bf16 rounding), fused SGD steps them, and they keep training apart."""
+    from benchmarks.pack import PackTraining, SoloTraining
     from reslab.data.synthetic import load_synthetic
-    from reslab.train.pack import PackTraining, SoloTraining
 
     spec = NetSpec("resnet", "residual", 20, 16)
     splits = load_synthetic((3, 32, 32), train_size=512, test_size=64)

@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from reslab.models.blocks import Block
 from reslab.probe.result import BlockSignal, SignalProbe
+from reslab.train.objective import training_loss
 
 if TYPE_CHECKING:
     from reslab.data.tensors import Splits
@@ -89,13 +89,6 @@ def probe_spec(spec: NetSpec, splits: Splits, batch: int, seed: int, device: str
         torch.manual_seed(seed)
         net = build_net(spec, splits.input_shape, output_units(spec, splits.num_classes))
     return probe_at_init(net, splits, batch, seed, device)
-
-
-def loss_of(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The training loss (`reslab.train.module`): cross-entropy, or binary cross-entropy for a one-logit head."""
-    if logits.shape[1] == 1:
-        return F.binary_cross_entropy_with_logits(logits.squeeze(1), y.float())
-    return F.cross_entropy(logits, y)
 
 
 def probe_net(net: nn.Module, x: torch.Tensor, y: torch.Tensor, jacobian_examples: int = JACOBIAN_EXAMPLES
@@ -179,7 +172,7 @@ def _measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, jacobian_exampl
     model.train()
     inp = x.detach().clone().requires_grad_(True)  # so a net without a stem still has a gradient at its first block
     try:
-        loss = loss_of(model(inp), y)
+        loss = training_loss(model(inp), y)
         loss.backward()
     finally:
         for handle in handles:

@@ -22,8 +22,9 @@ import warnings
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from reslab.train.objective import loss_and_wrong
 
 #: Modes whose compiled step is replayed as CUDA graphs (on CUDA devices only).
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
@@ -38,15 +39,6 @@ def uses_channels_last(setting: bool | None, device: str, net: nn.Module) -> boo
     where cuDNN's fast kernels want NHWC; True/False force it (a net without 2-D convolutions never uses it)."""
     has_2d = any(isinstance(m, nn.Conv2d) for m in net.modules())
     return has_2d and (setting if setting is not None else device == "cuda")
-
-
-def loss_and_wrong(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy over the classes and the count of wrong predictions; BCE with a logit > 0 decision when the
-    head has one output (the seed's sigmoid convnet)."""
-    if logits.shape[1] == 1:
-        logit = logits.squeeze(1)
-        return F.binary_cross_entropy_with_logits(logit, y.float()), ((logit > 0).long() != y).sum()
-    return F.cross_entropy(logits, y), (logits.argmax(1) != y).sum()
 
 
 class TrainingForward:
@@ -102,12 +94,6 @@ def compile_callable(fn: Callable, mode: str) -> Callable:
     """`torch.compile(fn, mode=mode)`, shapes specialised: a run sees two batch shapes (full and the epoch's last),
     and static shapes keep CUDA graphs possible."""
     return torch.compile(fn, mode=mode, dynamic=False)
-
-
-def fused_optimizer_kwargs(device: str) -> dict[str, bool]:
-    """SGD's fused implementation on CUDA (one kernel for all parameters instead of several per tensor); the CPU
-    keeps the default implementation, so CPU results stay bit-identical across versions of this code."""
-    return {"fused": True} if device == "cuda" else {}
 
 
 def backend_settings() -> dict[str, str]:

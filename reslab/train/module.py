@@ -4,7 +4,7 @@ Training error is counted over each epoch's training batches, in training mode, 
 plot it; sums are kept on the device and read once per epoch, so a step costs what the model costs and never waits
 for the device (the epoch timer synchronises before it reads the clock). Metrics go to the logger once per epoch
 (step = epoch, 1-based), as fractions in [0, 1]. On an accelerator the step runs as `reslab.train.fast` says:
-compiled, channels-last for 2-D nets, with SGD's fused kernel.
+compiled, channels-last for 2-D nets; its loss and SGD (fused on CUDA) are `reslab.train.objective`'s.
 """
 
 from __future__ import annotations
@@ -18,19 +18,14 @@ import torch
 from torch import nn
 
 from reslab.devices import compile_mode, sync
-from reslab.models.blocks import param_groups
 from reslab.train.config import TrainConfig
-from reslab.train.fast import (
-    TrainingForward,
-    fused_optimizer_kwargs,
-    loss_and_wrong,
-    uses_channels_last,
-)
+from reslab.train.fast import TrainingForward, uses_channels_last
+from reslab.train.objective import loss_and_wrong, sgd
 from reslab.train.schedule import lr_lambda
 
 
 class ResLabModule(pl.LightningModule):
-    """Cross-entropy over `num_outputs` classes, or BCE when the head has one output (the seed's sigmoid convnet).
+    """Cross-entropy over `num_outputs` classes, or BCE when the head has one output (the Keras example's sigmoid convnet).
     `eval_names` name the evaluation loaders in order (e.g. ["val", "test"]); `on_epoch` gets each epoch's
     metrics (for progress lines)."""
 
@@ -144,10 +139,7 @@ class ResLabModule(pl.LightningModule):
     # -- optimisation ----------------------------------------------------------------------------------------------
     def configure_optimizers(self):
         cfg = self.cfg
-        optimizer = torch.optim.SGD(
-            param_groups(self.net, cfg.lr), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-            weight_decay=cfg.weight_decay, **fused_optimizer_kwargs(self.device.type),
-        )  # fmt: skip
+        optimizer = sgd(self.net, cfg, self.device)
         steps_per_epoch = len(self.trainer.datamodule.train_dataloader())  # per rank, as the optimizer steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -12,7 +12,7 @@ batched kernel). Nothing is shared between the members but the kernels:
 - its batch-norm running statistics are its own slice of the stacked buffers (vmap maps over the buffers too, so
   batch norm updates each member's statistics in place);
 - its data order is its own `DeviceBatches` with its own seed;
-- the loss is the sum of the members' mean cross-entropies, so each member's gradient is its solo gradient;
+- the loss is the sum of the members' mean training losses, so each member's gradient is its solo gradient;
 - SGD (momentum, Nesterov, weight decay) and the learning-rate schedule act element by element, so one step on
   the stacked parameters is K solo steps; each stacked parameter keeps its member parameter's lr factor;
 - gradient-norm clipping takes the norm over each member's slice, never over the pack.
@@ -21,7 +21,11 @@ So a pack reproduces its members' solo runs up to floating-point summation order
 as one grouped conv). At lr 0.1 with momentum, fp32 training of these nets amplifies that rounding within tens of
 steps, as much between two solo runs of one seed on two conv backends as between a pack and its solo runs; in fp64
 a pack holds its solo runs to ~1e-11 in loss over 50 steps. `solo_run` is the solo run, the same loop on one
-ordinary net.
+ordinary net; both take their loss and SGD from `reslab.train.objective`, as every run does.
+
+Packing lives beside the benchmarks that time it (`test_pack_step.py`, `test_train_step.py`), not in the package:
+no sweep or `reslab train` runs a pack, and none should until a GPU measurement shows a pack of K cells beats K
+concurrent workers on one device (on the 2-core CPU it gains nothing over two workers).
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
@@ -41,6 +44,7 @@ from reslab.models import NetSpec, build_net
 from reslab.models.blocks import param_groups
 from reslab.perf import StepTiming, median_step_s
 from reslab.train.config import TrainConfig
+from reslab.train.objective import sgd, training_loss
 from reslab.train.schedule import lr_lambda
 
 #: Strategies that train on one device, the only ones a pack (one grouped computation) can run under.
@@ -207,13 +211,6 @@ class Pack:
         return net.train(self._skeleton.training)
 
 
-def _optimizer(groups: list[dict[str, Any]], cfg: TrainConfig, device: torch.device) -> torch.optim.SGD:
-    """The solo loop's SGD; fused into one kernel per step on CUDA (element-wise, so the same update)."""
-    fused = True if device.type == "cuda" else None
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                           weight_decay=cfg.weight_decay, fused=fused)  # fmt: skip
-
-
 def _batches(train: Split, splits: Splits, cfg: TrainConfig, seed: int) -> DeviceBatches:
     """One member's batches of `train` (`splits.train` on the device, moved there once for all members), as a run
     of `seed` draws them: its own permutation and augmentation."""
@@ -226,11 +223,6 @@ def _endless(batches: DeviceBatches) -> Iterator[tuple[torch.Tensor, torch.Tenso
         yield from batches
 
 
-def _full_precision(logits: torch.Tensor) -> torch.Tensor:
-    """Logits in at least fp32 for the loss (autocast's bf16 logits upcast; fp32 and fp64 left as they are)."""
-    return logits.float() if logits.dtype in (torch.bfloat16, torch.float16) else logits
-
-
 def _autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
     if cfg.precision == "bf16-mixed":
         return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -238,7 +230,7 @@ def _autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractCont
 
 
 class SoloTraining:
-    """One ordinary net of `seed` trained by the loop a researcher writes by hand (forward, mean cross-entropy,
+    """One ordinary net of `seed` trained by the loop a researcher writes by hand (forward, the training loss,
     backward, clipping, SGD, schedule); each `step()` trains one batch and returns its loss. The reference a pack
     member must reproduce."""
 
@@ -248,7 +240,7 @@ class SoloTraining:
         check_recipe(cfg)
         self.cfg, self.device = cfg, torch.device(device)
         self.net = build_member(spec, seed, splits.input_shape, splits.num_classes, self.device).train()
-        self.opt = _optimizer(param_groups(self.net, cfg.lr), cfg, self.device)
+        self.opt = sgd(self.net, cfg, self.device)
         batches = _batches(splits.train.to(self.device), splits, cfg, seed)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg, len(batches)))
         self.data = _endless(batches)
@@ -257,7 +249,7 @@ class SoloTraining:
         x, y = next(self.data)
         with _autocast(self.cfg, self.device):
             logits = self.net(x)
-        loss = F.cross_entropy(_full_precision(logits), y)
+        loss = training_loss(logits, y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.clip_grad_norm is not None:
@@ -277,7 +269,7 @@ class PackTraining:
         check_recipe(cfg)
         self.cfg, self.device = cfg, torch.device(device)
         self.pack = Pack(spec, seeds, splits.input_shape, splits.num_classes, self.device).train()
-        self.opt = _optimizer(self.pack.param_groups(cfg.lr), cfg, self.device)
+        self.opt = sgd(self.pack.param_groups(cfg.lr), cfg, self.device)
         train = splits.train.to(self.device)
         members = [_batches(train, splits, cfg, s) for s in self.pack.seeds]
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg, len(members[0])))
@@ -288,7 +280,7 @@ class PackTraining:
         x, y = torch.stack(xs), torch.stack(ys)
         with _autocast(self.cfg, self.device):
             logits = self.pack(x)
-        per_image = F.cross_entropy(_full_precision(logits).flatten(0, 1), y.flatten(), reduction="none")
+        per_image = training_loss(logits.flatten(0, 1), y.flatten(), reduction="none")
         losses = per_image.view(y.shape).mean(1)
         self.opt.zero_grad(set_to_none=True)
         losses.sum().backward()  # the sum of the members' means: each member's gradient is its solo gradient
