@@ -25,8 +25,8 @@ from reslab.train.schedule import lr_lambda
 
 
 class ResLabModule(pl.LightningModule):
-    """Cross-entropy over `num_outputs` classes, or BCE when the head has one output (the Keras example's sigmoid convnet).
-    `eval_names` name the evaluation loaders in order (e.g. ["val", "test"]); `on_epoch` gets each epoch's
+    """Cross-entropy over `num_outputs` classes, or BCE when the head has one output (the Keras example's sigmoid
+    convnet). `eval_names` name the evaluation loaders in order (e.g. ["val", "test"]); `on_epoch` gets each epoch's
     metrics (for progress lines)."""
 
     def __init__(

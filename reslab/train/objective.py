@@ -1,7 +1,8 @@
 """The training objective and its optimiser: the one loss and the one SGD every loop that trains a reslab net uses.
 
 He et al. 2015 train their CIFAR ResNets by SGD with momentum 0.9 and weight decay 1e-4 on the mean cross-entropy
-of a batch; the Keras example's convnet has a one-unit sigmoid head, whose loss is the binary cross-entropy of its logit.
+of a batch; the Keras example's convnet has a one-unit sigmoid head, whose loss is the binary cross-entropy of its
+logit.
 Lightning's training module, the signal probe at initialisation, the benchmarks' hand-written loop and packed
 training all compute that loss and build that optimiser here, so the quantity a probe reports, the step a benchmark
 times and the run a sweep trains cannot drift apart.
