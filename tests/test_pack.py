@@ -68,15 +68,18 @@ def float64() -> Iterator[None]:
 
 @contextlib.contextmanager
 def cpu_numerics(threads: int, onednn: bool) -> Iterator[None]:
-    """Intra-op threads and oneDNN (mkldnn) convolutions on or off: each changes the order of the sums a step
-    computes. oneDNN's TF32 flag stays off (it concerns Intel GPUs only)."""
-    previous = torch.get_num_threads()
+    """Intra-op threads and oneDNN (mkldnn) kernels on or off: each changes the order of the sums a step computes.
+    Only oneDNN's on/off switch is set (`torch.backends.mkldnn.flags` would also set its TF32 flag, which concerns
+    Intel GPUs and warns on a CPU build)."""
+    threads_before = torch.get_num_threads()
+    onednn_before = torch.backends.mkldnn.enabled
     torch.set_num_threads(threads)
+    torch.backends.mkldnn.set_flags(onednn, None, None, None)
     try:
-        with torch.backends.mkldnn.flags(enabled=onednn, allow_tf32=False):
-            yield
+        yield
     finally:
-        torch.set_num_threads(previous)
+        torch.backends.mkldnn.set_flags(onednn_before, None, None, None)
+        torch.set_num_threads(threads_before)
 
 
 def worst_relative(packed: list[float], solo: list[float]) -> float:
