@@ -138,12 +138,12 @@ def net_specs(args: argparse.Namespace, lists: bool = False) -> list:
     return [NetSpec(**{**given, **dict(zip(LIST_FIELDS, combo, strict=True))}) for combo in itertools.product(*axes)]
 
 
-def _bare(annotation: Any) -> tuple[Any, bool]:
-    """`int | None` -> (int, True); `bool` -> (bool, False)."""
+def _bare(annotation: Any) -> Any:
+    """`int | None` -> int; `int | str` and `bool` as they are."""
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return (args[0] if len(args) == 1 else annotation), type(None) in typing.get_args(annotation)
-    return annotation, False
+        return args[0] if len(args) == 1 else annotation
+    return annotation
 
 
 def _devices(text: str) -> int | str:
@@ -157,7 +157,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
     for name, info in TrainConfig.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        annotation, _ = _bare(info.annotation)
+        annotation = _bare(info.annotation)
         default = info.default
         shown = {None: "off", True: "on", False: "off"}.get(default, default) if not isinstance(default, float) \
             else f"{default:g}"

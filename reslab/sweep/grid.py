@@ -97,10 +97,10 @@ def expand(grid: GridConfig) -> list[Cell]:
     free. Raises SpecError for a combination no family can build."""
     values = axis_values(grid)
     names = list(values)
-    # Outer to inner: seed, then every axis but depth and shortcut in field order reversed, so widths vary slowest
-    # after the seed as they always did; depth ascending and shortcut innermost.
-    outer = [n for n in reversed(names) if n not in ("depth", "shortcut")]
-    order = ["seed", "width", "lr", *[n for n in outer if n != "width"], "depth", "shortcut"]
+    # Outer to inner: seed, width and lr as they always were, then the other axes in field order reversed, then
+    # depth ascending and shortcut innermost.
+    order = ["seed", "width", "lr", *[n for n in reversed(names) if n not in ("width", "depth", "shortcut")], "depth",
+             "shortcut"]
     lists = {"seed": grid.seeds, "lr": grid.lr or [None], **values}
     cells: dict[str, Cell] = {}
     for combo in itertools.product(*(lists[n] for n in order)):
