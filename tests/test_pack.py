@@ -19,8 +19,10 @@ depends on the recipe and on the tensor, never on the pack:
 
 So the state (every weight and batch-norm buffer) is compared in fp64, where rounding is 5e8 times finer: at the
 full recipe (lr 0.1, momentum, weight decay, warm-up and cosine decay, Nesterov, clipping, Fixup's lr factors) the
-worst measured difference was 3e-11 against a bound of 1e-8. fp32 packing is held to its solo runs' losses, at 1
-and 2 threads with oneDNN on and off. Every test here that trains is `slow`.
+worst measured difference was 3e-11 against a bound of 1e-8. fp32 packing is held to its solo runs' losses over
+the first steps, at 1 and 2 threads with oneDNN on and off: that is where a wrong grouped conv would show, and
+rounding differences grow with every step while the kernels under test stay the same. Every test here that trains
+is `slow`.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ def cpu_numerics(threads: int, onednn: bool) -> Iterator[None]:
 
 
 def worst_relative(packed: list[float], solo: list[float]) -> float:
-    assert len(packed) == len(solo) == STEPS
+    assert len(packed) == len(solo) > 1
     return max(abs(p - s) / abs(s) for p, s in zip(packed, solo, strict=True))
 
 
@@ -98,11 +100,15 @@ def assert_same_state(pack: Pack, i: int, solo: torch.nn.Module, rtol: float) ->
             assert (member[name] - t).abs().max() <= rtol * t.abs().max().clamp_min(1e-12), name
 
 
-#: Worst relative loss difference allowed over 50 gentle fp32 steps. Measured on an AVX-512 Xeon at 1 and 2 threads,
-#: oneDNN on and off: a pack against its solo runs 3.3e-6 to 7.9e-6, a solo run against itself with each batch's
-#: examples permuted (the same sums in another order) 3.2e-6 to 9.0e-6, so the pack sits at fp32's noise floor; the
-#: bound is 20 times that floor, far below what a real defect (another member's data or statistics, a wrong lr
-#: factor) does to a loss within a step.
+#: fp32 steps compared: the grouped convs of every layer, forward and backward, run at each step, so a few steps
+#: exercise every kernel the comparison is about, and the rounding differences have not yet been amplified by training.
+FP32_STEPS = 10
+
+#: Worst relative loss difference allowed over 10 gentle fp32 steps. Measured on a 2-core Xeon at 1 and 2 threads,
+#: oneDNN on and off: a pack against its solo runs 1.1e-6 to 1.3e-6, two solo runs of one seed on different thread
+#: counts or conv backends (the same sums in another order) 7.8e-7 to 1.7e-6, so the pack sits at fp32's noise
+#: floor (over 50 steps on an AVX-512 Xeon both were 3e-6 to 9e-6); the bound is over 100 times that floor, far
+#: below what a real defect (another member's data or statistics, a wrong lr factor) does to a loss within a step.
 LOSS_RTOL = 2e-4
 
 
@@ -115,13 +121,14 @@ def test_a_pack_of_resnet20s_on_cifar_shaped_inputs_matches_each_solo_run_in_fp3
     """fp32 packing (grouped 2-D convs, oneDNN's or ATen's) gives each member its solo run's loss at every step,
     whatever the summation order the threads and the conv backend choose."""
     spec, seeds, splits = NetSpec("resnet", "residual", 20, 16), [0, 1], splits_of(CIFAR_SHAPE)
+    cfg = GENTLE.model_copy(update={"max_steps": FP32_STEPS})
     with cpu_numerics(threads, onednn):
-        _, packed = pack_run(spec, seeds, splits, GENTLE, STEPS)
+        _, packed = pack_run(spec, seeds, splits, cfg, FP32_STEPS)
         for i, seed in enumerate(seeds):
-            _, solo = solo_run(spec, seed, splits, GENTLE, STEPS)
+            _, solo = solo_run(spec, seed, splits, cfg, FP32_STEPS)
             assert worst_relative(packed[i], solo) < LOSS_RTOL, seed
     assert packed[0] != packed[1]  # two different nets, two data orders
-    assert packed[0][-1] < packed[0][0]  # it trains
+    assert min(packed[0][1:]) < packed[0][0]  # the steps update the net
 
 
 CASES = {

@@ -95,7 +95,10 @@ class PgServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+# The servers live as long as the drills, not the session: an idle `mlflow server` keeps a dozen job consumers that
+# wake several times a second, and on a 2-core machine each wake-up stalls the other tests' 2-thread torch kernels
+# (one OpenMP thread descheduled, the other spinning at the barrier), which made CPU-bound tests up to 4x slower.
+@pytest.fixture(scope="package")
 def pg_server():
     server = PgServer()
     server.start()
@@ -105,7 +108,7 @@ def pg_server():
         server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def postgres(pg_server: PgServer) -> str:
     return pg_server.url
 
@@ -150,7 +153,7 @@ def serving_mlflow(root: Path, backend: str, *options: str, env: dict[str, str] 
         log.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def mlflow_server(postgres: str, tmp_path_factory: pytest.TempPathFactory):
     """http://127.0.0.1:PORT: `mlflow server` on a PostgreSQL backend store with a local artifact destination."""
     backend = create_database(postgres, "mlflow")

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.drills
 SEED = int(os.environ.get("RESLAB_CHAOS_SEED", "7"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return reference_metrics(tmp_path_factory.mktemp("chaos-reference"))
 
