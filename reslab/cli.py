@@ -372,8 +372,19 @@ def _projection(bench: object, config_path: str, overrides: list[str]) -> str:
         raise UsageError(str(exc)) from None
 
 
-def cmd_ui(args: argparse.Namespace) -> int:
+def ui_environment(uri: str) -> dict[str, str]:
+    """The environment of `mlflow ui`: the store (through the environment, not the command line, which `ps` shows
+    to everyone), and MLflow's job execution off unless the user set it. The UI starts a dozen job consumers for
+    GenAI evaluation and trace roll-ups, which reslab never uses; idle, they took about 2 CPU-seconds per 30 s here,
+    stolen from the sweep the UI usually watches on the same machine."""
     import os
+
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, MLFLOW_BACKEND_STORE_URI=uri)
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    return env
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
     import subprocess
 
     from reslab.redact import redact_uri
@@ -383,11 +394,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if uri.startswith(("http://", "https://")):
         print(f"{uri} is already a tracking server: open it in a browser")
         return 0
-    # The store reaches `mlflow ui` through its environment, not its command line (which `ps` shows to everyone).
     cmd = [sys.executable, "-m", "mlflow", "ui", "--host", args.host, "--port", str(args.port)]
     print(f"MLflow UI for {redact_uri(uri)} at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     try:
-        return subprocess.call(cmd, env=dict(os.environ, MLFLOW_TRACKING_URI=uri, MLFLOW_BACKEND_STORE_URI=uri))
+        return subprocess.call(cmd, env=ui_environment(uri))
     except KeyboardInterrupt:
         return 0
 

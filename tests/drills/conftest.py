@@ -95,9 +95,8 @@ class PgServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-# The servers live as long as the drills, not the session: an idle `mlflow server` keeps a dozen job consumers that
-# wake several times a second, and on a 2-core machine each wake-up stalls the other tests' 2-thread torch kernels
-# (one OpenMP thread descheduled, the other spinning at the barrier), which made CPU-bound tests up to 4x slower.
+# The servers live as long as the drills, not the session: on a 2-core machine any process that wakes often stalls
+# the other tests' 2-thread torch kernels (one OpenMP thread descheduled, the other spinning at the barrier).
 @pytest.fixture(scope="package")
 def pg_server():
     server = PgServer()
@@ -125,7 +124,9 @@ def create_database(server: str, name: str) -> str:
 @contextlib.contextmanager
 def serving_mlflow(root: Path, backend: str, *options: str, env: dict[str, str] | None = None) -> Iterator[str]:
     """`mlflow server` on `backend` with artifacts under `root`, on a free port of 127.0.0.1, until the block ends:
-    yields its URL once /health answers."""
+    yields its URL once /health answers. MLflow's job execution (GenAI evaluation, trace roll-ups: a dozen consumer
+    processes that poll several times a second) is off, as `reslab ui` runs it: reslab uses none of it."""
+    env = {**(os.environ if env is None else env), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     port = free_port()
     log = open(root / "server.log", "w")  # noqa: SIM115 - open for the server's lifetime
     proc = subprocess.Popen(
