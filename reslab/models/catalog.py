@@ -47,9 +47,10 @@ class FamilyInfo:
     """A family's name, depth rule and defaults: everything about it but its builder (`reslab.models.registry`).
 
     `choices` holds, for each named `NetSpec` field, the values this family builds, its default first (the
-    shortcut's and the norm's defaults are `default_shortcut` and `default_norm`); `block_norms` narrows the norms per block where the family's blocks need one norm
-    (the transformer's post-norm needs layer norm and its ReZero none); `own_fields` are the fields only this family
-    has (the transformer's heads and context), with their defaults: other families leave them unset and refuse them.
+    shortcut's and the norm's defaults are `default_shortcut` and `default_norm`); `block_norms` narrows the norms
+    per block where the family's blocks need one norm (the transformer's post-norm needs layer norm and its ReZero
+    none), so that two names never build the same net; `own_fields` are the fields only this family has (the
+    transformer's heads and context), with their defaults: other families leave them unset and refuse them.
     """
 
     name: str
