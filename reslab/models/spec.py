@@ -103,13 +103,12 @@ class NetSpec:
                 _one_of(getattr(self, f.name), f.metadata["choices"], f.name)
         self._check_family_choices()
         self._check_remedy_fields()
-        for name in ("depth", "width", *_OWN_FIELDS):
-            value = getattr(self, name)
-            if value is None and name not in fam.own_fields:
-                continue
-            if name not in ("depth", "width") and name not in fam.own_fields:
+        for name in _OWN_FIELDS:
+            if name not in fam.own_fields and getattr(self, name) is not None:
                 owners = " or ".join(n for n, info in FAMILY_INFO.items() if name in info.own_fields)
                 raise SpecError(f"{name} applies to the {owners} family only, not {self.family!r}")
+        for name in ("depth", "width", *fam.own_fields):
+            value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise SpecError(f"{name} must be an integer, got {value!r}")
             if value <= 0:
@@ -215,8 +214,7 @@ def spec_fields() -> tuple[Field, ...]:
 
 
 #: The fields only some families have (the transformer's heads and context), unset elsewhere.
-_OWN_FIELDS: tuple[str, ...] = tuple(f.name for f in spec_fields() if any(f.name in i.own_fields
-                                                                          for i in FAMILY_INFO.values()))
+_OWN_FIELDS: tuple[str, ...] = tuple(dict.fromkeys(name for info in FAMILY_INFO.values() for name in info.own_fields))
 
 
 def axis_fields() -> Iterator[Field]:
