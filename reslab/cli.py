@@ -422,8 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("summary", help="Keras-style table of the layers, parameters and MACs of one network")
     add_net_arguments(p)
-    p.add_argument("--input", type=parse_shape, help="input shape without batch, e.g. 3x32x32 or 1x40")
-    p.add_argument("--classes", type=positive_int, help="outputs of the head (10; 1 for the Keras example's convnet)")
+    p.add_argument("--input", type=parse_shape,
+                   help="input shape without batch, e.g. 3x32x32 or 1x40; the transformer's token window, e.g. 64")
+    p.add_argument("--classes", type=positive_int,
+                   help="outputs of the head (10; 1 for the Keras example's convnet; the transformer's vocabulary, 96)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=cmd_summary)
 

@@ -76,7 +76,8 @@ def _stages(text: str) -> tuple[tuple[int, bool], ...]:
 def _per_family(what: Callable[[Any], object]) -> str:
     from reslab.models.spec import NetSpec
 
-    return "; ".join(f"{name}: {what(NetSpec(name))}" for name in FAMILY_INFO)
+    values = ((name, what(NetSpec(name))) for name in FAMILY_INFO)
+    return "; ".join(f"{name}: {value}" for name, value in values if value is not None)  # None: not the family's
 
 
 def add_net_arguments(p: argparse.ArgumentParser, lists: bool = False) -> None:

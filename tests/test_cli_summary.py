@@ -37,9 +37,19 @@ def test_summary_one_dimensional_input(capsys: pytest.CaptureFixture[str]) -> No
     assert data["layers"][0]["output_shape"] == [None, 8, 40]
 
 
+def test_summary_transformer_prints_macs_per_token(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["summary", "--family", "transformer", "--depth", "12", "--width", "64"]) == 0
+    out = capsys.readouterr().out
+    # 12 blocks x 12 d^2 + the 64 x 96 head, per token of the default window of 64 tokens
+    assert "MACs per token: 595,968 (a window of 64)" in out
+    assert "Total params: 616,288" in out and "(None, 64, 96)" in out
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["--family", "transformer", "--input", "65"], "the data's window 65 exceeds the net's context 64"),
+        (["--family", "transformer", "--width", "30"], "width 30 is not a multiple of heads 4"),
         (["--depth", "57"], "nearest valid depths: 56 or 62"),
         (["--width", "0"], "must be a positive integer"),
         (["--family", "vgg"], "invalid choice: 'vgg'"),

@@ -12,16 +12,21 @@ import sys
 import pytest
 import torch
 
-from reslab.models import BLOCK_KINDS, FAMILIES, NORMS, SHORTCUTS, NetSpec, SpecError, build_net, describe
+from reslab.models import BLOCK_KINDS, FAMILIES, NetSpec, SpecError, build_net, describe
 from reslab.models.estimate import Estimate, estimate
+from reslab.models.registry import example_input
 from reslab.models.remedies import REMEDIES
 
 # The second depth of each family has 4 blocks per stage: from the fourth block on the estimate multiplies instead
 # of walking, so only these nets check that closed form against real ones.
-DEPTHS = {"resnet": (8, 26), "mlp": (4, 10), "convnet": (7, 25)}
+DEPTHS = {"resnet": (8, 26), "mlp": (4, 10), "convnet": (7, 25), "transformer": (1, 4)}
 WIDTHS = (4, 6)
-# Odd sizes on purpose: strided convs, zero-pad slicing and ceil-mode max-pools must agree on ceil(s / 2).
-SHAPES = {"resnet": [(1, 9), (3, 7, 6)], "mlp": [(2, 3, 3), (12,)], "convnet": [(1, 9), (3, 7, 5)]}
+# Odd sizes on purpose: strided convs, zero-pad slicing and ceil-mode max-pools must agree on ceil(s / 2); token
+# windows shorter than and equal to the transformer's context.
+SHAPES = {"resnet": [(1, 9), (3, 7, 6)], "mlp": [(2, 3, 3), (12,)], "convnet": [(1, 9), (3, 7, 5)],
+          "transformer": [(5,), (7,)]}  # fmt: skip
+#: The transformer's own fields: 2 heads divide both widths, a context of 7 takes both windows.
+OWN = {"transformer": {"heads": 2, "context": 7}}
 CLASSES = 3
 
 
@@ -39,7 +44,7 @@ def saved_bytes(net: torch.nn.Module, input_shape: tuple[int, ...], batch: int) 
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        net(torch.randn(batch, *input_shape))
+        net(example_input(net, input_shape, batch, random=True))
     return sum(seen.values())
 
 
@@ -51,13 +56,16 @@ def saved_bytes_per_example(net: torch.nn.Module, input_shape: tuple[int, ...]) 
 
 
 def _cases() -> list:
-    """Every family, block, shortcut, norm and depth; widths and input shapes alternate between them so that each
-    block kind meets both widths and both input ranks without multiplying the (slow) built nets by four."""
+    """Every family, block, shortcut, norm and depth the family builds; widths and input shapes alternate between
+    them so that each block kind meets both widths and both input ranks without multiplying the (slow) built nets by
+    four."""
     cases = []
-    for family in FAMILIES:
+    for family, fam in FAMILIES.items():
         for (b, block), (s, shortcut), (n, norm), (d, depth) in itertools.product(
-            *(enumerate(values) for values in (BLOCK_KINDS, SHORTCUTS, NORMS, DEPTHS[family]))
+            *(enumerate(values) for values in (BLOCK_KINDS, fam.valid("shortcut"), fam.valid("norm"), DEPTHS[family]))
         ):
+            if norm not in fam.valid("norm", block):
+                continue
             width = WIDTHS[(s + n + d) % 2]
             shape = SHAPES[family][(b + s + d) % 2]
             name = f"{family}-{block}-{shortcut}-{norm}-d{depth}-w{width}-{'x'.join(map(str, shape))}"
@@ -69,7 +77,7 @@ def _cases() -> list:
 def test_estimate_matches_the_built_net(
     family: str, block: str, shortcut: str, norm: str, depth: int, width: int, shape: tuple[int, ...]
 ) -> None:
-    spec = NetSpec(family, block, depth, width, shortcut, norm)
+    spec = NetSpec(family, block, depth, width, shortcut, norm, **OWN.get(family, {}))
     est = estimate(spec, shape, CLASSES)
     torch.manual_seed(0)
     net = build_net(spec, shape, CLASSES)
@@ -79,14 +87,25 @@ def test_estimate_matches_the_built_net(
     assert abs(est.activation_bytes - measured) <= 0.2 * measured, (est.activation_bytes, measured)
 
 
-@pytest.mark.parametrize(("remedy", "norm"), [(r, n) for r in REMEDIES for n in NORMS
-                                               if n == "none" or "norm" not in REMEDIES[r].fields])  # fmt: skip
-@pytest.mark.parametrize(("family", "depth", "shape"), [("resnet", 26, (1, 9)), ("resnet", 8, (3, 7, 6)),
-                                                        ("mlp", 10, (12,))])  # fmt: skip
+def _remedy_cases() -> list:
+    """Each remedy on each net it is defined on, with each norm it leaves free."""
+    nets = [("resnet", 26, (1, 9)), ("resnet", 8, (3, 7, 6)), ("mlp", 10, (12,)), ("transformer", 4, (7,))]
+    cases = []
+    for (family, depth, shape), (name, preset) in itertools.product(nets, REMEDIES.items()):
+        if family not in preset.families:
+            continue
+        fields = preset.fields_for(family)
+        block = fields.get("block", "residual")
+        for norm in [fields["norm"]] if "norm" in fields else FAMILIES[family].valid("norm", block):
+            cases.append(pytest.param(name, norm, family, depth, shape, id=f"{name}-{norm}-{family}-{depth}"))
+    return cases
+
+
+@pytest.mark.parametrize(("remedy", "norm", "family", "depth", "shape"), _remedy_cases())
 def test_estimate_matches_the_remedies(remedy: str, norm: str, family: str, depth: int, shape: tuple[int, ...]) -> None:
     """Fixup's scalar biases and multipliers, TAT's leaky ReLU (which saves its input, not its output), the scaled
-    branches with and without batch norm: exact, activations included."""
-    spec = NetSpec(family, depth=depth, width=6, norm=norm, remedy=remedy)
+    branches with and without batch norm, DeepNet's weighted shortcuts: exact, activations included."""
+    spec = NetSpec(family, depth=depth, width=6, norm=norm, remedy=remedy, **OWN.get(family, {}))
     est = estimate(spec, shape, CLASSES)
     net = build_net(spec, shape, CLASSES)
     assert est.params == sum(p.numel() for p in net.parameters())

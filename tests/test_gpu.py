@@ -9,6 +9,7 @@ import torch
 from reslab.data.registry import load_dataset
 from reslab.data.tensors import DeviceBatches, pad_crop_flip
 from reslab.models import BLOCK_KINDS, FAMILIES, NetSpec, build_net
+from reslab.models.registry import example_input
 from reslab.train.config import DataConfig, TrainConfig
 
 pytestmark = [
@@ -20,12 +21,14 @@ pytestmark = [
 @pytest.mark.parametrize("block", BLOCK_KINDS)
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_forward_backward_on_cuda_fp32_and_bf16(family: str, block: str) -> None:
-    net = build_net(NetSpec(family, block), (3, 32, 32), 10).cuda()
-    x = torch.randn(8, 3, 32, 32, device="cuda")
+    fam = FAMILIES[family]
+    shape = (3, 32, 32) if 3 in fam.input_ranks else fam.default_input  # the transformer: a window of token ids
+    net = build_net(NetSpec(family, block), shape, 10).cuda()
+    x = example_input(net, shape, 8, random=True, device="cuda")
     for dtype in (None, torch.bfloat16):
         with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
             out = net(x)
-        assert out.shape == (8, 10) and out.device.type == "cuda"
+        assert out.shape == ((8, shape[0], 10) if fam.tokens else (8, 10)) and out.device.type == "cuda"
         out.float().square().mean().backward()
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
         net.zero_grad(set_to_none=True)

@@ -19,6 +19,7 @@ from reslab.models import (
 )
 from reslab.models.blocks import Ops
 from reslab.models.convnet import pooled_block
+from reslab.models.registry import example_input
 
 # He et al. 2015, Table 6 (0.27M ... 19.4M), as the exact integers of the option-A nets with BN and a biased head.
 TABLE6_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
@@ -105,17 +106,24 @@ def test_the_notebook_convnet_shapes() -> None:
     assert isinstance(same_size.shortcut, nn.Conv2d) and same_size.shortcut.kernel_size == (1, 1)
 
 
-def _specs() -> list[NetSpec]:
-    return [NetSpec(family, block) for family in FAMILIES for block in BLOCK_KINDS]
+def shapes(family: str) -> dict[str, tuple[int, ...]]:
+    """The 1-D and 2-D inputs a family takes; the family's own input where it takes neither (a token window)."""
+    fam = FAMILIES[family]
+    return {d: s for d, s in SHAPES.items() if len(s) in fam.input_ranks} or {"own": fam.default_input}
 
 
-@pytest.mark.parametrize("dims", sorted(SHAPES))
-@pytest.mark.parametrize("spec", _specs(), ids=lambda s: f"{s.family}-{s.block}")
-def test_output_shape_and_gradient_on_every_parameter(spec: NetSpec, dims: str) -> None:
+def _cases() -> list:
+    return [pytest.param(NetSpec(family, block), shape, id=f"{family}-{block}-{dims}")
+            for family in FAMILIES for block in BLOCK_KINDS for dims, shape in sorted(shapes(family).items())]
+
+
+@pytest.mark.parametrize(("spec", "shape"), _cases())
+def test_output_shape_and_gradient_on_every_parameter(spec: NetSpec, shape: tuple[int, ...]) -> None:
     torch.manual_seed(0)
-    net = build_net(spec, SHAPES[dims], 7)
-    out = net(torch.randn(4, *SHAPES[dims]))
-    assert out.shape == (4, 7)
+    net = build_net(spec, shape, 7)
+    out = net(example_input(net, shape, 4, random=True))
+    # a language model's logits are per position of its window
+    assert out.shape == ((4, shape[0], 7) if FAMILIES[spec.family].tokens else (4, 7))
     out.square().mean().backward()
     for name, p in net.named_parameters():
         assert p.grad is not None, f"{name} got no gradient"
@@ -131,18 +139,20 @@ def test_output_shape_and_gradient_on_every_parameter(spec: NetSpec, dims: str) 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_rezero_is_the_shortcut_path_at_init(family: str) -> None:
     torch.manual_seed(0)
-    net = build_net(NetSpec(family, "rezero"), (3, 32, 32), 10).eval()
+    fam = FAMILIES[family]
+    shape = (3, 32, 32) if 3 in fam.input_ranks else fam.default_input
+    net = build_net(NetSpec(family, "rezero"), shape, 10).eval()
     for block in (m for m in net.modules() if isinstance(m, Block)):
         assert block.gate.a.item() == 0.0
-        x = torch.randn(2, *_block_input_shape(net, block))
+        x = torch.randn(2, *_block_input_shape(net, block, shape))
         torch.testing.assert_close(block(x), block.shortcut(x))
 
 
-def _block_input_shape(net: nn.Module, block: Block) -> tuple[int, ...]:
+def _block_input_shape(net: nn.Module, block: Block, shape: tuple[int, ...]) -> tuple[int, ...]:
     seen: list[tuple[int, ...]] = []
     handle = block.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape[1:])))
     with torch.no_grad():
-        net(torch.zeros(2, 3, 32, 32))
+        net(example_input(net, shape, 2))
     handle.remove()
     return seen[0]
 

@@ -24,8 +24,9 @@ from reslab.train.run import flat_params, resolved_config, run_tags
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = [f.name for f in dataclasses.fields(NetSpec)]
 #: The fields that are set, not swept (the README says so): one family per sweep, since families have different
-#: depth rules, and the convnet's structured stages.
-NOT_SWEPT = {"family", "stages"}
+#: depth rules, the convnet's structured stages, and the transformer's heads (width must stay a multiple) and context
+#: (the data's window decides it).
+NOT_SWEPT = {"family", "stages", "heads", "context"}
 #: Two values of each swept field that make valid resnet cells at depth 8 with a residual block (the block and
 #: remedy fix what they need).
 TWO_VALUES = {"block": ["plain", "residual"], "depth": [8, 14], "width": [4, 8], "shortcut": ["A", "B"],

@@ -36,17 +36,19 @@ def weighted(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
 
 
-def test_every_preset_is_its_fields_one_by_one() -> None:
-    for name, preset in REMEDIES.items():
-        by_name = NetSpec("resnet", depth=20, remedy=name)
-        by_fields = NetSpec("resnet", depth=20, **preset.fields)
-        assert dataclasses.replace(by_name, remedy=None) == by_fields
-        assert preset.doc and preset.paper in REMEDIES[name].summary
-        torch.manual_seed(0)
-        a = build_net(by_name, (1, 40))
-        torch.manual_seed(0)
-        b = build_net(by_fields, (1, 40))
-        assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+@pytest.mark.parametrize(("name", "family"), [(n, f) for n, r in REMEDIES.items() for f in r.families])
+def test_every_preset_is_its_fields_one_by_one(name: str, family: str) -> None:
+    preset = REMEDIES[name]
+    depth, shape = {"resnet": (20, (1, 40)), "mlp": (20, (1, 40)), "transformer": (3, (16,))}[family]
+    by_name = NetSpec(family, depth=depth, remedy=name)
+    by_fields = NetSpec(family, depth=depth, **preset.fields_for(family))
+    assert dataclasses.replace(by_name, remedy=None) == by_fields
+    assert preset.doc and preset.paper in REMEDIES[name].summary
+    torch.manual_seed(0)
+    a = build_net(by_name, shape)
+    torch.manual_seed(0)
+    b = build_net(by_fields, shape)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
 def test_the_default_spec_is_unchanged() -> None:
@@ -224,7 +226,7 @@ def test_invalid_combinations_are_one_clear_error(fields: dict, message: str) ->
 def test_remedies_are_not_defined_on_the_convnet() -> None:
     with pytest.raises(SpecError, match="remedy 'fixup' applies to the families resnet, mlp, not 'convnet'"):
         NetSpec("convnet", remedy="fixup")
-    with pytest.raises(SpecError, match="apply to the families resnet, mlp"):
+    with pytest.raises(SpecError, match="init delta_orthogonal applies to the families resnet, mlp, not 'convnet'"):
         NetSpec("convnet", init="delta_orthogonal")
 
 

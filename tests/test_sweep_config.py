@@ -440,7 +440,7 @@ def test_ctrl_c_in_the_middle_of_a_claim_leaves_no_trial_running(tmp_path: Path,
     assert failed.user_attrs[q.FAILURE] == "interrupted"
 
 
-@pytest.mark.parametrize("family", ["resnet", "mlp", "convnet"])
+@pytest.mark.parametrize("family", ["resnet", "mlp", "convnet", "transformer"])
 def test_a_grid_cell_is_the_net_reslab_train_builds(family: str) -> None:
     """A grid that leaves widths, shortcuts and norms out takes the family's defaults, as `reslab train` does."""
     from reslab.cli import build_parser

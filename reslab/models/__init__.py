@@ -1,4 +1,4 @@
-"""Pure-torch networks for depth-scaling studies: specs, blocks, the three family trunks and their complexity.
+"""Pure-torch networks for depth-scaling studies: specs, blocks, the family trunks and their complexity.
 
 No Lightning and no I/O here, so the networks can be built, counted and benchmarked anywhere. The names below load
 on first use (PEP 562): `reslab.models.spec`, `catalog`, `rules` and `estimate` are plain Python, and importing

@@ -186,8 +186,10 @@ class Block(nn.Module):
     - preact:   y = F(x) + S(x)            (He 2016; F starts with norm-ReLU)
     - rezero:   y = a·F(x) + S(x), a = 0   (ReZero)
 
-    `scale` multiplies F(x) by a fixed number (depth-scaled branches, Hayou et al. 2021); it is set by
-    `reslab.models.remedy_init` once the number of residual branches of the whole net is known.
+    `scale` multiplies F(x) by a fixed number (depth-scaled branches, Hayou et al. 2021) and `shortcut_scale`
+    S(x) (DeepNet's alpha, Wang et al. 2022); `reslab.models.remedy_init` sets them once the whole net is built.
+    `gate` passes in a gate that another block shares (a Transformer block's two sublayers, Bachlechner et al.
+    2020); a rezero block makes its own otherwise.
     """
 
     def __init__(
@@ -196,6 +198,7 @@ class Block(nn.Module):
         branch: nn.Module,
         shortcut: nn.Module | None,
         post: nn.Module | None = None,
+        gate: Gate | None = None,
     ) -> None:
         super().__init__()
         if kind not in BLOCK_KINDS:
@@ -205,9 +208,12 @@ class Block(nn.Module):
         self.kind = kind
         self.branch = branch
         self.shortcut = shortcut
-        self.gate = Gate() if kind == "rezero" else None
+        if gate is not None and kind != "rezero":
+            raise ValueError(f"only a rezero block has a gate, not {kind!r}")
+        self.gate = (gate or Gate()) if kind == "rezero" else None
         self.post = post
         self.scale: float | None = None
+        self.shortcut_scale: float | None = None
         self.tap: Tap | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -218,7 +224,8 @@ class Block(nn.Module):
         if self.scale is not None:
             out = out * self.scale
         if self.shortcut is not None:
-            out = out + self.shortcut(xs)
+            s = self.shortcut(xs)
+            out = out + (s if self.shortcut_scale is None else s * self.shortcut_scale)
         if self.post is not None:
             out = self.post(out)
         return out

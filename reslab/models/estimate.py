@@ -4,13 +4,14 @@ A dry run and the config checks must know how large a net is and whether a batch
 anything is allocated: building a 600002-layer net takes minutes, and the dense net of width 100000 has 2·10^10
 parameters at its smallest depth, 80 GB of fp32 weights before their gradients and momentum. So this module
 restates the builders of the plain and residual nets of He et al. 2015 ("Deep Residual Learning for Image
-Recognition", arXiv:1512.03385), their pre-activation and gated variants, the dense net and the convnet as plain
-integer arithmetic: no torch, no modules, no tensors. Each stage is a first block plus n - 1 identical ones, so the
-cost of a spec is independent of its depth.
+Recognition", arXiv:1512.03385), their pre-activation and gated variants, the dense net, the convnet and the causal
+Transformer as plain integer arithmetic: no torch, no modules, no tensors. Each stage is a first block plus n - 1
+identical ones, so the cost of a spec is independent of its depth.
 
 Parameters and multiply-accumulates are exact (the counts of `build_net` and of `summary.describe`, which counts
 convolutions and linear layers only). Activation memory models what autograd saves for the backward pass of a
-training-mode forward pass, tensor by tensor; the tests hold it against the saved-tensors hooks of real nets.
+training-mode forward pass, tensor by tensor, as PyTorch's CPU kernels save it (its CUDA attention kernels save
+somewhat different statistics); the tests hold it against the saved-tensors hooks of real nets.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ if TYPE_CHECKING:
     from reslab.models.spec import NetSpec
 
 _FLOAT = 4  # bytes of an fp32 value
-_INDEX = 8  # bytes of an int64 max-pool index
-_INPUT_RANKS = {"resnet": (2, 3), "mlp": (1, 2, 3), "convnet": (2, 3)}
+_INDEX = 8  # bytes of an int64 max-pool index or token id
+_INPUT_RANKS = {"resnet": (2, 3), "mlp": (1, 2, 3), "convnet": (2, 3), "transformer": (1,)}
+_MLP_RATIO = 4  # the transformer's MLP width in units of its width (`reslab.models.transformer.MLP_RATIO`)
 
 
 @dataclass(frozen=True)
@@ -124,10 +126,36 @@ class _Tally:
         self.bytes += out.numel * _INDEX
         return out
 
-    def gate(self, f: _Tensor) -> _Tensor:
-        self.params += 1
+    def gate(self, f: _Tensor, shared: bool = False) -> _Tensor:
+        """a·f saves f; a gate `shared` with the block's sublayer before it has no parameter of its own."""
+        self.params += 0 if shared else 1
         self.save(f)
         return _Tensor(f.channels, f.spatial)
+
+    def layer_norm(self, x: _Tensor) -> _Tensor:
+        """Layer norm over the channels of each position: weight and bias, its input and two fp32 statistics per
+        position (mean and reciprocal std) saved."""
+        self.params += 2 * x.channels
+        self.save(x)
+        self.bytes += 2 * math.prod(x.spatial) * _FLOAT
+        return _Tensor(x.channels, x.spatial)
+
+    def attention(self, x: _Tensor, heads: int) -> _Tensor:
+        """q, k and v projections (x saved once), scaled-dot-product attention saving q, k, v, its output and one
+        log-sum-exp per head and position, the output projection (its input is the attention output itself)."""
+        qkv = [self.conv(x, x.channels, 1, bias=True) for _ in range(3)]
+        for y in qkv:
+            self.save(y)
+        out = _Tensor(x.channels, x.spatial)
+        self.save(out)
+        self.bytes += heads * math.prod(x.spatial) * _FLOAT
+        return self.conv(out, x.channels, 1, bias=True)
+
+    def feed_forward(self, x: _Tensor) -> _Tensor:
+        """fc1, GELU (saves its input) and fc2 (saves the GELU's output)."""
+        h = self.conv(x, _MLP_RATIO * x.channels, 1, bias=True)
+        self.save(h)
+        return self.conv(_Tensor(h.channels, h.spatial), x.channels, 1, bias=True)
 
     def shortcut(self, option: str, x: _Tensor, cout: int, stride: int) -> None:
         """He et al. 2015 §3.3: identity where the shape holds (A, B), zero-padding (A, parameter-free) or a 1x1
@@ -189,6 +217,43 @@ def _pooled_block(t: _Tally, spec: NetSpec, x: _Tensor, cout: int, pool: bool) -
     return _Tensor(f.channels, f.spatial)
 
 
+def _transformer_block(t: _Tally, spec: NetSpec, x: _Tensor) -> _Tensor:
+    """Attention and MLP sublayers as `spec.block` combines each with its input: post-norm LN(x + F(x)), pre-norm
+    x + F(LN(x)), ReZero x + a·F(x) with one a for both, or F(LN(x)) without a shortcut."""
+    for index, layer in enumerate((lambda h: t.attention(h, spec.heads), t.feed_forward)):
+        if spec.block in ("preact", "plain"):
+            f = layer(t.layer_norm(x))
+            x = f if spec.block == "plain" else _Tensor(f.channels, f.spatial)
+        elif spec.block == "residual":
+            f = layer(x)
+            x = t.layer_norm(_Tensor(f.channels, f.spatial))  # of the sum, a fresh tensor
+        else:
+            f = t.gate(layer(x), shared=index == 1)
+            x = _Tensor(f.channels, f.spatial)
+    return x
+
+
+def _transformer(spec: NetSpec, window: int, vocab: int) -> Estimate:
+    """Token and position embeddings (the ids saved, 8 bytes each), N blocks, a final LN (pre-norm and plain) and
+    the linear head over the vocabulary, for a window of `window` tokens."""
+    if window > spec.context:
+        _refuse(f"the data's window {window} exceeds the net's context {spec.context}: set context >= {window} or "
+                f"give the data a shorter window")  # fmt: skip
+    t = _Tally("none")
+    t.params += (vocab + spec.context) * spec.width
+    t.bytes += window * _INDEX
+    x = _Tensor(spec.width, (window,))
+
+    def block(x: _Tensor) -> _Tensor:
+        return _transformer_block(t, spec, x)
+
+    x = _stage(t, x, spec.blocks_per_stage, block, block)
+    if spec.block in ("preact", "plain"):
+        x = t.layer_norm(x)
+    t.conv(x, vocab, 1, bias=True)
+    return Estimate(t.params, t.macs, t.bytes)
+
+
 def _stage(
     t: _Tally, x: _Tensor, n: int, first: Callable[[_Tensor], _Tensor], rest: Callable[[_Tensor], _Tensor]
 ) -> _Tensor:
@@ -218,6 +283,8 @@ def estimate(spec: NetSpec, input_shape: tuple[int, ...], classes: int) -> Estim
         _refuse(f"family {spec.family!r} takes inputs of rank {' or '.join(map(str, ranks))}; got {shape}")
     if classes <= 0:
         _refuse(f"the number of classes must be positive, got {classes}")
+    if spec.family == "transformer":
+        return _transformer(spec, shape[0], classes)
     t = _Tally(spec.norm, spec.activation)
     n = spec.blocks_per_stage
     preact = spec.block == "preact"

@@ -12,6 +12,17 @@ the depth, so a family added later gets the right constants without a second der
 - activation tat: Zhang, Botev & Martens 2022, the slope of the normalised leaky ReLU solved so that the net's
   C-map sends 0 to `TAT_ETA`;
 - branch_scale inv_sqrt_branches: Hayou et al. 2021, every residual branch times 1/sqrt(L).
+
+The transformer's inits, N its number of blocks (attention sublayers, counted):
+
+- torch: PyTorch's module defaults as built (nn.Embedding N(0, 1); nn.Linear uniform in +-1/sqrt(fan_in), its bias
+  too; layer norm weight 1, bias 0), the default, so a net is what `torch.nn` makes of it;
+- gpt2: Radford et al. 2019 as nanoGPT writes it out: every linear and embedding weight N(0, 0.02), biases 0, the
+  residual output projections (attention output, fc2) N(0, 0.02/sqrt(2N)), one factor 1/sqrt(2) per sublayer;
+- deepnorm: Wang et al. 2022's pseudocode for a decoder-only net: the value projection, attention output projection,
+  fc1 and fc2 Xavier-normal with gain beta = (8N)^(-1/4), the query and key projections with gain 1, their biases 0;
+  embeddings, head and norms as `torch` leaves them;
+- branch_scale deepnorm: every shortcut of the post-norm sums times alpha = (2N)^(1/4), LN(alpha·x + F(x)).
 """
 
 from __future__ import annotations
@@ -23,27 +34,87 @@ from torch import nn
 
 from reslab.models.blocks import Block, TailoredLeakyReLU, init_weights
 from reslab.models.spec import NetSpec
+from reslab.models.transformer import CausalSelfAttention, FeedForward
 
 #: TAT's target for the C-map of the whole net at c = 0 (Zhang et al. 2022 use eta = 0.9 for leaky ReLU nets).
 TAT_ETA = 0.9
 #: Layers per residual branch (two weighted layers in every family's block): Fixup's m.
 LAYERS_PER_BRANCH = 2
+#: GPT-2's standard deviation of every linear and embedding weight (Radford et al. 2019; nanoGPT).
+GPT2_STD = 0.02
+#: The inits that start from He et al.'s (the convolutional and dense families').
+_FROM_KAIMING = ("kaiming", "fixup", "delta_orthogonal")
 
 
 def initialise(net: nn.Module, spec: NetSpec) -> nn.Module:
     """Initialise a freshly built net of `spec` in place (and return it)."""
-    init_weights(net)
+    if spec.init in _FROM_KAIMING:
+        init_weights(net)
     if spec.init == "fixup":
         fixup(net)
     elif spec.init == "delta_orthogonal":
         delta_orthogonal(net)
+    elif spec.init == "gpt2":
+        gpt2(net)
+    elif spec.init == "deepnorm":
+        deepnorm(net)
     if spec.activation == "tat":
         tailor(net, TAT_ETA)
     if spec.branch_scale == "inv_sqrt_branches":
         branches = residual_blocks(net)
         for block in branches:
             block.scale = 1.0 / math.sqrt(len(branches))
+    if spec.branch_scale == "deepnorm":
+        alpha = (2 * len(attention_layers(net))) ** 0.25
+        for block in residual_blocks(net):
+            block.shortcut_scale = alpha
     return net
+
+
+def attention_layers(net: nn.Module) -> list[CausalSelfAttention]:
+    """The attention sublayers of a transformer, one per block: the N of GPT-2's and DeepNet's rules."""
+    return [m for m in net.modules() if isinstance(m, CausalSelfAttention)]
+
+
+def gpt2(net: nn.Module) -> None:
+    """GPT-2's rule (Radford et al. 2019, section 2.3; nanoGPT's `_init_weights`) on a built transformer."""
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, 0.0, GPT2_STD)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        residual_std = GPT2_STD / math.sqrt(2 * len(attention_layers(net)))
+        for out in residual_projections(net):
+            nn.init.normal_(out.weight, 0.0, residual_std)
+
+
+def residual_projections(net: nn.Module) -> list[nn.Linear]:
+    """The linear layers that write into the residual stream: attention's output projection and fc2."""
+    return [m.out if isinstance(m, CausalSelfAttention) else m.fc2 for m in net.modules()
+            if isinstance(m, (CausalSelfAttention, FeedForward))]  # fmt: skip
+
+
+def deepnorm_beta(blocks: int) -> float:
+    """DeepNet's beta for a decoder-only net of `blocks` blocks (Wang et al. 2022, Table 1 / Figure 2)."""
+    return (8 * blocks) ** -0.25
+
+
+def deepnorm(net: nn.Module) -> None:
+    """DeepNet's initialisation (Wang et al. 2022) on a built transformer: Xavier-normal, gain beta on v, the
+    attention output, fc1 and fc2, gain 1 on q and k; their biases 0."""
+    beta = deepnorm_beta(len(attention_layers(net)))
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, CausalSelfAttention):
+                gains = [(m.q, 1.0), (m.k, 1.0), (m.v, beta), (m.out, beta)]
+            elif isinstance(m, FeedForward):
+                gains = [(m.fc1, beta), (m.fc2, beta)]
+            else:
+                continue
+            for layer, gain in gains:
+                nn.init.xavier_normal_(layer.weight, gain=gain)
+                nn.init.zeros_(layer.bias)
 
 
 def residual_blocks(net: nn.Module) -> list[Block]:

@@ -11,16 +11,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import Field, dataclass, field, fields
 from typing import Any
 
-from reslab.models.catalog import (
-    ACTIVATIONS,
-    BLOCK_KINDS,
-    BRANCH_SCALES,
-    FAMILY_INFO,
-    INITS,
-    NORMS,
-    REMEDY_FAMILIES,
-    SHORTCUTS,
-)
+from reslab.models.catalog import ACTIVATIONS, BLOCK_KINDS, BRANCH_SCALES, FAMILY_INFO, INITS, NORMS, SHORTCUTS
 from reslab.models.remedies import REMEDIES
 from reslab.models.remedies import remedy as find_remedy
 from reslab.models.rules import SpecError
@@ -41,7 +32,8 @@ def _field(help: str, choices: tuple[str, ...] | None = None, plural: str | None
       sweep, since families have different depth rules) and the convnet's structured `stages` (set, not swept);
     - `key`: how the field always appears in a cell's key (`"w{}"` for the width); None: it appears as `-name-value`
       only when it is not its default, so the cells of sweeps that never set it keep their keys;
-    - `default`: the family-independent default; None: the family's own (`FamilyInfo.default_<name>`).
+    - `default`: the family-independent default; None: the family's own (`FamilyInfo.default`), or unset on the
+      families a field does not apply to (the transformer's heads and context elsewhere).
     """
     meta = {"help": help, "choices": choices, "plural": plural, "key": key, "default": default}
     return field(default=None, metadata=meta)
@@ -74,7 +66,8 @@ def parse_stages(text: str) -> tuple[tuple[int, bool], ...]:
 class NetSpec:
     """One network of a family. Unset fields (None) take the family's defaults on construction, so a spec that
     exists is complete and valid; `stages` is the convnet family's list of (filters, pool) and derived from width
-    when not given. Every field is described once, here: see `_field`."""
+    when not given; `heads` and `context` are the transformer's and unset on every other family. Every field is
+    described once, here: see `_field`."""
 
     family: str = field(default="resnet", metadata={
         "help": "network family", "choices": tuple(FAMILY_INFO), "plural": None, "key": "{}", "default": "resnet"})
@@ -87,10 +80,13 @@ class NetSpec:
     stages: tuple[tuple[int, bool], ...] | None = _field(
         "the convnet's stages: filters, with ':pool' where the stage pools, e.g. 32:pool,64:pool,128 (default "
         "w:pool,2w:pool,4w for width w)")
-    init: str | None = _field("weight initialisation", INITS, "inits", None, INITS[0])
-    activation: str | None = _field("nonlinearity", ACTIVATIONS, "activations", None, ACTIVATIONS[0])
-    branch_scale: str | None = _field("fixed multiplier of every residual branch", BRANCH_SCALES, "branch_scales",
-                                      None, BRANCH_SCALES[0])
+    heads: int | None = _field("the transformer's attention heads per block (width must be a multiple)")
+    context: int | None = _field("the transformer's context: the most tokens it attends over (its table of learned "
+                                 "positions)")
+    init: str | None = _field("weight initialisation", INITS, "inits")
+    activation: str | None = _field("nonlinearity", ACTIVATIONS, "activations")
+    branch_scale: str | None = _field("fixed multiplier in every residual sum (of the branch, or DeepNet's of the "
+                                      "shortcut)", BRANCH_SCALES, "branch_scales")
     remedy: str | None = _field("a remedy for depth, short for the settings it names", tuple(REMEDIES), "remedies")
 
     def __post_init__(self) -> None:
@@ -100,18 +96,29 @@ class NetSpec:
             self._expand_remedy()
         for f in spec_fields():
             if getattr(self, f.name) is None and f.name not in ("stages", "remedy"):
-                default = f.metadata["default"] or getattr(fam, f"default_{f.name}")
+                default = f.metadata["default"] or fam.default(f.name, self.block)
                 object.__setattr__(self, f.name, default)
         for f in spec_fields():
             if f.metadata["choices"] and f.name not in ("family", "remedy"):
                 _one_of(getattr(self, f.name), f.metadata["choices"], f.name)
+        self._check_family_choices()
         self._check_remedy_fields()
-        for name in ("depth", "width"):
+        for name in _OWN_FIELDS:
+            if name not in fam.own_fields and getattr(self, name) is not None:
+                owners = " or ".join(n for n, info in FAMILY_INFO.items() if name in info.own_fields)
+                raise SpecError(f"{name} applies to the {owners} family only, not {self.family!r}")
+        for name in ("depth", "width", *fam.own_fields):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise SpecError(f"{name} must be an integer, got {value!r}")
             if value <= 0:
                 raise SpecError(f"{name} must be a positive integer, got {value}")
+        if self.heads is not None and self.width % self.heads:
+            low, high = self.width - self.width % self.heads, self.width - self.width % self.heads + self.heads
+            raise SpecError(
+                f"width {self.width} is not a multiple of heads {self.heads}: each head attends over width/heads "
+                f"channels; choose a width such as {' or '.join(str(w) for w in (low, high) if w > 0)}, or other heads"
+            )
         if self.stages is not None:
             if self.family != "convnet":
                 raise SpecError(f"stages apply to the convnet family only, not {self.family!r}")
@@ -132,11 +139,12 @@ class NetSpec:
     def _expand_remedy(self) -> None:
         """Fill the fields the preset sets; a field given otherwise contradicts the preset and is refused."""
         preset = find_remedy(self.remedy)
-        if self.family not in REMEDY_FAMILIES:
+        if self.family not in preset.families:
+            where = "family" if len(preset.families) == 1 else "families"
             raise SpecError(
-                f"remedy {self.remedy!r} applies to the families {', '.join(REMEDY_FAMILIES)}, not {self.family!r}"
+                f"remedy {self.remedy!r} applies to the {where} {', '.join(preset.families)}, not {self.family!r}"
             )
-        for name, value in preset.fields.items():
+        for name, value in preset.fields_for(self.family).items():
             given = getattr(self, name)
             if given is None:
                 object.__setattr__(self, name, value)
@@ -146,14 +154,26 @@ class NetSpec:
                     f"out or choose another remedy"
                 )
 
+    def _check_family_choices(self) -> None:
+        """Each named field holds a value this family builds: batch norm is the convolutional and dense families',
+        layer norm the transformer's, the remedies' inits theirs, and each of the transformer's blocks takes one norm,
+        so that two names never describe the same net."""
+        fam = FAMILY_INFO[self.family]
+        for name in fam.choices:
+            value, valid = getattr(self, name), fam.valid(name, self.block)
+            if value in valid:
+                continue
+            if value in fam.choices[name]:  # the family's, but not this block's
+                per_block = "; ".join(f"{b}: {' or '.join(fam.valid(name, b))}" for b in fam.choices["block"])
+                raise SpecError(f"block {self.block} takes {name} {' or '.join(valid)} on the {self.family} family "
+                                f"({per_block}), got {value}")  # fmt: skip
+            owners = [n for n, info in FAMILY_INFO.items() if value in info.choices[name]]
+            where = "family" if len(owners) == 1 else "families"
+            raise SpecError(f"{name} {value} applies to the {where} {', '.join(owners)}, not {self.family!r}; valid: "
+                            f"{', '.join(valid)}")  # fmt: skip
+
     def _check_remedy_fields(self) -> None:
         """The combinations the papers define, whether set by a preset or one field at a time."""
-        changed = [f"{k} {getattr(self, k)}" for k, default in
-                   (("init", INITS[0]), ("activation", ACTIVATIONS[0]), ("branch_scale", BRANCH_SCALES[0]))
-                   if getattr(self, k) != default]  # fmt: skip
-        if changed and self.family not in REMEDY_FAMILIES:
-            raise SpecError(f"{', '.join(changed)} apply to the families {', '.join(REMEDY_FAMILIES)}, not "
-                            f"{self.family!r}")  # fmt: skip
         if self.init == "fixup" and (self.block != "residual" or self.norm != "none"):
             raise SpecError(
                 f"init fixup (Zhang et al. 2019) replaces normalisation in residual nets: it needs block residual "
@@ -163,6 +183,11 @@ class NetSpec:
             raise SpecError(
                 f"activation tat (Zhang et al. 2022) is tailored to plain nets without normalisation: it needs block "
                 f"plain and norm none, got block {self.block} and norm {self.norm}"
+            )
+        if self.branch_scale == "deepnorm" and self.block != "residual":
+            raise SpecError(
+                f"branch_scale deepnorm (Wang et al. 2022) weights the shortcut of post-norm sums, LN(alpha·x + F(x)): "
+                f"it needs block residual, got {self.block}"
             )
         if self.branch_scale != "none" and self.block not in ("residual", "preact"):
             raise SpecError(
@@ -188,14 +213,18 @@ def spec_fields() -> tuple[Field, ...]:
     return fields(NetSpec)
 
 
+#: The fields only some families have (the transformer's heads and context), unset elsewhere.
+_OWN_FIELDS: tuple[str, ...] = tuple(dict.fromkeys(name for info in FAMILY_INFO.values() for name in info.own_fields))
+
+
 def axis_fields() -> Iterator[Field]:
     """The fields a sweep's grid can vary, each under its plural key (`grid.inits`)."""
     return (f for f in spec_fields() if f.metadata["plural"])
 
 
 def spec_values(spec: NetSpec) -> dict[str, Any]:
-    """Every field as a scalar, an unset one (remedy, a non-convnet's stages) as `none`, stages as text: the MLflow
-    tags of a run, the columns of a report, the labels of a probe."""
+    """Every field as a scalar, an unset one (remedy, a non-convnet's stages, a non-transformer's heads) as `none`,
+    stages as text: the MLflow tags of a run, the columns of a report, the labels of a probe."""
     values = {f.name: getattr(spec, f.name) for f in spec_fields()}
     values["stages"] = format_stages(spec.stages) if spec.stages else None
     return {k: "none" if v is None else v for k, v in values.items()}
@@ -207,8 +236,8 @@ def spec_from_values(values: Mapping[str, Any]) -> NetSpec:
     given: dict[str, Any] = {}
     for f in spec_fields():
         value = values.get(f.name)
-        if value is None or (f.name in ("remedy", "stages") and value == "none"):
-            continue
+        if value is None or (value == "none" and "none" not in (f.metadata["choices"] or ())):
+            continue  # unset: `none` is a value of the norm and the branch scale only
         if f.name == "stages":
             value = parse_stages(value) if isinstance(value, str) else value
         elif f.type.startswith("int"):
@@ -221,13 +250,13 @@ def spec_extras(spec: NetSpec, always: frozenset[str] = frozenset()) -> list[tup
     """The fields beyond He et al.'s six (family, block, depth, width, shortcut, norm) that `spec` sets away from
     their defaults (or that are in `always`), less those its remedy sets: cell keys, run names and report labels
     write them as `name-value`, so nets that never set them keep the names they always had."""
-    fixed = REMEDIES[spec.remedy].fields if spec.remedy else {}
+    fixed = REMEDIES[spec.remedy].fields_for(spec.family) if spec.remedy else {}
     out = []
     for f in spec_fields():
         if f.metadata["key"] or f.name == "remedy" or f.name in fixed:
             continue
         value = getattr(spec, f.name)
-        default = f.metadata["default"]
+        default = f.metadata["default"] or FAMILY_INFO[spec.family].default(f.name, spec.block)
         if f.name == "stages":
             default = default_stages(spec.width) if spec.family == "convnet" else None
         if value != default or f.name in always:
@@ -248,8 +277,8 @@ def variant(spec: NetSpec) -> str:
     """What a report calls a net and groups its runs by: the remedy (else the block), with `-norm<norm>` when the
     norm is not the family's default and not the remedy's own, as run names write it (`residual-normnone`), and
     the other fields that differ from their defaults (`residual-init-delta_orthogonal`)."""
-    fixed = REMEDIES[spec.remedy].fields if spec.remedy else {}
+    fixed = REMEDIES[spec.remedy].fields_for(spec.family) if spec.remedy else {}
     name = spec.remedy or spec.block
-    if "norm" not in fixed and spec.norm != FAMILY_INFO[spec.family].default_norm:
+    if "norm" not in fixed and spec.norm != FAMILY_INFO[spec.family].default("norm", spec.block):
         name += f"-norm{spec.norm}"
     return name + "".join(f"-{k}-{v}" for k, v in spec_extras(spec))

@@ -4,8 +4,10 @@ Nothing here restates an architecture as a formula (pycls' hand-written complexi
 model they describe): output shapes come from forward hooks and MACs from torch's own FLOP counter on one example.
 (The meta device, which allocates nothing, is slower than the CPU for deep nets because its norm layers run through
 Python decompositions, so it is an option for nets too large for memory.)
-MACs count convolutions and linear layers, as He et al. do; norms, activations, pooling and additions are not
-counted.
+MACs count convolutions and linear layers, as He et al. do; norms, activations, pooling, additions, embedding
+look-ups and attention's score and weighted-sum products are not (torch counts the last on some devices and
+attention kernels only, so leaving them out keeps a count the same everywhere). A language model's MACs are also
+given per token: its example is a window of tokens.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from reslab.models.registry import FAMILIES, build_net
+from reslab.models.registry import FAMILIES, build_net, example_input
 from reslab.models.spec import NetSpec
+from reslab.models.transformer import CausalTransformer
 
 #: Leaf modules that change nothing a summary shows (Keras folds activations into the layer before them).
 _FOLDED = (nn.ReLU, nn.Identity)
@@ -39,13 +42,21 @@ class ModelSummary:
     params: int
     trainable_params: int
     macs: int  # per example
+    tokens: int | None = None  # a language model's window: its example is this many tokens
+
+    @property
+    def macs_per_token(self) -> int | None:
+        """A language model's MACs for one token of its window (every position costs the same linear layers)."""
+        return None if self.tokens is None else self.macs // self.tokens
 
     def to_dict(self) -> dict:
-        """The `reslab summary --json` object."""
+        """The `reslab summary --json` object (`macs_per_token` for a language model only)."""
+        per_token = {} if self.tokens is None else {"macs_per_token": self.macs_per_token}
         return {
             "params": self.params,
             "trainable_params": self.trainable_params,
             "macs": self.macs,
+            **per_token,
             "input_shape": list(self.input_shape),
             "layers": [
                 {
@@ -74,6 +85,7 @@ class ModelSummary:
             f"Trainable params: {self.trainable_params:,}",
             f"Non-trainable params: {self.params - self.trainable_params:,}",
             f"MACs per example: {self.macs:,} ({self.macs / 1e6:.1f} M)",
+            *([] if self.tokens is None else [f"MACs per token: {self.macs_per_token:,} (a window of {self.tokens})"]),
             "_" * width,
         ]
         return "\n".join(out)
@@ -85,7 +97,8 @@ def _shape(shape: tuple[int | None, ...]) -> str:
 
 def summarize(model: nn.Module, input_shape: tuple[int, ...]) -> ModelSummary:
     """Run one example of `input_shape` through `model` (in eval mode, no grad, on the model's device) and record
-    every leaf layer in execution order with its output shape, own parameters and MACs."""
+    every leaf layer in execution order with its output shape, own parameters and MACs. A layer called twice (the
+    gate a Transformer block's two sublayers share) is a row each time, its parameters and MACs on the first."""
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     rows: list[tuple[str, nn.Module, tuple[int, ...]]] = []
@@ -100,7 +113,7 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...]) -> ModelSummary:
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(torch.zeros((1, *input_shape), device=device))
+            model(example_input(model, input_shape, device=device))
     finally:
         model.train(was_training)
         for h in handles:
@@ -108,20 +121,24 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...]) -> ModelSummary:
     root = type(model).__name__
     flops = counter.get_flop_counts()
 
-    def macs_of(name: str) -> int:
-        return int(sum(flops.get(f"{root}.{name}", {}).values()) // 2)
+    def macs_of(scope: str) -> int:
+        counted = flops.get(scope, {})
+        return int(sum(n for op, n in counted.items() if "scaled_dot_product" not in str(op)) // 2)
 
-    layers = tuple(
-        LayerRow(name, type(m).__name__, (None, *shape), sum(p.numel() for p in m.parameters(recurse=False)),
-                 macs_of(name))
-        for name, m, shape in rows
-    )  # fmt: skip
+    layers, seen = [], set()
+    for name, m, shape in rows:
+        first = name not in seen
+        seen.add(name)
+        params = sum(p.numel() for p in m.parameters(recurse=False)) if first else 0
+        macs = macs_of(f"{root}.{name}") if first else 0
+        layers.append(LayerRow(name, type(m).__name__, (None, *shape), params, macs))
     return ModelSummary(
         input_shape=tuple(input_shape),
-        layers=layers,
+        layers=tuple(layers),
         params=sum(p.numel() for p in model.parameters()),
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
-        macs=int(counter.get_total_flops() // 2),
+        macs=macs_of("Global"),
+        tokens=input_shape[0] if isinstance(model, CausalTransformer) else None,
     )
 
 

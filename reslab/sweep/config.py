@@ -51,7 +51,7 @@ class _GridBase(_Frozen):
     shortcut only). Each `NetSpec` field is a list under its plural key (`blocks`, `depths`, `inits`, ...; see
     `reslab.models.spec`); one left out is the family's default, the one `reslab train` and `NetSpec` use, so a grid
     cell and the same net trained alone are one network. The family is one per sweep (families have different depth
-    rules) and the convnet's `stages` are set, not swept."""
+    rules); the convnet's `stages` and the transformer's `heads` and `context` are set, not swept."""
 
     family: str = "resnet"
 
@@ -142,7 +142,8 @@ class _GridBase(_Frozen):
 
 def _grid_fields() -> dict[str, Any]:
     """The grid's keys: one list per swept `NetSpec` field under its plural key, then the fields that are set
-    (stages), the seeds and the learning-rate axis."""
+    once for the whole grid (the convnet's stages, the transformer's heads and context), the seeds and the
+    learning-rate axis."""
     from reslab.models.spec import spec_fields
 
     out: dict[str, Any] = {}
@@ -161,6 +162,8 @@ def _grid_fields() -> dict[str, Any]:
         elif plural:
             item = Literal[choices] if choices else int
             out[plural] = (list[item], Field(min_length=1, description=f.metadata["help"]))
+        elif f.name != "family":  # a number set, not swept; unset: the family's default
+            out[f.name] = (int | None, Field(None, description=f.metadata["help"]))
     out["seeds"] = (list[int], Field(default_factory=lambda: [0], min_length=1))
     out["lr"] = (list[float] | None, Field(
         None, min_length=1, description="a learning-rate axis: each cell once per value (instead of train.lr)"))

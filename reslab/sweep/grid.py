@@ -53,12 +53,12 @@ class Cell:
         rate when the grid sweeps it. Unique within a sweep."""
         net = self.net
         fam = FAMILY_INFO[net.family]
-        fixed = REMEDIES[net.remedy].fields if net.remedy else {}
+        fixed = REMEDIES[net.remedy].fields_for(net.family) if net.remedy else {}
         family = f"{net.family}-" if net.family != "resnet" or "family" in self.varies else ""
         extra = ""
         if net.block != "plain" and (net.shortcut != fam.default_shortcut or "shortcut" in self.varies):
             extra += f"-{net.shortcut}"
-        if "norm" not in fixed and (net.norm != fam.default_norm or "norm" in self.varies):
+        if "norm" not in fixed and (net.norm != fam.default("norm", net.block) or "norm" in self.varies):
             extra += f"-norm{net.norm}"
         extra += "".join(f"-{k}-{v}" for k, v in spec_extras(net, self.varies))
         extra += f"-lr{self.lr:g}" if self.lr is not None else ""
@@ -79,7 +79,7 @@ class Cell:
 
 def axis_values(grid: GridConfig) -> dict[str, list[Any]]:
     """Each spec field's values in the grid (a remedy's `none` as None), depths ascending; a field the grid does
-    not sweep (the family, the convnet's stages) as its one value."""
+    not sweep (the family, the convnet's stages, the transformer's heads and context) as its one value."""
     values: dict[str, list[Any]] = {}
     for f in spec_fields():
         if f.metadata["plural"]:
@@ -106,7 +106,7 @@ def expand(grid: GridConfig) -> list[Cell]:
     for combo in itertools.product(*(lists[n] for n in order)):
         chosen = dict(zip(order, combo, strict=True))
         seed, lr = chosen.pop("seed"), chosen.pop("lr")
-        fixed = REMEDIES[chosen["remedy"]].fields if chosen["remedy"] else {}
+        fixed = REMEDIES[chosen["remedy"]].fields_for(chosen["family"]) if chosen["remedy"] else {}
         chosen.update(fixed)
         if chosen["block"] == "plain":
             chosen["shortcut"] = values["shortcut"][0]
