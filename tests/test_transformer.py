@@ -169,7 +169,7 @@ def test_rezero_blocks_are_the_identity_with_one_gate_per_block() -> None:
 def test_torch_init_is_pytorchs_module_defaults() -> None:
     torch.manual_seed(0)
     net = build_net(NetSpec("transformer", "preact", 4, 64), (64,), 96)
-    assert NetSpec("transformer").init == "torch"
+    assert NetSpec("transformer").init == "default"
     assert net.stem.tokens.weight.std().item() == pytest.approx(1.0, rel=0.1)  # nn.Embedding: N(0, 1)
     for m in net.modules():
         if isinstance(m, nn.Linear):  # nn.Linear: uniform in +-1/sqrt(fan_in), its bias too
@@ -259,7 +259,7 @@ def test_scaled_is_pre_norm_with_every_branch_over_sqrt_2n() -> None:
         ({"remedy": "skipinit"}, "remedy 'skipinit' applies to the families resnet, mlp, not 'transformer'"),
         ({"remedy": "tat"}, "remedy 'tat' applies to the families resnet, mlp, not 'transformer'"),
         ({"init": "kaiming"}, "init kaiming applies to the families resnet, mlp, convnet, not 'transformer'; "
-                              "valid: torch, gpt2, deepnorm"),
+                              "valid: default, gpt2, deepnorm"),
         ({"shortcut": "B"}, "shortcut B applies to the families resnet, mlp, convnet, not 'transformer'"),
         ({"block": "preact", "branch_scale": "deepnorm"}, "branch_scale deepnorm .* needs block residual, got preact"),
         ({"context": 0}, "context must be a positive integer"),
@@ -278,7 +278,7 @@ def test_bad_transformers_are_one_line(fields: dict, message: str) -> None:
         ({"family": "resnet", "context": 64}, "context applies to the transformer family only, not 'resnet'"),
         ({"family": "mlp", "heads": 4}, "heads applies to the transformer family only, not 'mlp'"),
         ({"family": "resnet", "init": "gpt2"}, "init gpt2 applies to the family transformer, not 'resnet'"),
-        ({"family": "mlp", "init": "torch"}, "init torch applies to the family transformer, not 'mlp'"),
+        ({"family": "mlp", "init": "default"}, "init default applies to the family transformer, not 'mlp'"),
         ({"family": "resnet", "norm": "layer"}, "norm layer applies to the family transformer, not 'resnet'"),
         ({"family": "resnet", "remedy": "deepnorm"}, "remedy 'deepnorm' applies to the family transformer"),
         ({"family": "convnet", "branch_scale": "deepnorm"}, "branch_scale deepnorm applies to the family"),

@@ -26,8 +26,8 @@ SHORTCUTS: tuple[str, ...] = ("A", "B", "C")
 NORMS: tuple[str, ...] = ("batch", "layer", "none")
 #: How the weights start: He et al. 2015 ("Delving Deep into Rectifiers"), Fixup (Zhang, Dauphin & Ma 2019) or
 #: delta-orthogonal (Xiao et al. 2018) for the convolutional and dense families; for the transformer PyTorch's own
-#: module defaults (`torch`), GPT-2's (Radford et al. 2019) or DeepNet's (Wang et al. 2022).
-INITS: tuple[str, ...] = ("kaiming", "fixup", "delta_orthogonal", "torch", "gpt2", "deepnorm")
+#: module defaults (`default`), GPT-2's (Radford et al. 2019) or DeepNet's (Wang et al. 2022).
+INITS: tuple[str, ...] = ("kaiming", "fixup", "delta_orthogonal", "default", "gpt2", "deepnorm")
 #: The nonlinearity: ReLU, TAT's normalised leaky ReLU tailored to the depth (Zhang, Botev & Martens 2022), or the
 #: transformer's GELU (Hendrycks & Gimpel 2016).
 ACTIVATIONS: tuple[str, ...] = ("relu", "tat", "gelu")
@@ -119,7 +119,7 @@ FAMILY_INFO: dict[str, FamilyInfo] = {
         "self-attention and a 4x GELU MLP, a linear head over the vocabulary",
         _rule(1, 0, "n blocks"), 4, 64, "A", "layer", (64,), 96, (1,),
         choices={"block": BLOCK_KINDS, "shortcut": ("A",), "norm": ("layer", "none"),
-                 "init": ("torch", "gpt2", "deepnorm"), "activation": ("gelu",),
+                 "init": ("default", "gpt2", "deepnorm"), "activation": ("gelu",),
                  "branch_scale": ("none", "inv_sqrt_branches", "deepnorm")},
         block_norms={"plain": ("layer",), "residual": ("layer",), "preact": ("layer",), "rezero": ("none",)},
         own_fields={"heads": 4, "context": 64},

@@ -15,13 +15,13 @@ the depth, so a family added later gets the right constants without a second der
 
 The transformer's inits, N its number of blocks (attention sublayers, counted):
 
-- torch: PyTorch's module defaults as built (nn.Embedding N(0, 1); nn.Linear uniform in +-1/sqrt(fan_in), its bias
+- default: PyTorch's module defaults as built (nn.Embedding N(0, 1); nn.Linear uniform in +-1/sqrt(fan_in), its bias
   too; layer norm weight 1, bias 0), the default, so a net is what `torch.nn` makes of it;
 - gpt2: Radford et al. 2019 as nanoGPT writes it out: every linear and embedding weight N(0, 0.02), biases 0, the
   residual output projections (attention output, fc2) N(0, 0.02/sqrt(2N)), one factor 1/sqrt(2) per sublayer;
 - deepnorm: Wang et al. 2022's pseudocode for a decoder-only net: the value projection, attention output projection,
   fc1 and fc2 Xavier-normal with gain beta = (8N)^(-1/4), the query and key projections with gain 1, their biases 0;
-  embeddings, head and norms as `torch` leaves them;
+  embeddings, head and norms as `default` leaves them;
 - branch_scale deepnorm: every shortcut of the post-norm sums times alpha = (2N)^(1/4), LN(alpha·x + F(x)).
 """
 
