@@ -299,3 +299,19 @@ def test_a_window_above_the_context_is_refused_by_build_net_and_the_estimate() -
         estimate(spec, (9,), VOCAB)
     with pytest.raises(SpecError, match=r"takes inputs a \(T\) window of token ids like 64; got 1x40"):
         build_net(spec, (1, 40), VOCAB)
+
+
+def test_a_grid_of_every_recipe_gives_each_block_its_own_norm() -> None:
+    """Post-norm, pre-norm and no-shortcut nets take layer norm and ReZero none, so one grid holds them all, and run
+    names need no norm to tell them apart; a norm a block cannot take is still one line."""
+    from reslab.sweep.config import GridConfig
+    from reslab.sweep.grid import expand
+
+    grid = GridConfig(family="transformer", blocks=["plain", "residual", "preact", "rezero"],
+                      remedies=["none", "deepnorm"], depths=[2, 4], widths=[16])  # fmt: skip
+    cells = expand(grid)
+    assert {(c.net.remedy or c.net.block, c.net.norm) for c in cells} == {
+        ("plain", "layer"), ("residual", "layer"), ("preact", "layer"), ("rezero", "none"), ("deepnorm", "layer")}
+    assert len(cells) == 10 and not any("-norm" in c.name for c in cells)
+    with pytest.raises(ValueError, match="block rezero takes norm none on the transformer family"):
+        GridConfig(family="transformer", blocks=["preact", "rezero"], norms=["layer"], depths=[2], widths=[16])

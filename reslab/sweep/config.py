@@ -62,9 +62,10 @@ class _GridBase(_Frozen):
         if isinstance(family, str) and family in FAMILIES:  # a bad family is the family validator's to report
             from reslab.models.spec import NetSpec, axis_fields
 
-            net = NetSpec(family)
-            defaults = {f.metadata["plural"]: [getattr(net, f.name)] for f in axis_fields()
-                        if f.name not in ("block", "depth", "remedy")}  # fmt: skip
+            # Each block's default: one value on most families, one norm per block on the transformer's.
+            nets = [NetSpec(family, block) for block in FAMILIES[family].choices["block"]]
+            defaults = {f.metadata["plural"]: list(dict.fromkeys(getattr(net, f.name) for net in nets))
+                        for f in axis_fields() if f.name not in ("block", "depth", "remedy")}  # fmt: skip
             data = {**defaults, **data}
         return data
 

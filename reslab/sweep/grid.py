@@ -91,8 +91,15 @@ def axis_values(grid: GridConfig) -> dict[str, list[Any]]:
     return values
 
 
+def _norm_beyond_block(net: NetSpec) -> str | None:
+    """The net's norm where its block's default does not already say it (None where it does): ReZero without LN
+    and post-norm with LN are each their block's own, so a grid of both names no norm."""
+    return None if net.norm == FAMILY_INFO[net.family].default("norm", net.block) else net.norm
+
+
 def expand(grid: GridConfig) -> list[Cell]:
     """Every cell of the grid once. A plain block has no shortcut, so its cells take the first shortcut only; a
+    block takes those of the grid's norms it can (on the transformer each block has one: LN, or none for ReZero); a
     remedy sets its own fields (block, norm, init ...), so it contributes one cell per value of the axes it leaves
     free. Raises SpecError for a combination no family can build."""
     values = axis_values(grid)
@@ -110,13 +117,17 @@ def expand(grid: GridConfig) -> list[Cell]:
         chosen.update(fixed)
         if chosen["block"] == "plain":
             chosen["shortcut"] = values["shortcut"][0]
+        takes = FAMILY_INFO[chosen["family"]].valid("norm", chosen["block"])
+        if chosen["norm"] not in takes and any(n in takes for n in values["norm"]):
+            continue  # the grid's other norm is this block's (the transformer's ReZero has none, its others LN)
         net = NetSpec(**chosen)
         cell = Cell(net, seed, lr)
         cells.setdefault(cell.key, cell)
     # A run name shows the shortcut and norm wherever its cells differ in them (a remedy may set the norm), and
     # the other fields where the grid itself lists several values (a remedy's own settings are in its name).
     varies = frozenset(
-        [n for n in ("shortcut", "norm") if len({getattr(c.net, n) for c in cells.values()}) > 1]
+        ["shortcut"] * (len({c.net.shortcut for c in cells.values()}) > 1)
+        + ["norm"] * (len({_norm_beyond_block(c.net) for c in cells.values()}) > 1)
         + [f.name for f in axis_fields() if f.name not in ("block", "depth", "width", "shortcut", "norm", "remedy")
            and len(values[f.name]) > 1]
     )  # fmt: skip
