@@ -27,6 +27,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from reslab.report.measure import ERROR, Measure
+
 BLOCK_ORDER = ["plain", "residual", "preact", "rezero"]
 SPLIT_DASHES = {"training": "", "test": (4, 2)}
 sns.set_theme(context="notebook", style="whitegrid")
@@ -70,13 +72,20 @@ def _ylabel(axes: list, label: str) -> None:
         ax.set_ylabel(label)
 
 
-def _percent(df: pd.DataFrame, columns: dict[str, str], id_vars: list[str]) -> pd.DataFrame:
-    """Long format: one row per id x split, error in percent."""
+def _long(df: pd.DataFrame, measure: Measure, id_vars: list[str]) -> pd.DataFrame:
+    """Long format: one row per id x split (training, test), the measure as plotted (error in percent) in `value`."""
+    columns = {measure.train: "training", measure.held_out: "test"}
     present = {k: v for k, v in columns.items() if k in df and df[k].notna().any()}
-    long = df.melt(id_vars=id_vars, value_vars=list(present), var_name="split", value_name="error")
+    long = df.melt(id_vars=id_vars, value_vars=list(present), var_name="split", value_name="value")
     long["split"] = long["split"].map(present)
-    long["error"] = 100 * long["error"].astype(float)
-    return long.dropna(subset=["error"])
+    long["value"] = measure.scale * long["value"].astype(float)
+    return long.dropna(subset=["value"])
+
+
+def _depth_label(df: pd.DataFrame) -> str:
+    """What depth counts: a transformer's blocks (as the papers count them), else weighted layers (He et al. 2015)."""
+    blocks = "family" in df and not df.empty and (df["family"] == "transformer").all()
+    return "depth (blocks)" if blocks else "depth (weighted layers)"
 
 
 def _depth_palette(depths: list[int]) -> dict[int, tuple]:
@@ -84,11 +93,10 @@ def _depth_palette(depths: list[int]) -> dict[int, tuple]:
     return {d: colors[i] for i, d in enumerate(sorted(depths))}
 
 
-def curves_figure(epochs: pd.DataFrame, log_scale: bool = False) -> Figure:
-    """He et al. Fig. 6: training error (solid) and test error (dashed) vs epoch; one line per depth (mean over
-    seeds), one panel per block."""
-    splits = {"train_error": "training", "test_error": "test"}
-    df = _percent(_with_group(epochs), splits, [GROUP, "depth", "seed", "epoch"])
+def curves_figure(epochs: pd.DataFrame, log_scale: bool = False, measure: Measure = ERROR) -> Figure:
+    """He et al. Fig. 6: training error (solid) and test error (dashed) vs epoch (or the loss of a language model);
+    one line per depth (mean over seeds), one panel per block."""
+    df = _long(_with_group(epochs), measure, [GROUP, "depth", "seed", "epoch"])
     blocks = _blocks(df)
     depths = sorted(df["depth"].unique())
     fig, axes = _panels(len(blocks), 4.4, 3.8, sharey=True)
@@ -97,7 +105,7 @@ def curves_figure(epochs: pd.DataFrame, log_scale: bool = False) -> Figure:
         part = df[df[GROUP] == block]
         for depth in depths:
             for split, dashes in SPLIT_DASHES.items():
-                line = part[(part["depth"] == depth) & (part["split"] == split)].groupby("epoch")["error"].mean()
+                line = part[(part["depth"] == depth) & (part["split"] == split)].groupby("epoch")["value"].mean()
                 if line.empty:
                     continue
                 y = line.clip(lower=1e-2) if log_scale else line
@@ -108,21 +116,21 @@ def curves_figure(epochs: pd.DataFrame, log_scale: bool = False) -> Figure:
         ax.set_xlabel("epoch")
         if log_scale:
             ax.set_yscale("log")
-    _ylabel(axes, "error (%)")
+    _ylabel(axes, measure.axis)
     handles = [plt.Line2D([], [], color=palette[d], label=f"depth {d}") for d in depths]
     handles += [plt.Line2D([], [], color="0.3", dashes=(4, 2) if s == "test" else (None, None), label=s)
                 for s in SPLIT_DASHES]  # fmt: skip
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    fig.suptitle("Training (solid) and test (dashed) error vs epoch, mean over seeds", y=1.02)
+    fig.suptitle(f"Training (solid) and test (dashed) {measure.noun} vs epoch, mean over seeds", y=1.02)
     fig.tight_layout()
     return fig
 
 
-def depth_figure(cells: pd.DataFrame, anchors: pd.DataFrame | None = None) -> Figure:
-    """Final training and test error vs depth, hue = block, mean and 95 % CI over seeds; a row per width when the
-    sweep has several. `anchors` (block, depth, test_error in %, source) are drawn as stars on the test panels."""
-    splits = {"train_error": "training", "test_error": "test"}
-    df = _percent(_with_group(cells), splits, [GROUP, "depth", "width", "seed"])
+def depth_figure(cells: pd.DataFrame, anchors: pd.DataFrame | None = None, measure: Measure = ERROR) -> Figure:
+    """Final training and test error (or a language model's loss) vs depth, hue = block, mean and 95 % CI over
+    seeds; a row per width when the sweep has several. `anchors` (block, depth, test_error in %, source) are drawn
+    as stars on the test panels."""
+    df = _long(_with_group(cells), measure, [GROUP, "depth", "width", "seed"])
     widths = sorted(df["width"].unique())
     blocks = _blocks(df)
     fig, axes = plt.subplots(len(widths), 2, figsize=(10, 3.8 * len(widths)), squeeze=False, sharex=True)
@@ -130,23 +138,23 @@ def depth_figure(cells: pd.DataFrame, anchors: pd.DataFrame | None = None) -> Fi
         for col, split in enumerate(("training", "test")):
             ax = axes[row][col]
             part = df[(df["width"] == width) & (df["split"] == split)]
-            sns.lineplot(data=part, x="depth", y="error", hue=GROUP, hue_order=blocks, marker="o",
+            sns.lineplot(data=part, x="depth", y="value", hue=GROUP, hue_order=blocks, marker="o",
                          errorbar=("ci", 95), err_style="bars", ax=ax, legend=(row == 0 and col == 0))  # fmt: skip
             if anchors is not None and split == "test" and not anchors.empty:
                 for source, group in anchors.groupby("source"):
                     ax.scatter(group["depth"], group["test_error"], marker="*", s=90, color="black", zorder=5,
                                label=source)  # fmt: skip
                 ax.legend(fontsize="small")
-            ax.set_title(f"{split} error" + (f", width {width}" if len(widths) > 1 else ""))
-            ax.set_xlabel("depth (weighted layers)")
-            ax.set_ylabel("final error (%)")
+            ax.set_title(f"{split} {measure.noun}" + (f", width {width}" if len(widths) > 1 else ""))
+            ax.set_xlabel(_depth_label(cells))
+            ax.set_ylabel(f"final {measure.axis}")
             ax.set_xticks(sorted(df["depth"].unique()))
     first = axes[0][0]
     if first.get_legend() is not None:  # beside the panels: nine kinds of net would cover the curves
         handles, labels = first.get_legend_handles_labels()
         first.get_legend().remove()
         fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    fig.suptitle("Final error vs depth (mean, 95 % CI over seeds)", y=1.02)
+    fig.suptitle(f"Final {measure.noun} vs depth (mean, 95 % CI over seeds)", y=1.02)
     fig.tight_layout()
     return fig
 

@@ -26,6 +26,7 @@ from reslab.report.anchors import anchors_for
 from reslab.report.bench import load_benchmark, throughput_for_figure
 from reslab.report.collect import SweepData
 from reslab.report.leaderboard import Leaderboard, best_lr, is_remedy_sweep, leaderboard
+from reslab.report.measure import ERROR, measure_of
 from reslab.report.signal import signal_figures
 from reslab.report.verdict import Verdict, verdict
 
@@ -52,10 +53,12 @@ class ReportPaths:
 
 def cell_table(data: SweepData) -> pd.DataFrame:
     """Per network (block or remedy x depth x width x shortcut x norm, x lr where the grid sweeps it): params,
-    MACs, final errors mean ± sd over seeds, epoch time, seeds finished of seeds run."""
+    MACs, final errors (a language model's losses in bits per character) mean ± sd over seeds, epoch time, seeds
+    finished of seeds run."""
     cells = data.cells
     if cells.empty:
         return pd.DataFrame()
+    m = measure_of(cells)
     named = "variant" if "variant" in cells and (cells["variant"] != cells["block"]).any() else "block"
     keys = [named, "depth", "width", "shortcut", "norm"] + (["lr"] if cells["lr"].nunique() > 1 else [])
     rows = []
@@ -65,10 +68,11 @@ def cell_table(data: SweepData) -> pd.DataFrame:
         first = done.iloc[0] if not done.empty else None
         row["params"] = f"{int(first['params']):,}" if first is not None and pd.notna(first["params"]) else ""
         row["MACs"] = f"{first['macs'] / 1e6:,.2f} M" if first is not None and pd.notna(first["macs"]) else ""
-        for metric, label in (("train_error", "train error"), ("test_error", "test error")):
-            values = done[metric].dropna()
-            sd = f" ± {100 * values.std():.2f}" if len(values) > 1 else ""
-            row[label] = f"{100 * values.mean():.2f}{sd} %" if len(values) else "-"
+        for metric, split in ((m.train, "train"), (m.held_out, "test")):
+            values = m.scale * done[metric].dropna()
+            sd = f" ± {values.std():.2f}" if len(values) > 1 else ""
+            unit = " %" if m is ERROR else " bits"
+            row[f"{split} {m.noun}"] = f"{values.mean():.2f}{sd}{unit}" if len(values) else "-"
         times = done["epoch_time_s"].dropna()
         row["epoch time"] = f"{times.mean():.2f} s" if len(times) else "-"
         row["seeds"] = f"{len(done)}/{len(group)}"
@@ -96,18 +100,20 @@ def at_best_lr(data: SweepData) -> SweepData:
 def build_figures(data: SweepData, bench: pd.DataFrame | None = None, log_scale: bool = False) -> list[Rendered]:
     finished = data.finished
     dataset = (data.config.get("dataset") or {}).get("name", "")
+    m = measure_of(data.cells)
+    what = "error" if m is ERROR else "loss (bits per character)"
     out: list[tuple[str, str, str, object]] = []
     if not data.epochs.empty:
-        out.append(("curves", "Training and test error vs epoch",
-                    "He et al. 2015 Fig. 6 style: solid = training error, dashed = test error, one line per depth "
-                    "(mean over seeds), one panel per block.", F.curves_figure(data.epochs, log_scale)))  # fmt: skip
+        out.append(("curves", f"Training and test {m.noun} vs epoch",
+                    f"He et al. 2015 Fig. 6 style: solid = training {what}, dashed = test {what}, one line per depth "
+                    "(mean over seeds), one panel per block.", F.curves_figure(data.epochs, log_scale, m)))  # fmt: skip
     out += signal_figures(finished, data.telemetry)  # beside the curves: the cause (step 0) next to the effect
     if not finished.empty:
         anchors = anchors_for(dataset, list(finished["block"].unique()), [int(d) for d in finished["depth"].unique()])
         anchor_note = f" Stars: {', '.join(sorted(anchors['source'].unique()))}." if not anchors.empty else ""
-        out.append(("depth", "Final error vs depth",
-                    "The depth-scaling curve: final training and test error, mean with 95 % CI over seeds."
-                    + anchor_note, F.depth_figure(finished, anchors)))  # fmt: skip
+        out.append(("depth", f"Final {m.noun} vs depth",
+                    f"The depth-scaling curve: final training and test {what}, mean with 95 % CI over seeds."
+                    + anchor_note, F.depth_figure(finished, anchors, m)))  # fmt: skip
     tele = data.telemetry
     if not tele.empty:
         out.append(("gradient_flow", "Gradient through branch vs shortcut",
@@ -170,12 +176,12 @@ def write_report(
     for fig in figures:
         write(out / "figures" / f"{fig.slug}.png", fig.png)
         write(out / "figures" / f"{fig.slug}.svg", fig.svg)
-    v = verdict(view.cells)
+    v = verdict(view.cells, measure_of(view.cells))
     table = cell_table(data)
     write(out / "summary.csv", redact(data.cells.to_csv(index=False)))
     write(out / "epochs.csv", redact(data.epochs.to_csv(index=False)))
     context = _context(data, v, table, bench_path)
-    if is_remedy_sweep(data.config):
+    if is_remedy_sweep(data.config) and measure_of(data.cells) is ERROR:  # its claims are the image papers'
         context["leaderboard"] = leaderboard(data.cells, (data.config.get("train") or {}).get("lr"))
     write(out / "index.html", _html(context, figures))
     write(out / "report.md", _markdown(context, figures))

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from reslab.probe.result import SignalProbe
 from reslab.report.figures import GROUP, _blocks, _depth_palette, _with_group
 from reslab.report.figures import _panels as panel_grid
+from reslab.report.measure import measure_of
 
 PROBE_KINDS = ("probe_act", "probe_grad_in", "probe_grad_out", "probe_share", "probe_cmap", "probe_net")
 
@@ -169,7 +170,9 @@ def signal_sentence(cells: pd.DataFrame, probe: pd.DataFrame) -> str | None:
     """One sentence relating the gradient at initialisation to the final training error, at the deepest depth that
     more than one variant reached (else the deepest), e.g. "At initialisation, plain-56's gradient at its first
     block's input is 10^4.4 times the one at its last block's output, residual-56's 10^1.8; their final training
-    errors are 66.4 % and 0.1 %." Means over seeds; None without probe rows."""
+    errors are 66.4 % and 0.1 %." (a language model's final training losses in bits per character). Means over
+    seeds; None without probe rows."""
+    m = measure_of(cells)
     ratios = gradient_ratios(probe)
     if ratios.empty:
         return None
@@ -185,9 +188,9 @@ def signal_sentence(cells: pd.DataFrame, probe: pd.DataFrame) -> str | None:
         value = mine["log10_ratio"].mean()
         factor = f"10^{value:.1f}" if math.isfinite(value) else "beyond float32's range (it overflows)"
         clauses.append((f"{group}-{depth}", factor))
-        if not cells.empty and "train_error" in cells:
-            done = cells[(cells[GROUP] == group) & (cells["depth"] == depth)]["train_error"].dropna()
-            errors.append(f"{100 * done.mean():.1f} %" if len(done) else None)
+        if not cells.empty and m.train in cells:
+            done = cells[(cells[GROUP] == group) & (cells["depth"] == depth)][m.train].dropna()
+            errors.append(m.format(done.mean(), short=True) if len(done) else None)
     (first, factor), rest = clauses[0], clauses[1:]
     text = f"At initialisation, {first}'s gradient at its first block's input is {factor} times the one at its " \
            f"last block's output"  # fmt: skip
@@ -195,9 +198,9 @@ def signal_sentence(cells: pd.DataFrame, probe: pd.DataFrame) -> str | None:
     known = [e for e in errors if e is not None]
     if known and len(known) == len(clauses):
         if len(known) == 1:
-            text += f"; its final training error is {known[0]}"
+            text += f"; its final training {m.noun} is {known[0]}"
         else:
-            text += f"; their final training errors are {', '.join(known[:-1])} and {known[-1]}"
+            text += f"; their final training {m.plural} are {', '.join(known[:-1])} and {known[-1]}"
     return text + "."
 
 
