@@ -277,3 +277,46 @@ def test_bench_report_prints_every_ratio_with_its_target(tmp_path, capsys) -> No
     out = capsys.readouterr().out
     assert "test_reslab_step_vs_hand_written[channels_last]: ratio 1.001 (target <= 1.02)  reslab / hand-written" in out
     assert "test_data_path" not in out
+
+
+def bits_frame() -> pd.DataFrame:
+    """A language-model sweep: losses in bits per character (the prototype's numbers at depths 2 and 12)."""
+    values = {("plain", 2): 3.84, ("plain", 12): 4.68, ("residual", 2): 3.18, ("residual", 12): 4.68,
+              ("preact", 2): 3.22, ("preact", 12): 2.90, ("rezero", 2): 3.47, ("rezero", 12): 3.12}  # fmt: skip
+    rows = []
+    for (block, depth), bits in values.items():
+        for seed in (0, 1):
+            rows.append({"block": block, "depth": depth, "width": 64, "seed": seed, "status": "FINISHED",
+                         "family": "transformer", "train_error": 0.5, "test_error": 0.55,
+                         "train_bpc": bits + 0.02 * seed, "test_bpc": bits + 0.1})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_a_language_model_sweep_is_judged_by_its_training_loss_in_bits() -> None:
+    from reslab.report.measure import BITS, ERROR, measure_of
+
+    cells = bits_frame()
+    assert measure_of(cells) is BITS and measure_of(cells_frame()) is ERROR
+    v = verdict(cells, BITS)
+    assert v.reproduced is False  # post-norm, the first residual recipe, degrades as much as no shortcut
+    assert v.text.startswith("Degradation not removed: plain-12 ends at 4.69 bits training loss, plain-2 at 3.85 bits "
+                             "(+0.84 bits)")  # fmt: skip
+    assert "residual-12 at 4.69 bits (residual-2: 3.19 bits) degrades as well" in v.text
+    assert "preact-2 3.23 bits → preact-12 2.91 bits;" in v.text and "plain-12 4.69 bits (degrades)" in v.text
+    assert "training loss in bits per character, mean over 2 seeds" in v.text
+    shallow = cells[cells["depth"] == 2]
+    small = verdict(pd.concat([shallow, shallow.assign(depth=4, train_bpc=shallow["train_bpc"] + 0.05)]), BITS)
+    assert small.reproduced is False and "(+0.05 bits), under the 0.1-bit threshold" in small.text
+
+
+def test_the_depth_figures_plot_bits_for_a_language_model() -> None:
+    from reslab.report.measure import BITS
+
+    fig = F.depth_figure(bits_frame(), measure=BITS)
+    train_ax = fig.axes[0]
+    assert train_ax.get_ylabel() == "final loss (bits per character)" and train_ax.get_xlabel() == "depth (blocks)"
+    plotted = [y for line in train_ax.get_lines() for y in line.get_ydata() if y == y]
+    assert min(plotted) == pytest.approx(2.91, abs=0.02) and max(plotted) == pytest.approx(4.69, abs=0.02)
+    epochs = bits_frame().assign(epoch=1)
+    curves = F.curves_figure(epochs, measure=BITS)
+    assert curves.axes[0].get_ylabel() == "loss (bits per character)"
