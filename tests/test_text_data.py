@@ -222,7 +222,7 @@ def test_a_sweep_over_a_bad_text_is_refused_with_its_config_path(tmp_path: Path)
 
     config = {"name": "t", "dataset": {"name": "text", "options": {"path": str(tmp_path / "gone.txt")}},
               "grid": {"family": "mlp", "depths": [4]}}  # fmt: skip
-    with pytest.raises(ConfigError, match="dataset: dataset 'text': path=.*gone.txt: no such file"):
+    with pytest.raises(ConfigError, match=r"dataset: dataset 'text': path=.*gone\.txt: no such file"):
         load_config(config)
 
 
@@ -287,6 +287,16 @@ def test_a_language_model_epoch_reports_errors_and_bits_per_character(bigram: li
     again = run_one(NetSpec("mlp", "residual", 4, 8), TEXT, ADAMW, None)  # the same windows, the same training
     same = [k for k in result.metrics if k not in ("epoch_time_s", "train_images_per_s")]
     assert {k: again.metrics[k] for k in same} == pytest.approx({k: result.metrics[k] for k in same}, abs=1e-6)
+
+
+def test_reslab_train_on_text_prints_bits_per_character(bigram: list[nn.Module], capsys) -> None:
+    code = main(["train", "--family", "mlp", "--depth", "4", "--width", "8", "--dataset", "text", "--data-option",
+                 "seq_len=16", "--data-option", "steps_per_epoch=4", "--epochs", "2", "--batch-size", "8",
+                 "--optimizer", "adamw", "--lr", "0.003", "--warmup-epochs", "0", "--threads", "1", "--no-tracking"])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0 and len(bigram) == 1
+    assert [line.split()[:2] for line in out[:2]] == [["epoch", "1/2"], ["epoch", "2/2"]]
+    assert all("train_bpc" in line and "test_bpc" in line for line in out)
 
 
 @pytest.mark.slow
