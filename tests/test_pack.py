@@ -19,8 +19,8 @@ depends on the recipe and on the tensor, never on the pack:
 
 So the state (every weight and batch-norm buffer) is compared in fp64, where rounding is 5e8 times finer: at the
 full recipe (lr 0.1, momentum, weight decay, warm-up and cosine decay, Nesterov, clipping, Fixup's lr factors; and
-AdamW) the worst measured difference was 3e-11 against a bound of 1e-8. fp32 packing is held to its solo runs' losses, at 1
-and 2 threads with oneDNN on and off. Every test here that trains is `slow`.
+AdamW) the worst measured difference was 3e-11 against a bound of 1e-8. fp32 packing is held to its solo runs'
+losses, at 1 and 2 threads with oneDNN on and off. Every test here that trains is `slow`.
 """
 
 from __future__ import annotations
