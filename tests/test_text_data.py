@@ -264,6 +264,23 @@ def bigram(monkeypatch: pytest.MonkeyPatch) -> list[nn.Module]:
     return built
 
 
+def test_the_signal_probe_measures_a_language_model_without_a_jacobian() -> None:
+    """Token ids are not continuous inputs: the probe at initialisation takes the batch as ids, measures the loss
+    (and whatever blocks the net has), and reports no Jacobian and no input C-map rather than an anomaly."""
+    from reslab.probe.measure import probe_at_init, probe_batch
+    from reslab.train.objective import training_loss
+
+    splits = load_text(seq_len=16)
+    torch.manual_seed(0)
+    net = Bigram(splits.num_classes)
+    probe = probe_at_init(net, splits, batch=8, seed=3)
+    x, y = probe_batch(splits.train.x, splits.train.y, 8, 3)
+    assert x.dtype == torch.int64 and x.shape == (8, 16)
+    assert probe.loss == pytest.approx(training_loss(net(x), y).item())
+    assert (probe.jacobian_examples, probe.jacobian_sv, probe.batch) == (0, (), 8)
+    assert math.isnan(probe.cmap_input) and probe.anomalies == []
+
+
 TEXT = DataConfig(name="text", options={"seq_len": 16, "steps_per_epoch": 6})
 ADAMW = TrainConfig(epochs=2, batch_size=8, optimizer="adamw", lr=3e-3, warmup_epochs=0, threads=1,
                     weight_decay=0.0, telemetry_every=3)  # fmt: skip
