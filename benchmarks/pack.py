@@ -13,8 +13,9 @@ batched kernel). Nothing is shared between the members but the kernels:
   batch norm updates each member's statistics in place);
 - its data order is its own `DeviceBatches` with its own seed;
 - the loss is the sum of the members' mean training losses, so each member's gradient is its solo gradient;
-- SGD (momentum, Nesterov, weight decay) and the learning-rate schedule act element by element, so one step on
-  the stacked parameters is K solo steps; each stacked parameter keeps its member parameter's lr factor;
+- the optimiser (SGD with momentum, Nesterov and weight decay, or AdamW) and the learning-rate schedule act element
+  by element, so one step on the stacked parameters is K solo steps; each stacked parameter keeps its member
+  parameter's lr factor;
 - gradient-norm clipping takes the norm over each member's slice, never over the pack.
 
 So a pack reproduces its members' solo runs up to floating-point summation order (vmap runs a conv of K members
@@ -22,8 +23,8 @@ as one grouped conv). At lr 0.1 with momentum, fp32 training of these nets ampli
 steps, as much between two solo runs of one seed on two conv backends as between a pack and its solo runs; at
 lr 1e-3 without momentum fp32 losses agree to 1e-5, and a batch-norm bias to about 1 % (again as much as two solo
 runs on two backends); in fp64 a pack holds its solo runs to ~1e-11 over 50 steps at the full recipe. `solo_run`
-is the solo run, the same loop on one ordinary net; both take their loss and SGD from `reslab.train.objective`, as
-every run does.
+is the solo run, the same loop on one ordinary net; both take their loss and optimiser from
+`reslab.train.objective`, and their batches from `Splits.train_batches`, as every run does.
 
 Packing lives beside the benchmarks that time it (`test_pack_step.py`, `test_train_step.py`), not in the package:
 no sweep or `reslab train` runs a pack, and none should until a GPU measurement shows a pack of K cells beats K
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -41,12 +43,12 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from reslab.data.tensors import DeviceBatches, Split, Splits
+from reslab.data.tensors import DeviceBatches, Splits
 from reslab.models import NetSpec, build_net
 from reslab.models.blocks import param_groups
 from reslab.perf import StepTiming, median_step_s
 from reslab.train.config import TrainConfig
-from reslab.train.objective import sgd, training_loss
+from reslab.train.objective import build_optimizer, training_loss
 from reslab.train.schedule import lr_lambda
 
 #: Strategies that train on one device, the only ones a pack (one grouped computation) can run under.
@@ -213,11 +215,14 @@ class Pack:
         return net.train(self._skeleton.training)
 
 
-def _batches(train: Split, splits: Splits, cfg: TrainConfig, seed: int) -> DeviceBatches:
-    """One member's batches of `train` (`splits.train` on the device, moved there once for all members), as a run
-    of `seed` draws them: its own permutation and augmentation."""
-    return DeviceBatches(train, cfg.batch_size, shuffle=True, drop_last=cfg.drop_last, seed=seed,
-                         transform=splits.train_transform)  # fmt: skip
+def _batches(splits: Splits, cfg: TrainConfig, seed: int) -> DeviceBatches:
+    """One member's training batches of `splits` (its training set on the device, moved there once for all
+    members), as a run of `seed` draws them: its own order and augmentation."""
+    return splits.train_batches(cfg.batch_size, seed=seed, drop_last=cfg.drop_last)
+
+
+def _train_on(splits: Splits, device: torch.device) -> Splits:
+    return dataclasses.replace(splits, train=splits.train.to(device))
 
 
 def _endless(batches: DeviceBatches) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -242,8 +247,8 @@ class SoloTraining:
         check_recipe(cfg)
         self.cfg, self.device = cfg, torch.device(device)
         self.net = build_member(spec, seed, splits.input_shape, splits.num_classes, self.device).train()
-        self.opt = sgd(self.net, cfg, self.device)
-        batches = _batches(splits.train.to(self.device), splits, cfg, seed)
+        self.opt = build_optimizer(self.net, cfg, self.device)
+        batches = _batches(_train_on(splits, self.device), cfg, seed)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg, len(batches)))
         self.data = _endless(batches)
 
@@ -271,9 +276,9 @@ class PackTraining:
         check_recipe(cfg)
         self.cfg, self.device = cfg, torch.device(device)
         self.pack = Pack(spec, seeds, splits.input_shape, splits.num_classes, self.device).train()
-        self.opt = sgd(self.pack.param_groups(cfg.lr), cfg, self.device)
-        train = splits.train.to(self.device)
-        members = [_batches(train, splits, cfg, s) for s in self.pack.seeds]
+        self.opt = build_optimizer(self.pack.param_groups(cfg.lr), cfg, self.device)
+        on_device = _train_on(splits, self.device)
+        members = [_batches(on_device, cfg, s) for s in self.pack.seeds]
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg, len(members[0])))
         self.data = [_endless(b) for b in members]
 
@@ -282,8 +287,8 @@ class PackTraining:
         x, y = torch.stack(xs), torch.stack(ys)
         with _autocast(self.cfg, self.device):
             logits = self.pack(x)
-        per_image = training_loss(logits.flatten(0, 1), y.flatten(), reduction="none")
-        losses = per_image.view(y.shape).mean(1)
+        per_prediction = training_loss(logits.flatten(0, 1), y.flatten(0, 1), reduction="none")
+        losses = per_prediction.view(len(y), -1).mean(1)  # each member's mean over its batch (and positions)
         self.opt.zero_grad(set_to_none=True)
         losses.sum().backward()  # the sum of the members' means: each member's gradient is its solo gradient
         if self.cfg.clip_grad_norm is not None:

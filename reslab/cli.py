@@ -56,6 +56,7 @@ def _format_epoch(epoch: int, total: int | None, m: dict[str, float]) -> str:
     parts = [f"epoch {epoch:>3}" + (f"/{total}" if total else "")]
     parts += [f"{k} {100 * m[k]:6.2f}%" for k in ("train_error", "val_error", "test_error") if k in m]
     parts.append(f"loss {m['train_loss']:.4f}")
+    parts += [f"{k} {m[k]:.3f}" for k in ("train_bpc", "val_bpc", "test_bpc") if k in m]
     parts.append(f"lr {m['lr']:.4f}")
     parts.append(f"{m['epoch_time_s']:.1f} s ({m['train_images_per_s']:,.0f} img/s)")
     return "  ".join(parts)
@@ -99,9 +100,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         m = result.metrics
         where = f"MLflow run {result.run_id}" if result.run_id else "not tracked"
+        bits = "".join(f"  {k} {m[k]:.3f}" for k in ("train_bpc", "test_bpc") if k in m)
         print(
             f"{spec.name}-s{train.seed}: train_error {100 * m['train_error']:.2f}%  test_error "
-            f"{100 * m['test_error']:.2f}%  ({result.params:,} params, {result.wall_s:.1f} s; {where})"
+            f"{100 * m['test_error']:.2f}%{bits}  ({result.params:,} params, {result.wall_s:.1f} s; {where})"
         )
     return 0
 

@@ -97,13 +97,18 @@ def net_estimate(spec: NetSpec, data: DataConfig) -> Estimate:
 
 
 def training_bytes(spec: NetSpec, data: DataConfig, train: TrainConfig) -> tuple[int, str]:
-    """Bytes one training of `spec` on `data` needs (parameters, gradients and momentum, plus the activations
-    autograd keeps for a batch), and how that splits, in words."""
+    """Bytes one training of `spec` on `data` needs (parameters, gradients and the optimiser's state: SGD's
+    momentum, or AdamW's two moment estimates, one fp32 copy of the parameters more; plus the activations autograd
+    keeps for a batch), and how that splits, in words."""
     est = net_estimate(spec, data)
     per_value = 2 if train.precision in ("bf16-mixed", "16-mixed") else 4
     total = est.training_bytes(train.batch_size, per_value)
     activations = total - est.training_bytes(0, per_value)
-    split = f"{(total - activations) / _GiB:.1f} GiB for {est.params:,} parameters with their gradients and momentum"
+    state = "momentum"
+    if train.optimizer == "adamw":
+        total += est.params * 4
+        state = "AdamW moments"
+    split = f"{(total - activations) / _GiB:.1f} GiB for {est.params:,} parameters with their gradients and {state}"
     split += f" + {activations / _GiB:.1f} GiB of activations for a batch of {train.batch_size}"
     return total, split
 

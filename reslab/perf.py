@@ -20,7 +20,7 @@ from reslab.data.tensors import DeviceBatches, Split, Splits
 from reslab.devices import sync
 from reslab.models import NetSpec, build_net
 from reslab.train.config import DataConfig, TrainConfig
-from reslab.train.objective import sgd, training_loss
+from reslab.train.objective import build_optimizer, training_loss
 from reslab.train.schedule import lr_lambda
 
 
@@ -54,12 +54,12 @@ class StepTiming:
 def plain_loop_step_times(
     spec: NetSpec, splits: Splits, cfg: TrainConfig, steps: int, warmup: int = 3, device: str = "cpu"
 ) -> StepTiming:
-    """The loop a researcher writes by hand: forward, the training loss, backward, SGD step, schedule step (loss
-    and SGD are the ones reslab trains with, `reslab.train.objective`)."""
+    """The loop a researcher writes by hand: forward, the training loss, backward, optimiser step, schedule step
+    (loss, optimiser and batches are the ones reslab trains with, `reslab.train.objective`, `Splits.train_batches`)."""
     torch.manual_seed(cfg.seed)
     net = build_net(spec, splits.input_shape, splits.num_classes).to(device)
-    opt = sgd(net, cfg, device)
-    batches = DeviceBatches(splits.train.to(device), cfg.batch_size, shuffle=True, seed=cfg.seed)
+    opt = build_optimizer(net, cfg, device)
+    batches = splits.to(device).train_batches(cfg.batch_size, seed=cfg.seed)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, len(batches)))
     ends: list[float] = [time.perf_counter()]
     net.train()

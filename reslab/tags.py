@@ -50,10 +50,16 @@ class Tag:
 
 
 class Metric:
-    """MLflow metric names every training run logs per epoch (a namespace, never instantiated)."""
+    """MLflow metric names every training run logs per epoch (a namespace, never instantiated).
 
+    Errors are fractions of predictions in [0, 1]; losses are mean cross-entropies in nats. A sequence model (the
+    `text` dataset: a prediction at every position) logs its losses in bits per character as well (`*_bpc`, loss /
+    ln 2), and its errors are the share of next characters mispredicted; other runs have no `*_bpc`."""
+
+    #: Losses in bits per character, logged by sequence models only.
+    BITS: Final = ("train_bpc", "test_bpc")
     #: The final values a sweep's queue keeps on a completed cell and the report tabulates.
-    RESULTS: Final = ("train_error", "test_error", "val_error", "train_loss", "test_loss", "val_loss")
+    RESULTS: Final = ("train_error", "test_error", "val_error", "train_loss", "test_loss", "val_loss", *BITS)
     #: Every per-epoch metric the report reads back as a history.
-    EPOCH: Final = ("train_error", "train_loss", "val_error", "val_loss", "test_error", "test_loss", "lr",
+    EPOCH: Final = ("train_error", "train_loss", "val_error", "val_loss", "test_error", "test_loss", *BITS, "lr",
                     "epoch_time_s", "train_images_per_s")  # fmt: skip

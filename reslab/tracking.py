@@ -9,9 +9,11 @@ The contract (what the sweep, the report and users' own queries may rely on):
 - store: `--tracking-uri`, else $MLFLOW_TRACKING_URI, else `sqlite:///<cwd>/mlflow.db` (MLflow 3's own default,
   so a bare `mlflow ui` in that folder shows the runs);
 - one run per training; tags `family block depth width shortcut seed dataset`, `reslab.git_commit`,
-  `reslab.device`, `reslab.version.<package>`; params `net.*`, `train.*`, `data.*`;
+  `reslab.device`, `reslab.version.<package>`; params `net.*`, `train.*`, `data.*` (a text's `data.sha256`,
+  `data.chars`, `data.vocab_size`, `data.train_chars`, `data.test_chars` and `data.source` among them);
 - per-epoch metrics at step = epoch (1-based): train_error, train_loss, val_error, val_loss, test_error, test_loss,
-  lr, epoch_time_s, train_images_per_s; gradient telemetry summaries at step = training iteration:
+  lr, epoch_time_s, train_images_per_s, and for sequence models (the `text` dataset) train_bpc and test_bpc, the
+  losses in bits per character; gradient telemetry summaries at step = training iteration:
   `telemetry/grad_out_first`, `telemetry/grad_out_middle`, `telemetry/grad_out_last`,
   `telemetry/shortcut_share_last`, `telemetry/grad_weight_first`, `telemetry/grad_weight_last`,
   `telemetry/gate_mean` (see `reslab.train.telemetry`); MLflow system metrics. The number of metric keys does not

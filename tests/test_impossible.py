@@ -112,6 +112,18 @@ def test_bad_training_options_are_one_line(workdir: Path, argv: list[str], messa
     assert sorted(p.name for p in workdir.iterdir()) == ["imp.yaml"]
 
 
+def test_adamw_keeps_one_more_copy_of_the_parameters_than_sgd() -> None:
+    """AdamW's two moment estimates against SGD's one momentum buffer: the memory check counts the difference."""
+    from reslab.limits import net_estimate, training_bytes
+    from reslab.models import NetSpec
+    from reslab.train.config import DataConfig, TrainConfig
+
+    spec, data = NetSpec("resnet", "residual", 20, 16), DataConfig()
+    sgd, _ = training_bytes(spec, data, TrainConfig())
+    adamw, split = training_bytes(spec, data, TrainConfig(optimizer="adamw"))
+    assert adamw - sgd == 4 * net_estimate(spec, data).params and "AdamW moments" in split
+
+
 def test_the_strategy_names_are_lightnings() -> None:
     """The config refuses a strategy without importing Lightning: its list must stay Lightning's."""
     from lightning.pytorch.strategies import StrategyRegistry

@@ -1,5 +1,6 @@
-"""One training loss and one SGD (`reslab.train.objective`) for every loop: Lightning's module, the signal probe, the
-benchmarks' plain loop and packs; and the import direction that keeps the benchmark helpers out of training."""
+"""One training loss and one optimiser builder (`reslab.train.objective`) for every loop: Lightning's module, the
+signal probe, the benchmarks' plain loop and packs; the sequence loss in bits per character; AdamW beside SGD; and
+the import direction that keeps the benchmark helpers out of training."""
 
 from __future__ import annotations
 
@@ -14,7 +15,15 @@ import torch.nn.functional as F
 
 from reslab.models import NetSpec, build_net
 from reslab.train.config import TrainConfig
-from reslab.train.objective import loss_and_wrong, sgd, training_loss, wrong_predictions
+from reslab.train.objective import (
+    BITS_PER_NAT,
+    adamw,
+    build_optimizer,
+    loss_and_wrong,
+    sgd,
+    training_loss,
+    wrong_predictions,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,6 +66,77 @@ def test_sgd_takes_the_recipe_and_each_remedys_lr_factors() -> None:
     assert not opt.defaults["fused"]  # the default implementation off CUDA
     stacked = [{"params": [torch.zeros(2, 3, requires_grad=True)], "lr": 0.4}]
     assert sgd(stacked, cfg, torch.device("cpu")).param_groups[0]["lr"] == 0.4  # ready-made groups kept
+
+
+def test_a_sequence_loss_averages_every_position() -> None:
+    """Logits (B, T, V) against next tokens (B, T): the mean cross-entropy over all B x T predictions, each
+    position's with reduction none; wrong predictions counted per position. A sequence of length 1 is still a
+    sequence (not a one-unit head)."""
+    torch.manual_seed(0)
+    logits, y = torch.randn(4, 7, 11), torch.randint(0, 11, (4, 7))
+    each = torch.stack([torch.stack([F.cross_entropy(logits[b, t], y[b, t]) for t in range(7)]) for b in range(4)])
+    torch.testing.assert_close(training_loss(logits, y, reduction="none"), each)
+    torch.testing.assert_close(training_loss(logits, y), each.mean())
+    wrong = sum(int(logits[b, t].argmax() != y[b, t]) for b in range(4) for t in range(7))
+    assert wrong_predictions(logits, y) == wrong
+    one = torch.randn(3, 1, 5)
+    assert training_loss(one, torch.zeros(3, 1, dtype=torch.long)).shape == ()
+    uniform = torch.zeros(2, 3, 8)  # every one of 8 characters equally likely: 3 bits each
+    assert float(training_loss(uniform, torch.zeros(2, 3, dtype=torch.long))) * BITS_PER_NAT == pytest.approx(3.0)
+
+
+def test_bf16_sequence_logits_give_the_fp32_loss() -> None:
+    torch.manual_seed(0)
+    logits, y = torch.randn(2, 5, 9).bfloat16(), torch.randint(0, 9, (2, 5))
+    loss = training_loss(logits, y)
+    assert loss.dtype == torch.float32 and torch.equal(loss, training_loss(logits.float(), y))
+
+
+def test_adamw_takes_the_recipe_and_each_remedys_lr_factors() -> None:
+    net = build_net(NetSpec("resnet", depth=8, width=4, remedy="fixup"), (1, 16), 10)
+    cfg = TrainConfig(optimizer="adamw", lr=3e-3, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1)
+    opt = build_optimizer(net, cfg, "cpu")
+    assert type(opt) is torch.optim.AdamW
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([3e-3, 3e-4])  # Fixup's scalars at a tenth
+    assert {(g["betas"], g["eps"], g["weight_decay"]) for g in opt.param_groups} == {((0.8, 0.95), 1e-6, 0.1)}
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(net.parameters()))
+    assert not opt.defaults["fused"]
+    assert type(build_optimizer(net, TrainConfig(), "cpu")) is torch.optim.SGD  # SGD stays the default
+    stacked = [{"params": [torch.zeros(2, 3, requires_grad=True)], "lr": 0.4}]
+    assert adamw(stacked, cfg, torch.device("cpu")).param_groups[0]["lr"] == 0.4
+
+
+def test_adamw_decouples_its_weight_decay() -> None:
+    """Loshchilov & Hutter's AdamW: with a zero gradient, a step shrinks each weight by lr x weight_decay exactly
+    (L2 inside Adam would be normalised away), and the moments' update is torch's own."""
+    w = torch.nn.Parameter(torch.full((3,), 2.0))
+    opt = adamw([{"params": [w]}], TrainConfig(optimizer="adamw", lr=0.01, weight_decay=0.5), "cpu")
+    w.grad = torch.zeros(3)
+    opt.step()
+    torch.testing.assert_close(w.detach(), torch.full((3,), 2.0 * (1 - 0.01 * 0.5)))
+
+
+@pytest.mark.parametrize("betas", [(1.0, 0.999), (0.9, -0.1)])
+def test_betas_outside_zero_to_one_are_refused(betas: tuple[float, float]) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"betas must each be in \[0, 1\)"):
+        TrainConfig(optimizer="adamw", betas=betas)
+
+
+def test_the_optimiser_and_its_settings_are_command_line_options(capsys: pytest.CaptureFixture[str]) -> None:
+    from reslab.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--optimizer", "adamw", "--betas", "0.9,0.95", "--eps", "1e-7"])
+    from reslab.cli_options import train_values
+
+    cfg = TrainConfig(**train_values(args))
+    assert (cfg.optimizer, cfg.betas, cfg.eps) == ("adamw", (0.9, 0.95), 1e-7)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--optimizer {sgd,adamw}" in text and "(default sgd)" in text and "(default 0.9,0.999)" in text
 
 
 IMPORTS = """

@@ -18,11 +18,11 @@ depends on the recipe and on the tensor, never on the pack:
   Xeon).
 
 So the state (every weight and batch-norm buffer) is compared in fp64, where rounding is 5e8 times finer: at the
-full recipe (lr 0.1, momentum, weight decay, warm-up and cosine decay, Nesterov, clipping, Fixup's lr factors) the
-worst measured difference was 3e-11 against a bound of 1e-8. fp32 packing is held to its solo runs' losses over
-the first steps, at 1 and 2 threads with oneDNN on and off: that is where a wrong grouped conv would show, and
-rounding differences grow with every step while the kernels under test stay the same. Every test here that trains
-is `slow`.
+full recipe (lr 0.1, momentum, weight decay, warm-up and cosine decay, Nesterov, clipping, Fixup's lr factors; and
+AdamW) the worst measured difference was 3e-11 against a bound of 1e-8. fp32 packing is held to its solo runs'
+losses over the first steps, at 1 and 2 threads with oneDNN on and off: that is where a wrong grouped conv would
+show, and rounding differences grow with every step while the kernels under test stay the same. Every test here
+that trains is `slow`.
 """
 
 from __future__ import annotations
@@ -139,6 +139,9 @@ CASES = {
     "fixup-lr-factors": (NetSpec("resnet", depth=20, width=8, remedy="fixup"), FULL, [0, 1], MNIST1D_SHAPE),
     "clipped": (NetSpec("resnet", "residual", 20, 16), FULL.model_copy(update={"clip_grad_norm": 0.05}), [0, 1],
                 MNIST1D_SHAPE),
+    "adamw-fixup": (NetSpec("resnet", depth=8, width=8, remedy="fixup"),
+                    FULL.model_copy(update={"optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.01}), [0, 1],
+                    MNIST1D_SHAPE),
 }  # fmt: skip
 
 

@@ -41,6 +41,33 @@ def test_he2015_step_schedule_in_iterations() -> None:
     assert (fractions(49), fractions(50), fractions(75)) == pytest.approx((1, 0.1, 0.01))
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_no_warmup_means_the_first_step_is_at_the_peak_rate(optimizer: str) -> None:
+    """`warmup_epochs=0` is no warm-up at all: not one step below the peak, whatever the warm-up's start factor."""
+    from reslab.train.objective import build_optimizer
+
+    constant = TrainConfig(epochs=3, warmup_epochs=0, warmup_start_factor=0.01, schedule="constant", lr=0.02,
+                           optimizer=optimizer)  # fmt: skip
+    assert [lr_lambda(constant, 10)(step) for step in range(30)] == [1.0] * 30
+    cosine = lr_lambda(constant.model_copy(update={"schedule": "cosine"}), 10)
+    assert cosine(0) == 1.0 and cosine(15) == pytest.approx(0.5)  # the decay starts at once: halfway at half
+    opt = build_optimizer(torch.nn.Linear(2, 2), constant, "cpu")
+    torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(constant, 10))
+    assert opt.param_groups[0]["lr"] == 0.02  # what the first step uses
+
+
+def test_a_sweep_recorded_before_the_optimiser_fields_resumes_as_the_same_recipe() -> None:
+    """A recipe recorded before `optimizer`, `betas` and `eps` existed ran SGD: resuming it with the defaults is
+    the same recipe, asking for AdamW is not."""
+    from reslab.sweep.runner import recipe_changes
+
+    recipe = {"train": TrainConfig().model_dump(mode="json")}
+    older = {"train": {k: v for k, v in recipe["train"].items() if k not in ("optimizer", "betas", "eps")}}
+    assert recipe_changes(older, recipe) == []
+    adam = {"train": TrainConfig(optimizer="adamw").model_dump(mode="json")}
+    assert recipe_changes(older, adam) == ["train.optimizer: 'sgd' -> 'adamw'"]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [

@@ -1,4 +1,5 @@
-"""Datasets as tensors on the training device (mnist1d, cifar10/100, digits, synthetic) and their batch iterator.
+"""Datasets as tensors on the training device (mnist1d, cifar10/100, digits, synthetic, text) and their batch
+iterator.
 
 Lightning is imported only by `reslab.data.datamodule`, so loading data stays cheap for tools that do not train;
 the names below load on first use (PEP 562), so `reslab.data.catalog` (what the config checks read) does not
@@ -11,14 +12,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _WHERE = {"DATASETS": "registry", "DataError": "cifar", "DeviceBatches": "tensors", "Split": "tensors",
-          "Splits": "tensors", "load_dataset": "registry", "pad_crop_flip": "tensors"}  # fmt: skip
+          "Splits": "tensors", "Windows": "tensors", "load_dataset": "registry",
+          "pad_crop_flip": "tensors"}  # fmt: skip
 
-__all__ = ["DATASETS", "DataError", "DeviceBatches", "Split", "Splits", "load_dataset", "pad_crop_flip"]
+__all__ = ["DATASETS", "DataError", "DeviceBatches", "Split", "Splits", "Windows", "load_dataset", "pad_crop_flip"]
 
 if TYPE_CHECKING:
     from reslab.data.cifar import DataError
     from reslab.data.registry import DATASETS, load_dataset
-    from reslab.data.tensors import DeviceBatches, Split, Splits, pad_crop_flip
+    from reslab.data.tensors import DeviceBatches, Split, Splits, Windows, pad_crop_flip
 
 
 def __getattr__(name: str) -> Any:

@@ -13,6 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from reslab.data.text import DEFAULTS as TEXT_DEFAULTS
+from reslab.data.text import text_counts, text_meta, text_problem
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -21,6 +24,8 @@ class DatasetInfo:
     meta: Callable[[dict], tuple[tuple[int, ...], int]]  # options -> (input shape, classes), without loading
     defaults: dict[str, Any] = field(default_factory=dict)
     counts: Callable[[dict], tuple[int, int, int]] | None = None  # options -> (train, val, test) examples
+    check: Callable[[dict], str | None] | None = None  # options -> why they cannot be used (one line), or None
+    epoch_steps: Callable[[dict], int] | None = None  # options -> training steps per epoch, where fixed
 
     def options(self) -> dict[str, object]:
         """The options a config may set for this dataset, with their defaults."""
@@ -29,6 +34,20 @@ class DatasetInfo:
     def shape(self, options: dict | None = None) -> tuple[tuple[int, ...], int]:
         """(input shape, number of classes) for `options`, known without loading or downloading anything."""
         return self.meta({**self.defaults, **(options or {})})
+
+    def problem(self, options: dict | None = None) -> str | None:
+        """Why `options` cannot make this dataset (a value out of range, a file that cannot be read), said before
+        anything loads, or None. Configs and the CLI refuse such options with this line."""
+        return self.check({**self.defaults, **(options or {})}) if self.check is not None else None
+
+    def train_steps(self, options: dict | None, batch_size: int, drop_last: bool = False) -> int:
+        """Training steps in one epoch: the dataset's fixed number (a text's `steps_per_epoch`), else one pass over
+        its training examples in batches of `batch_size`."""
+        opts = {**self.defaults, **(options or {})}
+        if self.epoch_steps is not None:
+            return self.epoch_steps(opts)
+        n_train = self.sizes(opts)[0]
+        return n_train // batch_size if drop_last else math.ceil(n_train / batch_size)
 
     def sizes(self, options: dict | None = None) -> tuple[int, int, int]:
         """(train, val, test) example counts for `options`, known without loading anything (what a projection of a
@@ -72,5 +91,10 @@ DATASET_INFO: dict[str, DatasetInfo] = {
         lambda o: (tuple(int(d) for d in o["shape"]), int(o["num_classes"])),
         {"shape": (1, 40), "num_classes": 10, "train_size": 1024, "test_size": 256, "val_size": 0, "seed": 0},
         lambda o: (int(o["train_size"]), int(o["val_size"]), int(o["test_size"])),
+    ),
+    "text": DatasetInfo(
+        "characters of a UTF-8 text (default Python's pydoc topics, ~465k), next-character prediction in windows of "
+        "seq_len; an epoch is steps_per_epoch random batches", True, text_meta, TEXT_DEFAULTS, text_counts,
+        check=text_problem, epoch_steps=lambda o: int(o["steps_per_epoch"]),
     ),
 }  # fmt: skip

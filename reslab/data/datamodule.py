@@ -10,8 +10,9 @@ from reslab.data.tensors import DeviceBatches, Splits
 
 
 class TensorDataModule(pl.LightningDataModule):
-    """Train batches are shuffled per epoch with `seed` (drop_last as asked) and sharded by rank under DDP;
-    evaluation serves the val split (when there is one) and then the test split, in large batches."""
+    """Train batches are `Splits.train_batches`: shuffled per epoch with `seed` (drop_last as asked), or a fixed
+    number of random batches per epoch for a text, and sharded by rank under DDP; evaluation serves the val split
+    (when there is one) and then the test split, in order, in large batches."""
 
     def __init__(
         self,
@@ -43,10 +44,9 @@ class TensorDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DeviceBatches:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         if self._train is None:
-            self._train = DeviceBatches(
-                self.splits.train, self.batch_size, shuffle=True, drop_last=self.drop_last, seed=self.seed,
-                transform=self.splits.train_transform, rank=rank, world_size=world,
-            )  # fmt: skip
+            self._train = self.splits.train_batches(
+                self.batch_size, seed=self.seed, drop_last=self.drop_last, rank=rank, world_size=world
+            )
         return self._train
 
     def val_dataloader(self) -> list[DeviceBatches]:

@@ -15,6 +15,7 @@ from reslab.data.digits import load_digits
 from reslab.data.mnist1d import load_mnist1d
 from reslab.data.synthetic import load_synthetic
 from reslab.data.tensors import Splits
+from reslab.data.text import load_text
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class DatasetEntry(DatasetInfo):
 _LOADERS: dict[str, Callable[..., Splits]] = {
     "mnist1d": load_mnist1d, "cifar10": functools.partial(load_cifar, "cifar10"),
     "cifar100": functools.partial(load_cifar, "cifar100"), "digits": load_digits, "synthetic": load_synthetic,
+    "text": load_text,
 }  # fmt: skip
 DATASETS: dict[str, DatasetEntry] = {name: DatasetEntry(**vars(info), loader=_LOADERS[name])
                                      for name, info in DATASET_INFO.items()}  # fmt: skip

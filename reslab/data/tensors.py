@@ -4,12 +4,17 @@ airbench keeps CIFAR-10 as one uint8 tensor on the GPU and augments whole batche
 transform, not the model, is what makes small ResNets slow to train. reslab does the same on every device: a
 dataset is a few tensors, an epoch is a permutation, a batch is one gather (plus, for CIFAR, one batched
 pad-crop-flip), so the data path runs far faster than the model it feeds (benchmarks/measure_training.py).
+
+A text is one 1-D tensor of token ids, and its examples are windows of it (`Windows`): strided views, so the
+418,000 overlapping training windows of a 465,000-character text cost no memory beyond the text itself, and a
+batch of them is the same one gather. An epoch over so many windows would be thousands of steps, so a text's
+epoch is a fixed number of batches drawn at random instead (`Splits.train_steps`), as nanoGPT draws its batches.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -30,19 +35,70 @@ class Split:
 
 
 @dataclass(frozen=True)
+class Windows:
+    """The windows of one token sequence as examples: example i is `tokens[i*stride : i*stride + length]` and its
+    targets are the same window shifted by one token (next-token prediction at every position). Stride 1 gives every
+    window (training); stride `length` gives non-overlapping windows that cover the sequence once (evaluation).
+    `x` and `y` are views of `tokens`, so moving a `Windows` to a device moves the 1-D sequence only."""
+
+    tokens: torch.Tensor
+    length: int
+    stride: int = 1
+
+    def __post_init__(self) -> None:
+        if self.tokens.dim() != 1 or self.length <= 0 or self.stride <= 0:
+            raise ValueError(f"windows need a 1-D sequence and a positive length and stride, got tokens of shape "
+                             f"{tuple(self.tokens.shape)}, length {self.length}, stride {self.stride}")  # fmt: skip
+        if len(self.tokens) < self.length + 1:
+            raise ValueError(f"{len(self.tokens)} tokens hold no window of {self.length} tokens and its targets")
+
+    def __len__(self) -> int:
+        return (len(self.tokens) - 1 - self.length) // self.stride + 1
+
+    @property
+    def x(self) -> torch.Tensor:
+        """(windows, length) inputs, a strided view of `tokens`."""
+        return self.tokens[:-1].unfold(0, self.length, self.stride)
+
+    @property
+    def y(self) -> torch.Tensor:
+        """(windows, length) targets: the inputs shifted by one token."""
+        return self.tokens[1:].unfold(0, self.length, self.stride)
+
+    def to(self, device: torch.device | str) -> Windows:
+        return replace(self, tokens=self.tokens.to(device, non_blocking=True))
+
+
+@dataclass(frozen=True)
 class Splits:
     """train / val (optional) / test tensors of one dataset, with what a network needs to know about them.
     `train_transform` and `eval_transform` run on whole batches on the device (normalisation of uint8 images,
-    augmentation); None means the stored tensors are already model inputs."""
+    augmentation); None means the stored tensors are already model inputs.
+
+    `train_steps` says what a training epoch is: None, one pass over the training examples in a fresh order; a
+    number, that many batches of examples drawn at random with replacement (a text, whose windows number as many
+    as its characters). `details` identify the data beyond its options (a text's SHA-256 and size): a run logs
+    them as `data.<key>` params."""
 
     name: str
-    train: Split
-    test: Split
-    val: Split | None
+    train: Split | Windows
+    test: Split | Windows
+    val: Split | Windows | None
     input_shape: tuple[int, ...]
     num_classes: int
     train_transform: Transform | None = None
     eval_transform: Transform | None = None
+    train_steps: int | None = None
+    details: dict[str, str | int] = field(default_factory=dict)
+
+    def train_batches(
+        self, batch_size: int, *, seed: int = 0, drop_last: bool = False, rank: int = 0, world_size: int = 1
+    ) -> DeviceBatches:
+        """The training batches every loop draws (Lightning's DataModule, the benchmarks' loops, packs): shuffled
+        with `seed`, through `train_transform`, one epoch as `train_steps` says."""
+        return DeviceBatches(self.train, batch_size, shuffle=True, drop_last=drop_last, seed=seed,
+                             transform=self.train_transform, rank=rank, world_size=world_size,
+                             steps_per_epoch=self.train_steps)  # fmt: skip
 
     def to(self, device: torch.device | str) -> Splits:
         return replace(
@@ -58,15 +114,20 @@ class Splits:
 
 
 class DeviceBatches:
-    """Batches of a `Split` already on its device: a fresh seeded permutation each epoch (epoch e of seed s is
-    always the same), optional batch transform, `drop_last`, and a rank/world shard for data-parallel training.
+    """Batches of a `Split` (or `Windows`) already on its device: a fresh seeded permutation each epoch (epoch e of
+    seed s is always the same), optional batch transform, `drop_last`, and a rank/world shard for data-parallel
+    training.
+
+    With `steps_per_epoch`, an epoch is that many full batches of examples drawn uniformly at random with
+    replacement instead of a permutation (shuffle and drop_last do not apply); under data parallelism each rank
+    draws its own `steps_per_epoch` batches from the epoch's generator.
 
     The epoch advances when an epoch's first batch is taken, so a loop that only calls iter() does not shift the
     order (Lightning inspects loaders before it trains)."""
 
     def __init__(
         self,
-        split: Split,
+        split: Split | Windows,
         batch_size: int,
         *,
         shuffle: bool = False,
@@ -75,9 +136,12 @@ class DeviceBatches:
         transform: Transform | None = None,
         rank: int = 0,
         world_size: int = 1,
+        steps_per_epoch: int | None = None,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if steps_per_epoch is not None and steps_per_epoch <= 0:
+            raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
         self.split = split
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -86,6 +150,7 @@ class DeviceBatches:
         self.transform = transform
         self.rank = rank
         self.world_size = world_size
+        self.steps_per_epoch = steps_per_epoch
         self.epoch = 0
 
     def _shard_size(self) -> int:
@@ -93,6 +158,8 @@ class DeviceBatches:
         return n // self.world_size if self.world_size > 1 else n
 
     def __len__(self) -> int:
+        if self.steps_per_epoch is not None:
+            return self.steps_per_epoch
         n = self._shard_size()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
@@ -104,6 +171,9 @@ class DeviceBatches:
         n = len(self.split)
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         self.epoch += 1
+        if self.steps_per_epoch is not None:
+            yield from self._drawn(x, y, n, gen)
+            return
         order = torch.randperm(n, generator=gen).to(x.device) if self.shuffle else torch.arange(n, device=x.device)
         if self.world_size > 1:
             shard = self._shard_size()
@@ -119,6 +189,18 @@ class DeviceBatches:
                 xb, yb = x.index_select(0, idx), y.index_select(0, idx)
             if self.transform is not None:
                 xb = self.transform(xb, gen if self.shuffle else None)
+            yield xb, yb
+
+    def _drawn(
+        self, x: torch.Tensor, y: torch.Tensor, n: int, gen: torch.Generator
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """`steps_per_epoch` batches of examples drawn with replacement: one index draw for the epoch (every rank
+        draws the same and takes its own rows), one gather per batch."""
+        draws = torch.randint(n, (self.world_size, self.steps_per_epoch, self.batch_size), generator=gen)
+        for idx in draws[self.rank].to(x.device):
+            xb, yb = x.index_select(0, idx), y.index_select(0, idx)
+            if self.transform is not None:
+                xb = self.transform(xb, gen)
             yield xb, yb
 
 

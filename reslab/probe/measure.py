@@ -65,11 +65,14 @@ def probe_batch(
     device: str | torch.device = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`batch` examples of (x, y), drawn by a generator of their own from `seed` (the global RNG is not touched), on
-    `device`, through the dataset's evaluation `transform` (normalisation without augmentation)."""
+    `device`, through the dataset's evaluation `transform` (normalisation without augmentation). Integer inputs
+    without a transform are token ids (a text's windows) and stay integers."""
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(y), generator=gen)[: min(batch, len(y))]
     xb, yb = x[idx].to(device), y[idx].to(device)
-    return (transform(xb, None) if transform is not None else xb.float()), yb
+    if transform is not None:
+        return transform(xb, None), yb
+    return (xb.float() if xb.is_floating_point() else xb), yb
 
 
 def probe_at_init(net: nn.Module, splits: Splits, batch: int, seed: int, device: str = "cpu") -> SignalProbe:
@@ -170,7 +173,9 @@ def _measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, jacobian_exampl
         block.tap = tap(i)
         handles.append(block.register_forward_hook(output(i)))
     model.train()
-    inp = x.detach().clone().requires_grad_(True)  # so a net without a stem still has a gradient at its first block
+    inp = x.detach().clone()
+    if inp.is_floating_point():  # so a net without a stem still has a gradient at its first block (token ids: none)
+        inp.requires_grad_(True)
     try:
         loss = training_loss(model(inp), y)
         loss.backward()
@@ -186,7 +191,8 @@ def _measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, jacobian_exampl
     signals = tuple(
         BlockSignal(name, a[i], gi[i], go[i], _share(gb[i], gs[i]), c[i]) for i, (name, _) in enumerate(names_blocks)
     )
-    return SignalProbe(signals, float(loss.detach()), float(mean_correlation(x)), sv, cond, spread, k, len(y))
+    cmap_input = float(mean_correlation(x)) if x.is_floating_point() else math.nan  # token ids have no geometry
+    return SignalProbe(signals, float(loss.detach()), cmap_input, sv, cond, spread, k, len(y))
 
 
 def _share(branch: float, shortcut: float) -> float:
@@ -202,7 +208,10 @@ def _jacobian(
     on the whole batch, held fixed (its running statistics set to them, eval mode), so each example's Jacobian is
     that of the function the first training step applies to it. Returns the singular values (mean over the
     examples, largest first), the condition number (geometric mean over the examples), the standard deviation of
-    log10 of every singular value, and the number of examples."""
+    log10 of every singular value, and the number of examples. Token ids are not continuous inputs: for them
+    nothing is measured (no singular values, NaN, 0 examples)."""
+    if not x.is_floating_point():
+        return (), math.nan, math.nan, 0
     with torch.no_grad():
         for module, (mean, var) in stats.items():
             module.running_mean.copy_(mean)

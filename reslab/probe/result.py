@@ -15,7 +15,8 @@ For the whole net: the singular values of the Jacobian of the logits with respec
 (exact, one backward pass per class; with the batch's normalisation statistics held fixed, so it is the Jacobian of
 the function the first step applies to each example), reported as their mean over the examples, the condition
 number sigma_max / sigma_min (geometric mean over the examples) and the spread (standard deviation) of log10 of
-every singular value: 0 and 1 for a net at dynamical isometry (Pennington et al. 2017).
+every singular value: 0 and 1 for a net at dynamical isometry (Pennington et al. 2017). Token ids (a language
+model's inputs) are not continuous: for them there is no Jacobian and no input C-map (0 examples, NaN).
 
 A value that overflowed float32 (inf or NaN) or underflowed it (below its smallest normal number, 1.2e-38) is an
 `Anomaly`, named with the block where it starts in the direction the signal travels (input to output for the
@@ -160,6 +161,8 @@ class SignalProbe:
         if not _finite(self.loss):
             out.append(Anomaly("loss", "overflow", None))
         sv = self.jacobian_sv
+        if not self.jacobian_examples:  # not measured (token-id inputs)
+            return out
         if not sv or not all(_finite(s) for s in sv):
             out.append(Anomaly("jacobian", "overflow", None))
         elif sv[-1] < FLOAT32_TINY:  # a direction of the input no longer reaches the logits

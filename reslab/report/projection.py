@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,9 +121,9 @@ def cell_work(config: SweepConfig) -> list[CellWork]:
     from reslab.limits import net_estimate
 
     info = DATASET_INFO[config.dataset.name]
-    n_train, n_val, n_test = info.sizes(config.dataset.options)
+    _, n_val, n_test = info.sizes(config.dataset.options)
     train = config.train
-    per_epoch = n_train // train.batch_size if train.drop_last else math.ceil(n_train / train.batch_size)
+    per_epoch = info.train_steps(config.dataset.options, train.batch_size, train.drop_last)
     steps = train.total_steps(per_epoch)
     eval_examples = train.num_epochs(per_epoch) * (n_val + n_test)
     out = []

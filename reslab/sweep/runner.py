@@ -92,7 +92,9 @@ def gpus_of_worker(plan: WorkerPlan, i: int) -> list[int]:
 
 
 def recipe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """'section.key: old -> new' for every recipe field that differs (execution-only train fields ignored)."""
+    """'section.key: old -> new' for every recipe field that differs (execution-only train fields ignored). A train
+    field the old recipe lacks (recorded before the field existed) counts as its default, the recipe it ran."""
+    from reslab.train.config import TrainConfig
 
     def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -104,7 +106,8 @@ def recipe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
                 out[key] = v
         return out
 
-    a, b = flat(old), flat(new)
+    defaults = flat({"train": TrainConfig().model_dump(mode="json")}) if "train" in old else {}
+    a, b = {**defaults, **flat(old)}, flat(new)
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 

@@ -1,7 +1,8 @@
 """`TrainConfig`: the frozen, validated training recipe of one run.
 
 Defaults are the recipe that shows the degradation problem on MNIST-1D in minutes: SGD 0.1 with momentum 0.9,
-weight decay 1e-4, batch 128, cosine decay after 2 linear warm-up epochs. He et al. 2015's CIFAR recipe is
+weight decay 1e-4, batch 128, cosine decay after 2 linear warm-up epochs (`warmup_epochs=0`: none at all, the
+first step at the peak rate). Transformers train with `optimizer="adamw"` instead. He et al. 2015's CIFAR recipe is
 `max_steps=64000, schedule="step", milestones=(32000, 48000)` (lr / 10 at 32k and 48k iterations).
 pydantic validates it, so a sweep config reports every bad field at once, each with its path.
 """
@@ -40,9 +41,19 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(128, gt=0, description="training batch size")
     eval_batch_size: int = Field(1000, gt=0, description="batch size of the evaluation passes")
     lr: float = Field(0.1, gt=0, description="peak learning rate")
+    optimizer: Literal["sgd", "adamw"] = Field(
+        "sgd", description="sgd (He et al.'s recipe: momentum, nesterov) or adamw (decoupled weight decay, "
+        "Loshchilov & Hutter 2019; betas, eps), the Transformers' optimiser"
+    )  # fmt: skip
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     nesterov: bool = Field(False, description="Nesterov momentum")
-    weight_decay: float = Field(1e-4, ge=0, description="weight decay")
+    betas: tuple[float, float] = Field(
+        (0.9, 0.999), description="AdamW: decay rates of the running mean of the gradient and of its square"
+    )
+    eps: float = Field(1e-8, gt=0, description="AdamW: added to the root of the squared-gradient mean")
+    weight_decay: float = Field(
+        1e-4, ge=0, description="weight decay (SGD: L2 in the gradient; AdamW: decoupled, lr x this per step)"
+    )
     schedule: Literal["cosine", "step", "constant"] = Field("cosine", description="learning-rate schedule")
     milestones: tuple[float, ...] = Field(
         (0.5, 0.75), description="step schedule: fractions of training (< 1) or iteration numbers (>= 1), e.g. "
@@ -89,6 +100,13 @@ class TrainConfig(BaseModel):
             text = v.strip().replace(" ", "")
             return int(text) if text.lstrip("-").isdigit() and "," not in text else text
         raise ValueError(f"devices {v!r} is not one Lightning accepts; valid: {valid}")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"betas must each be in [0, 1), got {list(v)}")
+        return v
 
     @field_validator("strategy")
     @classmethod
@@ -140,6 +158,9 @@ class DataConfig(BaseModel):
         wrong = [f"{k}={v!r} (expected {_kind(valid[k])})" for k, v in self.options.items() if not _fits(v, valid[k])]
         if wrong:
             raise ValueError(f"dataset {self.name!r} option(s) of the wrong type: {', '.join(wrong)}")
+        problem = DATASET_INFO[self.name].problem(self.options)  # e.g. a text file that cannot be read
+        if problem:
+            raise ValueError(f"dataset {self.name!r}: {problem}")
         return self
 
 

@@ -99,7 +99,7 @@ class RunResult:
             "run_id": self.run_id,
             "name": self.spec.name,
             **{k: self.metrics.get(k) for k in ("train_error", "test_error", "train_loss", "test_loss")},
-            **{k: v for k, v in self.metrics.items() if k.startswith("val_")},
+            **{k: v for k, v in self.metrics.items() if k.startswith("val_") or k.endswith("_bpc")},
             "epochs": len(self.history),
             "params": self.params,
             "macs": self.macs,
@@ -265,7 +265,10 @@ def _fit(plan: FitPlan) -> RunResult:
             print(f"run {record.run_id}: {TELEMETRY_ARTIFACT} not written: {why}", file=sys.stderr)
 
     try:  # from here on the run ends FINISHED, FAILED or KILLED, whatever happens
-        record.log_params({"net.params": summary.params, "net.macs": summary.macs})
+        # what identifies the data beyond its options (a text's SHA-256 and size: the pydoc topics differ between
+        # Python versions), beside the options' own `data.*` params
+        details = {f"data.{k}": v for k, v in plan.splits.details.items()}
+        record.log_params({"net.params": summary.params, "net.macs": summary.macs, **details})
         record.log_text(_yaml(config), "config.yaml")
         record.log_text(summary.table(spec.name), "model_summary.txt")
         record.attach(plan.trainer)
