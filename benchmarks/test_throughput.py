@@ -1,9 +1,12 @@
 """Forward and forward+backward throughput of every family vs depth (groups `forward` and `forward_backward`).
 
 He et al.'s CIFAR ResNets (width 16, batch 128, 3x32x32) at depths 20, 56, 110 (and 1202 on a GPU), blocks plain /
-residual / preact; the dense and the Keras example's conv families at a few depths. On CUDA each net also runs in bf16
-autocast, channels_last and torch.compile variants, side by side. Each result's extra_info holds images/s, MACs
-per image, achieved TFLOP/s, peak memory, device and dtype, and the datasheet peak of known GPUs.
+residual / preact; the dense and the Keras example's conv families at a few depths; the causal transformer (width
+64, windows of 64 characters as `configs/transformer-depth.yaml` trains it; width 256 on a GPU) post-norm, pre-norm
+and ReZero at depths 2 to 24 blocks (to 96 on a GPU). On CUDA each net also runs in bf16 autocast, channels_last and
+torch.compile variants, side by side. Each result's extra_info holds images/s (windows/s for the transformer, with
+tokens/s beside it), MACs per image, achieved TFLOP/s, peak memory, device and dtype, and the datasheet peak of
+known GPUs.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ import functools
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from benchmarks.conftest import cuda
 from reslab.models import NetSpec, build_net, describe
+from reslab.models.registry import example_input
 from reslab.perf import device_name, rate_info, saved_activation_bytes, sync
+from reslab.train.objective import training_loss
 
 BATCH = 128
 PHASES = ("forward", "forward_backward")
@@ -29,8 +33,8 @@ def _case(spec: NetSpec, shape: tuple[int, ...], classes: int, phase: str, varia
     """The net, inputs and step function of one benchmark; the step synchronises the device inside."""
     torch.manual_seed(0)
     net = build_net(spec, shape, classes).to(device)
-    x = torch.randn(batch, *shape, device=device)
-    y = torch.randint(0, classes, (batch,), device=device)
+    x = example_input(net, shape, batch, random=True, device=device)
+    y = torch.randint(0, classes, (batch, *shape) if x.dtype == torch.long else (batch,), device=device)
     if "channels_last" in variant and len(shape) == 3:
         net = net.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -54,7 +58,7 @@ def _case(spec: NetSpec, shape: tuple[int, ...], classes: int, phase: str, varia
 
         def step() -> None:
             with autocast():
-                loss = F.cross_entropy(model(x), y)
+                loss = training_loss(model(x), y)
             loss.backward()
             net.zero_grad(set_to_none=True)
             sync(device)
@@ -67,9 +71,10 @@ def _macs(spec: NetSpec, shape: tuple[int, ...], classes: int) -> int:
     return describe(spec, shape, classes).macs
 
 
-def _run(benchmark, spec: NetSpec, shape, classes: int, phase: str, variant: str, device: str, rounds: int) -> None:
+def _run(benchmark, spec: NetSpec, shape, classes: int, phase: str, variant: str, device: str, rounds: int,
+         batch: int = BATCH) -> None:
     smoke = bool(benchmark.disabled)  # --benchmark-disable: run once on a small batch, so none can rot
-    batch = 8 if smoke else BATCH
+    batch = 8 if smoke else batch
     net, x, step, dtype = _case(spec, shape, classes, phase, variant, device, batch)
     benchmark.group = phase
     macs = _macs(spec, shape, classes)
@@ -88,6 +93,8 @@ def _run(benchmark, spec: NetSpec, shape, classes: int, phase: str, variant: str
     if stats is None:  # --benchmark-disable: ran once, nothing timed
         return
     info.update(rate_info(macs, phase, batch / stats.median, info["device"], dtype))
+    if x.dtype == torch.long:  # a language model: each example is a window of tokens
+        info["tokens_per_s"] = info["images_per_s"] * x.shape[1]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -120,3 +127,17 @@ def test_mlp(benchmark, block: str, depth: int, phase: str, device: str, rounds:
 @pytest.mark.parametrize("phase", PHASES)
 def test_convnet(benchmark, block: str, depth: int, phase: str, device: str, rounds: int) -> None:
     _run(benchmark, NetSpec("convnet", block, depth), (3, 32, 32), 10, phase, "fp32", device, rounds)
+
+
+TRANSFORMER_WIDTH = 256 if cuda() else 64
+TRANSFORMER_DEPTHS = [2, 6, 12, 24, *([48, 96] if cuda() else [])]
+
+
+@pytest.mark.parametrize("variant", ["fp32", *(["bf16"] if cuda() else [])])
+@pytest.mark.parametrize("depth", TRANSFORMER_DEPTHS)
+@pytest.mark.parametrize("block", ["residual", "preact", "rezero"])
+@pytest.mark.parametrize("phase", PHASES)
+def test_transformer(benchmark, block: str, depth: int, phase: str, variant: str, device: str, rounds: int) -> None:
+    """Windows of 64 characters over a 96-symbol vocabulary, batch 32 as `configs/transformer-depth.yaml` trains."""
+    spec = NetSpec("transformer", block, depth, TRANSFORMER_WIDTH)
+    _run(benchmark, spec, (64,), 96, phase, variant, device, rounds, batch=32)
