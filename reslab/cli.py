@@ -10,8 +10,12 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from reslab.cli_options import add_net_arguments, add_train_arguments, net_specs, positive_int, train_values
+
+if TYPE_CHECKING:
+    from reslab.train.config import DataConfig
 
 EXIT_USAGE = 2
 
@@ -62,15 +66,29 @@ def _format_epoch(epoch: int, total: int | None, m: dict[str, float]) -> str:
     return "  ".join(parts)
 
 
+def _data_config(args: argparse.Namespace, family: str) -> DataConfig:
+    """The dataset of `reslab train` / `reslab probe`: `--dataset`, else the family's own (the transformer's text);
+    UsageError when the family cannot read it."""
+    from reslab.data.catalog import pairing_problem
+    from reslab.models.catalog import FAMILY_INFO
+    from reslab.train.config import DataConfig
+
+    name = args.dataset or FAMILY_INFO[family].default_dataset
+    problem = pairing_problem(family, name)
+    if problem:
+        raise UsageError(problem)
+    return DataConfig(name=name, options=dict(args.data_option or []), data_dir=args.data_dir)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from reslab.train.config import DataConfig, TrackingConfig, TrainConfig
+    from reslab.train.config import TrackingConfig, TrainConfig
 
     (spec,) = net_specs(args)
     try:
         train = TrainConfig(**train_values(args))
-        data = DataConfig(name=args.dataset, options=dict(args.data_option or []), data_dir=args.data_dir)
+        data = _data_config(args, spec.family)
         track = TrackingConfig(uri=args.tracking_uri, experiment=args.experiment)
     except ValidationError as exc:
         raise UsageError("; ".join(_pydantic_messages(exc))) from None
@@ -111,11 +129,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from reslab.train.config import DataConfig, TrainConfig
+    from reslab.train.config import TrainConfig
 
     specs = net_specs(args, lists=True)
     try:
-        data = DataConfig(name=args.dataset, options=dict(args.data_option or []), data_dir=args.data_dir)
+        data = _data_config(args, specs[0].family)
         recipe = TrainConfig(batch_size=args.batch, seed=args.seed, device=args.device)
     except ValidationError as exc:
         raise UsageError("; ".join(_pydantic_messages(exc))) from None
@@ -437,7 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="see docs/cli.md (options), docs/remedies.md (--remedy) and\n"
                        "docs/performance.md#training-speed (--compile, --channels-last)")  # fmt: skip
     add_net_arguments(p)
-    p.add_argument("--dataset", default="mnist1d", choices=list(DATASET_INFO), help="dataset (default mnist1d)")
+    p.add_argument("--dataset", choices=list(DATASET_INFO),
+                   help="dataset (default: the family's, mnist1d; text for the transformer)")
     p.add_argument("--data-option", action="append", type=_key_value, metavar="KEY=VALUE",
                    help="dataset option, e.g. val_size=5000 for cifar10 (repeatable)")  # fmt: skip
     p.add_argument("--data-dir", help="dataset cache (default $RESLAB_DATA_DIR or ~/.cache/reslab)")
@@ -453,7 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="see docs/signal.md: what each number is, the JSON schema, measured values",
                        formatter_class=raw)  # fmt: skip
     add_net_arguments(p, lists=True)
-    p.add_argument("--dataset", default="mnist1d", choices=list(DATASET_INFO), help="dataset (default mnist1d)")
+    p.add_argument("--dataset", choices=list(DATASET_INFO),
+                   help="dataset (default: the family's, mnist1d; text for the transformer)")
     p.add_argument("--data-option", action="append", type=_key_value, metavar="KEY=VALUE",
                    help="dataset option (repeatable)")  # fmt: skip
     p.add_argument("--data-dir", help="dataset cache (default $RESLAB_DATA_DIR or ~/.cache/reslab)")

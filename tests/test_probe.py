@@ -175,7 +175,7 @@ def test_rows_summaries_and_json_agree(mnist1d) -> None:
     assert all(parse_telemetry_key(key) is not None for key, _, _ in rows)
     per_block = [k for k, _, _ in rows if not k.startswith("probe_net/")]
     assert all(parse_telemetry_key(key) is None for key, _, _ in probe.summary_rows())  # MLflow's are summaries
-    assert len(per_block) == 5 * len(probe.blocks) == 45
+    assert len(per_block) == 6 * len(probe.blocks) == 54
     summary = probe.summary_rows()
     assert [k for k, _, _ in summary] == [f"probe/{k}" for k in SUMMARY_METRICS]
     doc = probe.to_json(name="residual-20-w8")

@@ -52,7 +52,7 @@ def test_a_depth_sweep_as_json_with_figures(tmp_path: Path, capsys: pytest.Captu
     for p in doc["probes"]:
         assert len(p["per_block"]) == p["blocks"] and p["anomalies"] == [] and p["wall_s"] > 0
         assert set(p["per_block"][0]) == {"block", "name", "act_rms", "grad_in_rms", "grad_out_rms",
-                                          "shortcut_share", "cmap"}  # fmt: skip
+                                          "shortcut_share", "cmap", "weight_grad"}  # fmt: skip
         assert len(p["jacobian"]["singular_values"]) == 10 and p["jacobian"]["examples"] == 8
         assert (p["summary"]["shortcut_share_mean"] == 0) == (p["block"] == "plain")
     assert sorted(f.name for f in out.iterdir()) == ["probe.json", "signal_cmap.png", "signal_gradient.png",

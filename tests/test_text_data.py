@@ -1,7 +1,7 @@
 """The character-level `text` dataset: the default text and a file's, split by position, identified by SHA-256 and
 size, its vocabulary, training windows drawn at random (seeded) with their next-character targets, evaluation windows
-that tile the held-out part, bad files refused in one line before anything runs, and a stand-in language model
-trained through the real fit path (the transformer family is built elsewhere; a bigram net stands in for it here)."""
+that tile the held-out part, bad files refused in one line before anything runs, and a small causal transformer
+probed and trained through the real fit path."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from reslab.cli import main
 from reslab.data.catalog import DATASET_INFO
@@ -165,7 +164,7 @@ def refused(argv: list[str], capsys: pytest.CaptureFixture[str], *needles: str) 
 
 
 def train_on(path: object, *options: str) -> list[str]:
-    return ["train", "--family", "mlp", "--dataset", "text", "--data-option", f"path={path}",
+    return ["train", "--family", "transformer", "--dataset", "text", "--data-option", f"path={path}",
             *(a for o in options for a in ("--data-option", o)), "--no-tracking", "--epochs", "1"]  # fmt: skip
 
 
@@ -213,7 +212,7 @@ def test_a_folder_is_not_a_text(tmp_path: Path, capsys: pytest.CaptureFixture[st
     ],
 )
 def test_text_options_out_of_range(option: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
-    refused(["train", "--family", "mlp", "--dataset", "text", "--data-option", option, "--no-tracking"], capsys,
+    refused(["train", "--family", "transformer", "--dataset", "text", "--data-option", option, "--no-tracking"], capsys,
             message)  # fmt: skip
 
 
@@ -232,53 +231,29 @@ def test_a_file_changed_on_disk_is_read_again(sample: Path) -> None:
     assert read_corpus(str(sample)).sha256 == hashlib.sha256((SAMPLE + "more\n").encode()).hexdigest() != before
 
 
-# -- training a stand-in language model through the real fit path ---------------------------------------------------
+# -- a small causal transformer, probed and trained through the real fit path ----------------------------------------
+
+#: One pre-norm block of width 16, two heads, a context of 16 characters: a language model that trains in seconds.
+SMALL = NetSpec("transformer", "preact", 1, 16, heads=2, context=16)
 
 
-class Bigram(nn.Module):
-    """The stand-in for a causal language model (token ids (B, T) -> logits (B, T, V)): each position's logits from
-    its own token alone. The model summary runs it on a float zero input, hence the cast."""
-
-    def __init__(self, vocab: int, width: int = 16) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(vocab, width)
-        self.head = nn.Linear(width, vocab)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(x.long()))
-
-
-@pytest.fixture
-def bigram(monkeypatch: pytest.MonkeyPatch) -> list[nn.Module]:
-    """`run_one` builds the stand-in wherever it would build the spec's net; the nets it built, in order."""
-    import reslab.train.run
-
-    built: list[nn.Module] = []
-
-    def build(spec: NetSpec, shape: tuple[int, ...], classes: int) -> nn.Module:
-        assert len(shape) == 1  # the contract: inputs of rank 1, (seq_len,), and the vocabulary as classes
-        built.append(Bigram(classes))
-        return built[-1]
-
-    monkeypatch.setattr(reslab.train.run, "build_net", build)
-    return built
-
-
-def test_the_signal_probe_measures_a_language_model_without_a_jacobian() -> None:
-    """Token ids are not continuous inputs: the probe at initialisation takes the batch as ids, measures the loss
-    (and whatever blocks the net has), and reports no Jacobian and no input C-map rather than an anomaly."""
+def test_the_signal_probe_measures_a_language_model_from_its_embeddings() -> None:
+    """Token ids are not continuous inputs: the probe at initialisation takes the batch as ids, and measures the
+    input C-map at the embeddings and the Jacobian of the last position's logits with respect to them."""
+    from reslab.models import build_net
     from reslab.probe.measure import probe_at_init, probe_batch
     from reslab.train.objective import training_loss
 
     splits = load_text(seq_len=16)
     torch.manual_seed(0)
-    net = Bigram(splits.num_classes)
+    net = build_net(SMALL, splits.input_shape, splits.num_classes)
     probe = probe_at_init(net, splits, batch=8, seed=3)
     x, y = probe_batch(splits.train.x, splits.train.y, 8, 3)
     assert x.dtype == torch.int64 and x.shape == (8, 16)
-    assert probe.loss == pytest.approx(training_loss(net(x), y).item())
-    assert (probe.jacobian_examples, probe.jacobian_sv, probe.batch) == (0, (), 8)
-    assert math.isnan(probe.cmap_input) and probe.anomalies == []
+    assert probe.loss == pytest.approx(training_loss(net.train()(x), y).item())
+    assert probe.jacobian_examples == 8 and len(probe.jacobian_sv) == splits.num_classes  # vocabulary < 16 x 16
+    assert 0 < probe.cmap_input < 1 and probe.anomalies == []
+    assert len(probe.blocks) == 2 and all(b.weight_grad > 0 for b in probe.blocks)  # attention, then the MLP
 
 
 TEXT = DataConfig(name="text", options={"seq_len": 16, "steps_per_epoch": 6})
@@ -286,11 +261,11 @@ ADAMW = TrainConfig(epochs=2, batch_size=8, optimizer="adamw", lr=3e-3, warmup_e
                     weight_decay=0.0, telemetry_every=3)  # fmt: skip
 
 
-def test_a_language_model_epoch_reports_errors_and_bits_per_character(bigram: list[nn.Module]) -> None:
+def test_a_language_model_epoch_reports_errors_and_bits_per_character() -> None:
     from reslab.train.run import run_one
 
-    result = run_one(NetSpec("mlp", "residual", 4, 8), TEXT, ADAMW, None)
-    assert len(result.history) == 2 and len(bigram) == 1
+    result = run_one(SMALL, TEXT, ADAMW, None)
+    assert len(result.history) == 2
     for epoch in result.history:
         for split in ("train", "test"):
             assert epoch[f"{split}_bpc"] == pytest.approx(epoch[f"{split}_loss"] / math.log(2))
@@ -300,26 +275,25 @@ def test_a_language_model_epoch_reports_errors_and_bits_per_character(bigram: li
     vocab = DATASET_INFO["text"].shape(TEXT.options)[1]
     assert result.history[0]["train_bpc"] < math.log2(vocab) + 0.5  # near uniform at first, and learning
     assert result.history[-1]["test_bpc"] < result.history[0]["test_bpc"]
-    assert isinstance(bigram[0], Bigram) and result.to_json()["test_bpc"] == result.metrics["test_bpc"]
-    again = run_one(NetSpec("mlp", "residual", 4, 8), TEXT, ADAMW, None)  # the same windows, the same training
+    assert result.to_json()["test_bpc"] == result.metrics["test_bpc"]
+    again = run_one(SMALL, TEXT, ADAMW, None)  # the same windows, the same training
     same = [k for k in result.metrics if k not in ("epoch_time_s", "train_images_per_s")]
     assert {k: again.metrics[k] for k in same} == pytest.approx({k: result.metrics[k] for k in same}, abs=1e-6)
 
 
-def test_reslab_train_on_text_prints_bits_per_character(bigram: list[nn.Module], capsys) -> None:
-    code = main(["train", "--family", "mlp", "--depth", "4", "--width", "8", "--dataset", "text", "--data-option",
+def test_reslab_train_on_text_prints_bits_per_character(capsys) -> None:
+    code = main(["train", "--family", "transformer", "--depth", "1", "--width", "16", "--heads", "2", "--context",
+                 "16", "--dataset", "text", "--data-option",
                  "seq_len=16", "--data-option", "steps_per_epoch=4", "--epochs", "2", "--batch-size", "8",
                  "--optimizer", "adamw", "--lr", "0.003", "--warmup-epochs", "0", "--threads", "1", "--no-tracking"])
     out = capsys.readouterr().out.splitlines()
-    assert code == 0 and len(bigram) == 1
+    assert code == 0
     assert [line.split()[:2] for line in out[:2]] == [["epoch", "1/2"], ["epoch", "2/2"]]
     assert all("train_bpc" in line and "test_bpc" in line for line in out)
 
 
 @pytest.mark.slow
-def test_a_language_model_run_is_recorded_in_mlflow(
-    bigram: list[nn.Module], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_language_model_run_is_recorded_in_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The real fit path end to end: the probe at initialisation, AdamW, per-epoch bits per character in a sqlite
     MLflow store, and the text's SHA-256 and size as params."""
     from mlflow.tracking import MlflowClient
@@ -328,7 +302,7 @@ def test_a_language_model_run_is_recorded_in_mlflow(
 
     monkeypatch.chdir(tmp_path)
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = run_one(NetSpec("mlp", "residual", 4, 8), TEXT, ADAMW.model_copy(update={"epochs": 3}),
+    result = run_one(SMALL, TEXT, ADAMW.model_copy(update={"epochs": 3}),
                      TrackingConfig(uri=store, experiment="text", system_metrics=False))  # fmt: skip
     client = MlflowClient(store)
     run = client.get_run(result.run_id)
@@ -345,4 +319,4 @@ def test_a_language_model_run_is_recorded_in_mlflow(
     bpc = client.get_metric_history(result.run_id, "test_bpc")
     loss = {m.step: m.value for m in client.get_metric_history(result.run_id, "test_loss")}
     assert all(m.value == pytest.approx(loss[m.step] / math.log(2)) for m in bpc)
-    assert {"probe/cmap_last", "probe/log10_jacobian_cond"}.isdisjoint(run.data.metrics)  # no blocks, no Jacobian
+    assert {"probe/cmap_last", "probe/log10_jacobian_cond"} <= set(run.data.metrics)  # the probe at initialisation

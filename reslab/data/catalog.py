@@ -26,6 +26,7 @@ class DatasetInfo:
     counts: Callable[[dict], tuple[int, int, int]] | None = None  # options -> (train, val, test) examples
     check: Callable[[dict], str | None] | None = None  # options -> why they cannot be used (one line), or None
     epoch_steps: Callable[[dict], int] | None = None  # options -> training steps per epoch, where fixed
+    tokens: bool = False  # inputs are token ids and targets the next token at every position (a language model's)
 
     def options(self) -> dict[str, object]:
         """The options a config may set for this dataset, with their defaults."""
@@ -95,6 +96,23 @@ DATASET_INFO: dict[str, DatasetInfo] = {
     "text": DatasetInfo(
         "characters of a UTF-8 text (default Python's pydoc topics, ~465k), next-character prediction in windows of "
         "seq_len; an epoch is steps_per_epoch random batches", True, text_meta, TEXT_DEFAULTS, text_counts,
-        check=text_problem, epoch_steps=lambda o: int(o["steps_per_epoch"]),
+        check=text_problem, epoch_steps=lambda o: int(o["steps_per_epoch"]), tokens=True,
     ),
 }  # fmt: skip
+
+
+def pairing_problem(family: str, dataset: str) -> str | None:
+    """One line when `family`'s nets cannot read `dataset`: a language model reads token ids and predicts the next
+    one at every position, every other family reads signals (images, sequences, vectors) and predicts one class."""
+    from reslab.models.catalog import FAMILY_INFO
+
+    fam, data = FAMILY_INFO.get(family), DATASET_INFO.get(dataset)
+    if fam is None or data is None or fam.tokens == data.tokens:
+        return None
+    if fam.tokens:
+        readers = ", ".join(n for n, d in DATASET_INFO.items() if d.tokens)
+        return f"family {family} is a language model that reads token ids, not dataset {dataset}: use dataset " \
+               f"{readers}"  # fmt: skip
+    readers = ", ".join(n for n, f in FAMILY_INFO.items() if f.tokens)
+    return f"dataset {dataset} holds token ids for a language model, not inputs family {family} reads: use " \
+           f"family {readers}"  # fmt: skip

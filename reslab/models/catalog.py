@@ -67,6 +67,7 @@ class FamilyInfo:
     block_norms: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     own_fields: Mapping[str, int] = field(default_factory=dict)
     tokens: bool = False  # inputs are token ids (B, T) and outputs logits (B, T, classes) for every position
+    default_dataset: str = "mnist1d"  # what `reslab train` and `reslab probe` read when no --dataset is given
 
     def valid(self, name: str, block: str | None = None) -> tuple[str, ...]:
         """The values of the named field `name` that this family builds (for the norm: with `block`)."""
@@ -123,7 +124,7 @@ FAMILY_INFO: dict[str, FamilyInfo] = {
                  "branch_scale": ("none", "inv_sqrt_branches", "deepnorm")},
         block_norms={"plain": ("layer",), "residual": ("layer",), "preact": ("layer",), "rezero": ("none",)},
         own_fields={"heads": 4, "context": 64},
-        tokens=True,
+        tokens=True, default_dataset="text",
     ),
 }  # fmt: skip
 

@@ -168,13 +168,16 @@ def _measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, jacobian_exampl
         dims = [0, *range(2, inp.dim())]
         stats[module] = (inp.mean(dims), inp.var(dims, unbiased=False))  # what training-mode batch norm divides by
 
+    embedded: list[torch.Tensor] = []
     handles = [m.register_forward_pre_hook(batch_statistics) for m in _batch_norms(model)]
+    if not x.is_floating_point():  # token ids: the signal starts at the embeddings, the stem's output
+        handles.append(_stem(model).register_forward_hook(lambda m, a, out: embedded.append(out.detach())))
     for i, block in enumerate(blocks):
         block.tap = tap(i)
         handles.append(block.register_forward_hook(output(i)))
     model.train()
     inp = x.detach().clone()
-    if inp.is_floating_point():  # so a net without a stem still has a gradient at its first block (token ids: none)
+    if inp.is_floating_point():  # so a net without a stem still has a gradient at its first block
         inp.requires_grad_(True)
     try:
         loss = training_loss(model(inp), y)
@@ -185,14 +188,34 @@ def _measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, jacobian_exampl
         for block in blocks:
             block.tap = None
     del inp
+    weight_grad = [_branch_weight_grad(b) for b in blocks]
     sv, cond, spread, k = _jacobian(model, x, stats, jacobian_examples)
-    series = (act, grad_in, grad_out, grad_branch, grad_shortcut, cmap)
-    a, gi, go, gb, gs, c = torch.stack([torch.stack(v) for v in series]).cpu().tolist() if n else ([],) * 6
-    signals = tuple(
-        BlockSignal(name, a[i], gi[i], go[i], _share(gb[i], gs[i]), c[i]) for i, (name, _) in enumerate(names_blocks)
-    )
-    cmap_input = float(mean_correlation(x)) if x.is_floating_point() else math.nan  # token ids have no geometry
+    series = (act, grad_in, grad_out, grad_branch, grad_shortcut, cmap, weight_grad)
+    a, gi, go, gb, gs, c, wg = torch.stack([torch.stack(v) for v in series]).cpu().tolist() if n else ([],) * 7
+    signals = tuple(BlockSignal(name, a[i], gi[i], go[i], _share(gb[i], gs[i]), c[i], wg[i])
+                    for i, (name, _) in enumerate(names_blocks))  # fmt: skip
+    cmap_input = float(mean_correlation(embedded[0] if embedded else x))
     return SignalProbe(signals, float(loss.detach()), cmap_input, sv, cond, spread, k, len(y))
+
+
+def _stem(model: nn.Module) -> nn.Module:
+    """The layer that turns a language model's token ids into vectors (its embeddings)."""
+    stem = getattr(model, "stem", None)
+    if stem is None:
+        raise ValueError(f"{type(model).__name__} takes token ids but has no stem to embed them")
+    return stem
+
+
+def _branch_weight_grad(block: Block) -> torch.Tensor:
+    """The Frobenius norm of the loss gradient of the last weight matrix (or conv kernel) of the block's branch:
+    the second linear layer of a Transformer's MLP, whose gradient Xiong et al. 2020 (Thm 1, Fig. 3) show to be
+    O(d sqrt(ln d)) at the last layer of a post-norm net whatever its depth, and O(d sqrt(ln d / L)) and alike across
+    the layers of a pre-norm net of L layers; the second conv of a residual unit."""
+    weights = [m.weight for m in block.branch.modules()
+               if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) and m.weight.grad is not None]  # fmt: skip
+    if not weights:
+        return torch.full((), math.nan, dtype=torch.float64)
+    return torch.linalg.vector_norm(weights[-1].grad, dtype=torch.float64)
 
 
 def _share(branch: float, shortcut: float) -> float:
@@ -206,20 +229,33 @@ def _jacobian(
     """The Jacobian of the logits with respect to the input of the batch's first `examples` examples, exact: one
     backward pass per class, all examples at once. Each batch-norm layer normalises with the statistics it computed
     on the whole batch, held fixed (its running statistics set to them, eval mode), so each example's Jacobian is
-    that of the function the first training step applies to it. Returns the singular values (mean over the
-    examples, largest first), the condition number (geometric mean over the examples), the standard deviation of
-    log10 of every singular value, and the number of examples. Token ids are not continuous inputs: for them
-    nothing is measured (no singular values, NaN, 0 examples)."""
-    if not x.is_floating_point():
-        return (), math.nan, math.nan, 0
+    that of the function the first training step applies to it. Token ids are not continuous: for a language model
+    it is the Jacobian of the last position's logits (the prediction that reads the whole window) with respect to
+    the window's embeddings. Returns the singular values (mean over the examples, largest first), the condition
+    number (geometric mean over the examples), the standard deviation of log10 of every singular value, and the
+    number of examples."""
     with torch.no_grad():
         for module, (mean, var) in stats.items():
             module.running_mean.copy_(mean)
             module.running_var.copy_(var)
     model.eval()
     k = min(examples, x.shape[0])
-    inp = x[:k].detach().clone().requires_grad_(True)
-    logits = model(inp)
+    if x.is_floating_point():
+        inp = x[:k].detach().clone().requires_grad_(True)
+        logits = model(inp)
+    else:
+        leaf: list[torch.Tensor] = []
+
+        def as_leaf(module: nn.Module, args: object, out: torch.Tensor) -> torch.Tensor:
+            leaf.append(out.detach().requires_grad_(True))
+            return leaf[0]
+
+        handle = _stem(model).register_forward_hook(as_leaf)
+        try:
+            logits = model(x[:k])[:, -1]
+        finally:
+            handle.remove()
+        inp = leaf[0]
     classes = logits.shape[1]
     rows = []
     for c in range(classes):

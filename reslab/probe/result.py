@@ -10,13 +10,19 @@ sees them:
 - `cmap`: the correlation of two different inputs' representations at the block's output, u·v / (|u| |v|) over
   the block's whole output, averaged over every pair of the batch: the empirical C-map of Martens et al. 2021
   (DKS), the c(l) of Schoenholz et al. 2017. Near 1, the net maps every input to the same direction.
+- `weight_grad`: the Frobenius norm of the loss gradient of the last weight matrix (or kernel) of the block's
+  branch: for a Transformer's MLP sublayer the gradient of its second linear layer, the quantity of Xiong et al.
+  2020 (Thm 1, Fig. 3): at the last layer of a post-norm net it does not shrink with depth, while a pre-norm net's
+  is about equal across its layers and shrinks as 1/sqrt(L) with its depth L.
 
 For the whole net: the singular values of the Jacobian of the logits with respect to the input of a few examples
 (exact, one backward pass per class; with the batch's normalisation statistics held fixed, so it is the Jacobian of
 the function the first step applies to each example), reported as their mean over the examples, the condition
 number sigma_max / sigma_min (geometric mean over the examples) and the spread (standard deviation) of log10 of
 every singular value: 0 and 1 for a net at dynamical isometry (Pennington et al. 2017). Token ids (a language
-model's inputs) are not continuous: for them there is no Jacobian and no input C-map (0 examples, NaN).
+model's inputs) are not continuous, so a language model is measured from its embeddings: the input C-map is that of
+two windows' embeddings, and the Jacobian is that of the last position's logits (the prediction that reads the whole
+window) with respect to the window's embeddings.
 
 A value that overflowed float32 (inf or NaN) or underflowed it (below its smallest normal number, 1.2e-38) is an
 `Anomaly`, named with the block where it starts in the direction the signal travels (input to output for the
@@ -34,7 +40,7 @@ SCHEMA = "reslab.probe/1"
 FLOAT32_TINY = 1.1754943508222875e-38
 #: Per-block quantities and their telemetry.csv key kinds (`probe_act/b007`, ...).
 BLOCK_KINDS = {"act_rms": "probe_act", "grad_in_rms": "probe_grad_in", "grad_out_rms": "probe_grad_out",
-               "shortcut_share": "probe_share", "cmap": "probe_cmap"}  # fmt: skip
+               "shortcut_share": "probe_share", "cmap": "probe_cmap", "weight_grad": "probe_wgrad"}  # fmt: skip
 #: Whole-net quantities are telemetry.csv rows `probe_net/<name>`; five of them (where finite) are also MLflow
 #: metrics, `probe/<name>` (as gradient telemetry's MLflow summaries are `telemetry/...`, never an artifact key).
 NET_PREFIX = "probe_net/"
@@ -53,6 +59,7 @@ class BlockSignal:
     grad_out_rms: float
     shortcut_share: float
     cmap: float
+    weight_grad: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -124,7 +131,8 @@ class SignalProbe:
     def summary(self) -> dict[str, float]:
         """The whole-net numbers: the gradient at the first block's input over the one at the last block's output
         (`grad_ratio`, > 1 when gradients grow towards the input), the last block's activation RMS and C-map, the
-        mean shortcut share over the blocks, the Jacobian's spectrum, the loss."""
+        mean shortcut share over the blocks, the last block's branch-weight gradient norm (a Transformer's last MLP
+        weight), the Jacobian's spectrum, the loss."""
         b = self.blocks
         first_in = b[0].grad_in_rms if b else math.nan
         last_out = b[-1].grad_out_rms if b else math.nan
@@ -139,6 +147,7 @@ class SignalProbe:
             "shortcut_share_mean": _mean([x.shortcut_share for x in b]),
             "cmap_input": self.cmap_input,
             "cmap_last": b[-1].cmap if b else math.nan,
+            "weight_grad_last": b[-1].weight_grad if b else math.nan,
             "jacobian_sv_max": sv[0] if sv else math.nan,
             "jacobian_sv_min": sv[-1] if sv else math.nan,
             "jacobian_cond": self.jacobian_cond,
@@ -161,7 +170,7 @@ class SignalProbe:
         if not _finite(self.loss):
             out.append(Anomaly("loss", "overflow", None))
         sv = self.jacobian_sv
-        if not self.jacobian_examples:  # not measured (token-id inputs)
+        if not self.jacobian_examples:  # not measured (a probe without examples)
             return out
         if not sv or not all(_finite(s) for s in sv):
             out.append(Anomaly("jacobian", "overflow", None))
@@ -221,8 +230,8 @@ def fmt_power(value: float) -> str:
     return f"10^{math.log10(value):+.2f}"
 
 
-COLUMNS = ("net", "blocks", "act RMS last", "grad in/out", "shortcut share", "C-map in -> last", "J max/min",
-           "log10 sv sd", "time")  # fmt: skip
+COLUMNS = ("net", "blocks", "act RMS last", "grad in/out", "shortcut share", "last W grad", "C-map in -> last",
+           "J max/min", "log10 sv sd", "time")  # fmt: skip
 
 
 def table_row(name: str, probe: SignalProbe, seconds: float) -> tuple[str, ...]:
@@ -236,8 +245,8 @@ def table_row(name: str, probe: SignalProbe, seconds: float) -> tuple[str, ...]:
     cond = "zero" if zero_jacobian else fmt(s["jacobian_cond"])
     spread = "-" if zero_jacobian else fmt(s["jacobian_log_sv_std"], 2)
     cmap = f"{fmt(s['cmap_input'], 2)} -> {fmt(s['cmap_last'], 2)}"
-    return (name, str(len(probe.blocks)), fmt(s["act_rms_last"]), ratio, share, cmap, cond, spread,
-            f"{seconds:.1f} s")  # fmt: skip
+    return (name, str(len(probe.blocks)), fmt(s["act_rms_last"]), ratio, share, fmt(s["weight_grad_last"]), cmap,
+            cond, spread, f"{seconds:.1f} s")  # fmt: skip
 
 
 def format_table(rows: list[tuple[str, ...]]) -> str:
@@ -251,9 +260,9 @@ def format_table(rows: list[tuple[str, ...]]) -> str:
 
 def block_table(probe: SignalProbe) -> str:
     """Every block's values, one line each."""
-    head = ("block", "name", "act RMS", "grad in RMS", "grad out RMS", "shortcut share", "C-map")
+    head = ("block", "name", "act RMS", "grad in RMS", "grad out RMS", "shortcut share", "C-map", "W grad")
     rows = [(str(i), b.name, fmt(b.act_rms), fmt(b.grad_in_rms), fmt(b.grad_out_rms), fmt(b.shortcut_share, 2),
-             fmt(b.cmap, 3)) for i, b in enumerate(probe.blocks)]  # fmt: skip
+             fmt(b.cmap, 3), fmt(b.weight_grad)) for i, b in enumerate(probe.blocks)]  # fmt: skip
     widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
     return "\n".join("  ".join(c.rjust(w) if i != 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths,
                      strict=True))) for r in (head, *rows))  # fmt: skip

@@ -25,14 +25,15 @@ import yaml
 from reslab import tracking
 from reslab.models.rules import SpecError
 from reslab.models.spec import spec_fields, spec_from_values, spec_values, variant
+from reslab.probe.result import BLOCK_KINDS as PROBE_KINDS
 from reslab.redact import redact_uri
 from reslab.sweep.parent import find_sweep, sweep_runs
 from reslab.tags import Metric, Tag
 
 EPOCH_KEYS = Metric.EPOCH
 FINAL_KEYS = Metric.RESULTS
-TELEMETRY = re.compile(r"^(grad_branch|grad_shortcut|grad_out|gate|probe_act|probe_grad_in|probe_grad_out|probe_share|"
-                       r"probe_cmap)/b(\d+)$|^(grad_weight)/(\d+)\.(.+)$|^(probe_net)/([a-z0-9_]+)$")
+TELEMETRY = re.compile(rf"^(grad_branch|grad_shortcut|grad_out|gate|{'|'.join(PROBE_KINDS.values())})/b(\d+)$"
+                       r"|^(grad_weight)/(\d+)\.(.+)$|^(probe_net)/([a-z0-9_]+)$")
 #: A cell's columns: its key and run name, every `NetSpec` field, the seed, and the report's label for its net.
 CELL_COLUMNS = ["cell", "name", *(f.name for f in spec_fields()), "seed", "variant"]
 

@@ -266,6 +266,15 @@ class SweepConfig(_Frozen):
     tune: TuneConfig | None = None
 
     @model_validator(mode="after")
+    def _family_reads_dataset(self) -> SweepConfig:
+        from reslab.data.catalog import pairing_problem
+
+        problem = pairing_problem(self.grid.family, self.dataset.name)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
     def _tune_on_one_device(self) -> SweepConfig:
         devices = self.train.devices
         if self.tune is not None and devices not in (1, "1", "auto"):
