@@ -42,6 +42,7 @@ class Tag:
 
     # A sweep's child run: which work item, which try.
     CELL: Final = "reslab.cell"
+    ARM: Final = "reslab.arm"  # the recipe settings of the sweep's arm the cell belongs to, as its key writes them
     SLOT: Final = "reslab.slot"
     TRIAL: Final = "reslab.trial"
     ATTEMPT: Final = "reslab.attempt"

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+
+def interruptible() -> None:
+    """`preexec_fn` of a process a test interrupts: Ctrl-C (SIGINT) at its default, whatever the test runner's own
+    disposition. A shell starts a background job (`cmd &`) with SIGINT ignored, every child inherits that, and
+    Python then leaves it ignored instead of raising KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 180.0, what: str = "the sweep to get there") -> None:

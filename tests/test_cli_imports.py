@@ -43,7 +43,7 @@ def probe(*argv: str) -> dict:
         (["train", "--block", "banana"], 2, "invalid choice: 'banana'"),
         (["train", "--devices", "banana"], 2, "devices 'banana' is not one Lightning accepts"),
         (["train", "--width", "100000"], 2, "needs about"),
-        (["train", "--dataset", "text", "--data-option", "path=no-such.txt"], 2, "path=no-such.txt: no such file"),
+        (["train", "--family", "transformer", "--data-option", "path=no-such.txt"], 2, "path=no-such.txt: no such"),
         (["sweep", "configs/default.yaml", "--set", "grid.depths=[57]"], 2, "depth 57 is not valid"),
         (["sweep", "configs/default.yaml", "--set", "sweep.heartbeat_s=0.001"], 2, "greater than or equal to 1"),
         (["sweep", "configs/default.yaml", "--set", "grid.widths=[100000]", "--dry-run"], 2, "needs about"),

@@ -49,7 +49,7 @@ def test_final_metrics_are_identical_with_and_without_the_probe(tmp_path: Path, 
     at_init = table[table["key"].str.startswith("probe")]
     assert set(at_init["step"]) == {0}
     assert {k.split("/")[0] for k in at_init["key"]} == {"probe_net", "probe_act", "probe_grad_in", "probe_grad_out",
-                                                          "probe_share", "probe_cmap"}  # fmt: skip
+                                                          "probe_share", "probe_cmap", "probe_wgrad"}  # fmt: skip
     assert at_init["key"].str.startswith("probe_share/").sum() == 3  # one row per block
 
     # `reslab probe` builds the same net at the same initialisation and probes the same batch

@@ -320,3 +320,9 @@ def test_the_depth_figures_plot_bits_for_a_language_model() -> None:
     epochs = bits_frame().assign(epoch=1)
     curves = F.curves_figure(epochs, measure=BITS)
     assert curves.axes[0].get_ylabel() == "loss (bits per character)"
+
+
+def test_a_residual_net_that_improves_with_depth_but_ends_above_plain_does_not_degrade() -> None:
+    v = verdict(cells_frame(plain_deep=0.05, residual_deep=0.06).assign(
+        train_error=lambda d: d["train_error"].where(~((d["block"] == "residual") & (d["depth"] == 8)), 0.07)))
+    assert v.reproduced is False and "residual-56 at 6.1 % (residual-8: 7.0 %) ends no better than plain-56" in v.text

@@ -448,6 +448,7 @@ def test_a_grid_cell_is_the_net_reslab_train_builds(family: str) -> None:
     from reslab.models.catalog import FAMILY_INFO
 
     depth = FAMILY_INFO[family].default_depth
-    cells = expand(load_config({"name": "d", "grid": {"family": family, "depths": [depth]}}).grid)
+    dataset = {"name": FAMILY_INFO[family].default_dataset}  # the transformer reads text, as `reslab train` does
+    cells = expand(load_config({"name": "d", "dataset": dataset, "grid": {"family": family, "depths": [depth]}}).grid)
     (alone,) = net_specs(build_parser().parse_args(["train", "--family", family]))
     assert [c.spec() for c in cells if c.block == "residual"] == [alone]

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from reslab.sweep import queue as q
-from tests.helpers import wait_until
+from tests.helpers import interruptible, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -139,7 +139,7 @@ def _one_done_one_running(workdir: Path) -> bool:
 def _start(workdir: Path, config: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     return subprocess.Popen(sweep_cmd(config), cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)  # fmt: skip
+                            text=True, start_new_session=True, preexec_fn=interruptible)  # fmt: skip
 
 
 def test_sigkill_mid_run_then_rerun_completes_with_one_finished_run_per_cell(workdir: Path) -> None:

@@ -246,14 +246,17 @@ def spec_from_values(values: Mapping[str, Any]) -> NetSpec:
     return NetSpec(**given)
 
 
-def spec_extras(spec: NetSpec, always: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+def spec_extras(spec: NetSpec, always: frozenset[str] = frozenset(), label: bool = False) -> list[tuple[str, str]]:
     """The fields beyond He et al.'s six (family, block, depth, width, shortcut, norm) that `spec` sets away from
     their defaults (or that are in `always`), less those its remedy sets: cell keys, run names and report labels
-    write them as `name-value`, so nets that never set them keep the names they always had."""
+    write them as `name-value`, so nets that never set them keep the names they always had. A `label` (a run name,
+    a report's name for a net) leaves out the transformer's heads and context, which a sweep sets once for all its
+    nets; the key keeps them."""
     fixed = REMEDIES[spec.remedy].fields_for(spec.family) if spec.remedy else {}
+    own = FAMILY_INFO[spec.family].own_fields if label else {}
     out = []
     for f in spec_fields():
-        if f.metadata["key"] or f.name == "remedy" or f.name in fixed:
+        if f.metadata["key"] or f.name == "remedy" or f.name in fixed or f.name in own:
             continue
         value = getattr(spec, f.name)
         default = f.metadata["default"] or FAMILY_INFO[spec.family].default(f.name, spec.block)
@@ -281,4 +284,4 @@ def variant(spec: NetSpec) -> str:
     name = spec.remedy or spec.block
     if "norm" not in fixed and spec.norm != FAMILY_INFO[spec.family].default("norm", spec.block):
         name += f"-norm{spec.norm}"
-    return name + "".join(f"-{k}-{v}" for k, v in spec_extras(spec))
+    return name + "".join(f"-{k}-{v}" for k, v in spec_extras(spec, label=True))

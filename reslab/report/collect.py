@@ -118,7 +118,7 @@ def _runs_frame(children: list) -> pd.DataFrame:
             "run_id": info.run_id,
             "cell": tags.get(Tag.CELL),
             "name": info.run_name,
-            **_net_columns(tags),
+            **_net_columns(tags, tags.get(Tag.ARM, "")),
             "seed": _int(tags.get("seed")),
             "slot": _int(tags.get(Tag.SLOT, "0")),
             "status": info.status,
@@ -173,16 +173,19 @@ def _cells_frame(runs: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
 def _grid_cells(config: dict[str, Any]) -> list[dict[str, Any]]:
     if not config.get("grid"):
         return []
-    from reslab.sweep.config import GridConfig
+    from reslab.sweep.config import GridConfig, SweepConfig
     from reslab.sweep.grid import expand
 
     try:
-        cells = expand(GridConfig.model_validate(config["grid"]))
-    except Exception:
-        return []
+        cells = SweepConfig.model_validate(config).cells()
+    except Exception:  # a config recorded by an older reslab: its grid at least
+        try:
+            cells = expand(GridConfig.model_validate(config["grid"]))
+        except Exception:
+            return []
     lr = (config.get("train") or {}).get("lr")
-    return [{"cell": c.key, "name": c.name, **_net_columns(spec_values(c.net)), "seed": c.seed,
-             "lr": c.lr if c.lr is not None else lr} for c in cells]
+    return [{"cell": c.key, "name": c.name, **_net_columns(spec_values(c.net), c.arm), "seed": c.seed,
+             "lr": c.lr if c.lr is not None else dict(c.train).get("lr", lr)} for c in cells]
 
 
 def _history(store: tracking.Store, run: dict[str, Any]) -> pd.DataFrame:
@@ -230,15 +233,15 @@ def _provenance(parent, children: list) -> dict[str, str]:
     return out
 
 
-def _net_columns(values: dict[str, Any]) -> dict[str, Any]:
+def _net_columns(values: dict[str, Any], arm: str = "") -> dict[str, Any]:
     """A run's `NetSpec` columns from its tags (text; a field older than the run is missing and takes its default)
-    and the report's label for the net (`reslab.models.spec.variant`); tags that describe no valid net are kept as
-    they are, without a label."""
+    and the report's label for the net (`reslab.models.spec.variant`, with the settings of the sweep's arm it was
+    trained in, `residual-warmup_epochs1`); tags that describe no valid net are kept as they are, without a label."""
     try:
         spec = spec_from_values(values)
     except (SpecError, ValueError):
         return {**{f.name: values.get(f.name) for f in spec_fields()}, "variant": values.get("block")}
-    return {**spec_values(spec), "variant": variant(spec)}
+    return {**spec_values(spec), "variant": variant(spec) + arm}
 
 
 def _int(value: Any) -> int | None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from reslab.sweep.config import SweepConfig
-from reslab.sweep.grid import Cell, expand
+from reslab.sweep.grid import Cell
 
 #: A forward pass costs about a third of a training step (the backward computes two products per forward one).
 EVAL_COST = 1 / 3
@@ -122,12 +122,12 @@ def cell_work(config: SweepConfig) -> list[CellWork]:
 
     info = DATASET_INFO[config.dataset.name]
     _, n_val, n_test = info.sizes(config.dataset.options)
-    train = config.train
-    per_epoch = info.train_steps(config.dataset.options, train.batch_size, train.drop_last)
-    steps = train.total_steps(per_epoch)
-    eval_examples = train.num_epochs(per_epoch) * (n_val + n_test)
     out = []
-    for cell in expand(config.grid):
+    for cell in config.cells():
+        train = cell.recipe(config.train)  # an arm may change the epochs or the batch
+        per_epoch = info.train_steps(config.dataset.options, train.batch_size, train.drop_last)
+        steps = train.total_steps(per_epoch)
+        eval_examples = train.num_epochs(per_epoch) * (n_val + n_test)
         macs = net_estimate(cell.spec(), config.dataset).macs
         flops = 2.0 * macs * (3.0 * steps * train.batch_size + eval_examples)
         out.append(CellWork(cell, steps, eval_examples, flops))

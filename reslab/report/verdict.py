@@ -92,9 +92,12 @@ def _one_width(df: pd.DataFrame, width: int | None, m: Measure) -> Verdict:
         threshold = f"{m.scale * m.gap:g}-{m.difference.rstrip('s')}"  # "2-point", "0.1-bit"
         return Verdict(False, f"Degradation not reproduced{where}: {head}, under the {threshold} threshold; "
                               f"{res}.{recipes}", numbers)  # fmt: skip
-    if r[deep] > r[r_shallow] + m.tolerance or r[deep] >= plain[deep]:
+    if r[deep] > r[r_shallow] + m.tolerance:
         return Verdict(False, f"Degradation not removed{where}: {head}, but {res} degrades as well.{recipes}",
                        numbers)  # fmt: skip
+    if r[deep] >= plain[deep]:
+        return Verdict(False, f"Degradation not removed{where}: {head}, but {res} ends no better than plain-{deep}."
+                              f"{recipes}", numbers)  # fmt: skip
     return Verdict(True, f"Degradation reproduced{where}: {head}; {res}.{recipes}", numbers)
 
 

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_one(
             cell.spec(), config.dataset, train, config.tracking.model_copy(update={"uri": uri}),
             run_name=cell.name, parent_run_id=args.parent_run_id,
-            extra_tags=item_tags(config, lease.key, lease.slot, lease.number, lease.attempt),
+            extra_tags=item_tags(config, lease),
             on_start=on_start, commit=on_commit,
         )  # fmt: skip
     except Superseded as lost:

@@ -10,7 +10,6 @@ from pathlib import Path
 from reslab.limits import memory_problem, training_device, workers_problem
 from reslab.paths import folder_problem, name_max, store_problem
 from reslab.sweep.config import ConfigError, SweepConfig
-from reslab.sweep.grid import expand
 
 
 def check_sweep(config: SweepConfig) -> list[str]:
@@ -20,7 +19,7 @@ def check_sweep(config: SweepConfig) -> list[str]:
     problems = sweep_problems(config)
     device = training_device(config.train.device)
     problems += [p for p in [workers_problem(config.sweep.workers, device)] if p]
-    for spec in dict.fromkeys(cell.spec() for cell in expand(config.grid)):
+    for spec in dict.fromkeys(cell.spec() for cell in config.cells()):
         problem = memory_problem(f"grid cell {spec.name}", spec, config.dataset, config.train, device)
         if problem:
             problems.append(problem)

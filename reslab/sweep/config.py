@@ -12,7 +12,7 @@ import copy
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
@@ -23,6 +23,9 @@ from reslab.models.rules import SpecError
 from reslab.paths import PathError, read_text
 from reslab.redact import STORAGE_ENV, TRACKING_ENV, redact, redact_uri
 from reslab.train.config import DataConfig, TrackingConfig, TrainConfig
+
+if TYPE_CHECKING:
+    from reslab.sweep.grid import Cell
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
@@ -255,15 +258,60 @@ class TuneConfig(_Frozen):
         return v
 
 
+class ArmConfig(_Frozen):
+    """More cells than the grid's product: the grid with some of its keys replaced (`grid`), each cell trained with
+    some recipe settings changed (`train`, none by default). A warm-up arm for the post-norm nets only, say, instead
+    of warm-up for every net: `{grid: {blocks: [residual]}, train: {warmup_epochs: 1}}`; a second init for two of the
+    blocks only: `{grid: {blocks: [residual, preact], inits: [gpt2]}}`. An arm's settings are part of its cells'
+    keys and run names (`-warmup_epochs1`), so they never mix with the grid's own cells; an arm without settings
+    adds grid cells (a cell the grid has already is run once)."""
+
+    grid: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+
+
 class SweepConfig(_Frozen):
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
     dataset: DataConfig = Field(default_factory=DataConfig)
     grid: GridConfig
+    arms: list[ArmConfig] = Field(default_factory=list)
     train: TrainConfig = Field(default_factory=TrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     sweep: ExecConfig = Field(default_factory=ExecConfig)
     tune: TuneConfig | None = None
+
+    @model_validator(mode="after")
+    def _arms_build(self) -> SweepConfig:
+        """Each arm's grid is a grid and its settings a recipe, said as `arms[i]...` before any cell is queued."""
+        for i, arm in enumerate(self.arms):
+            for name in arm.train:
+                if name == "seed":
+                    raise ValueError(f"arms[{i}].train.seed: the grid's seeds choose it; set arms[{i}].grid.seeds")
+                if name == "lr" and self.grid.lr is not None:
+                    raise ValueError(f"arms[{i}].train.lr: grid.lr sweeps the learning rate; set arms[{i}].grid.lr")
+                if name not in TrainConfig.model_fields:
+                    raise ValueError(f"arms[{i}].train.{name}: not a training setting; valid: "
+                                     f"{', '.join(TrainConfig.model_fields)}")  # fmt: skip
+            try:
+                self.arm_grid(arm)
+                TrainConfig.model_validate({**self.train.model_dump(), **arm.train})
+            except ValidationError as exc:
+                lines = [line for err in exc.errors() for line in _describe(err)]
+                raise ValueError("; ".join(f"arms[{i}].{line}" for line in lines)) from None
+        return self
+
+    def arm_grid(self, arm: ArmConfig) -> GridConfig:
+        """The grid of `arm`: the sweep's, with the keys the arm sets replaced (its family stays the sweep's)."""
+        if "family" in arm.grid:
+            raise ValueError("an arm's grid keeps the sweep's family: remove family from it")
+        return GridConfig.model_validate({**self.grid.model_dump(), **arm.grid})
+
+    def cells(self) -> list[Cell]:
+        """Every cell of the sweep once: the grid's, then each arm's."""
+        from reslab.sweep.grid import sweep_cells
+
+        return sweep_cells(self.grid, [(self.arm_grid(arm), arm.train) for arm in self.arms])
 
     @model_validator(mode="after")
     def _family_reads_dataset(self) -> SweepConfig:

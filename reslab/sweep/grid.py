@@ -1,6 +1,7 @@
 """Grid expansion: a sweep's grid becomes its cells, each one network x seed (x learning rate), in a stable order.
 
-A cell is a `NetSpec` plus what the recipe sweeps: the seed and, where the grid has an lr axis, the learning rate.
+A cell is a `NetSpec` plus what the recipe sweeps: the seed, where the grid has an lr axis the learning rate, and
+for the cells of an arm (`SweepConfig.arms`: more cells, trained with some recipe settings changed) those settings.
 Every axis is a `NetSpec` field (`reslab.models.spec.axis_fields`), so a field added to the spec is a grid axis with
 no change here. The order runs the cheap cells first within each seed (depth ascending), so a partial sweep
 already has whole depth curves for the first seed."""
@@ -30,6 +31,8 @@ class Cell:
     net: NetSpec
     seed: int
     lr: float | None = None
+    #: an arm's recipe settings, sorted (field, value) pairs: the cell trains with them in place of the sweep's
+    train: tuple[tuple[str, Any], ...] = ()
     #: the spec fields whose values differ between the cells of its sweep: a run name shows each of them
     varies: frozenset[str] = field(default=frozenset(), compare=False)
 
@@ -43,14 +46,20 @@ class Cell:
         """The cell's identity in the queue and in MLflow (tag `reslab.cell`): `spec_key`, the grid's learning
         rate, the seed. Fields a grid never set are not written, so old sweeps' cells keep their keys."""
         lr = f"-lr{self.lr:g}" if self.lr is not None else ""
-        return f"{spec_key(self.net)}{lr}-s{self.seed}"
+        return f"{spec_key(self.net)}{lr}{self.arm}-s{self.seed}"
+
+    @property
+    def arm(self) -> str:
+        """An arm's settings as its cells' keys and run names write them (`-warmup_epochs1`); '' for the grid's
+        own cells."""
+        return "".join(f"-{k}{v:g}" if isinstance(v, float) else f"-{k}{v}" for k, v in self.train)
 
     @property
     def name(self) -> str:
         """A readable run name such as `residual-56-w16-s0` or `fixup-110-w8-lr0.02-s0`: the remedy in place of
         the block; the family, shortcut, norm and other fields when they are not the family's own or differ within
         the sweep (a remedy's own settings and a plain block's absent shortcut are not repeated); the learning
-        rate when the grid sweeps it. Unique within a sweep."""
+        rate when the grid sweeps it; an arm's settings. Unique within a sweep."""
         net = self.net
         fam = FAMILY_INFO[net.family]
         fixed = REMEDIES[net.remedy].fields_for(net.family) if net.remedy else {}
@@ -60,9 +69,9 @@ class Cell:
             extra += f"-{net.shortcut}"
         if "norm" not in fixed and (net.norm != fam.default("norm", net.block) or "norm" in self.varies):
             extra += f"-norm{net.norm}"
-        extra += "".join(f"-{k}-{v}" for k, v in spec_extras(net, self.varies))
+        extra += "".join(f"-{k}-{v}" for k, v in spec_extras(net, self.varies, label=True))
         extra += f"-lr{self.lr:g}" if self.lr is not None else ""
-        return f"{family}{net.remedy or net.block}-{net.depth}-w{net.width}{extra}-s{self.seed}"
+        return f"{family}{net.remedy or net.block}-{net.depth}-w{net.width}{extra}{self.arm}-s{self.seed}"
 
     def run_name(self, slot: int | None = None) -> str:
         """The name of a run of this cell: `name`, or with a tuning slot (`residual-56-w16-s0-t3`) when the sweep
@@ -73,8 +82,10 @@ class Cell:
         return self.net
 
     def recipe(self, train: TrainConfig) -> TrainConfig:
-        """The sweep's recipe for this cell: its seed, and its learning rate where the grid sweeps it."""
-        return train.model_copy(update={"seed": self.seed, **({"lr": self.lr} if self.lr is not None else {})})
+        """The sweep's recipe for this cell: its seed, its learning rate where the grid sweeps it, its arm's
+        settings."""
+        lr = {"lr": self.lr} if self.lr is not None else {}
+        return train.model_copy(update={"seed": self.seed, **lr, **dict(self.train)})
 
 
 def axis_values(grid: GridConfig) -> dict[str, list[Any]]:
@@ -123,12 +134,32 @@ def expand(grid: GridConfig) -> list[Cell]:
         net = NetSpec(**chosen)
         cell = Cell(net, seed, lr)
         cells.setdefault(cell.key, cell)
-    # A run name shows the shortcut and norm wherever its cells differ in them (a remedy may set the norm), and
-    # the other fields where the grid itself lists several values (a remedy's own settings are in its name).
+    return with_varies(list(cells.values()), values)
+
+
+def with_varies(cells: list[Cell], values: dict[str, list[Any]]) -> list[Cell]:
+    """The cells with what their run names show: the shortcut and norm wherever the cells differ in them (a remedy
+    may set the norm), and the other fields where the grid (`values`, each field's listed values) lists several (a
+    remedy's own settings are in its name)."""
     varies = frozenset(
-        ["shortcut"] * (len({c.net.shortcut for c in cells.values()}) > 1)
-        + ["norm"] * (len({_norm_beyond_block(c.net) for c in cells.values()}) > 1)
+        ["shortcut"] * (len({c.net.shortcut for c in cells}) > 1)
+        + ["norm"] * (len({_norm_beyond_block(c.net) for c in cells}) > 1)
         + [f.name for f in axis_fields() if f.name not in ("block", "depth", "width", "shortcut", "norm", "remedy")
            and len(values[f.name]) > 1]
     )  # fmt: skip
-    return [replace(c, varies=varies) for c in cells.values()]
+    return [replace(c, varies=varies) for c in cells]
+
+
+def sweep_cells(grid: GridConfig, arms: list[tuple[GridConfig, dict[str, Any]]]) -> list[Cell]:
+    """Every cell of a sweep once: the grid's, then each arm's (its grid's, each trained with its recipe settings).
+    Run names show a field wherever the grid or any arm lists several values of it, so they read alike across arms."""
+    cells = expand(grid)
+    if not arms:
+        return cells
+    values = {k: list(v) for k, v in axis_values(grid).items()}
+    for arm_grid, train in arms:
+        settings = tuple(sorted(train.items()))
+        cells += [replace(c, train=settings) for c in expand(arm_grid)]
+        for name, listed in axis_values(arm_grid).items():
+            values[name] += [v for v in listed if v not in values[name]]
+    return with_varies(list({c.key: c for c in cells}.values()), values)

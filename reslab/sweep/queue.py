@@ -78,9 +78,7 @@ Item = tuple[str, int]  # (cell key, slot): a cell, or one slot of a cell's tuni
 
 def items_of(config: SweepConfig) -> tuple[dict[str, Cell], list[Item]]:
     """The sweep's cells by key, and its items: one per cell, or `trials_per_cell` per cell when it tunes."""
-    from reslab.sweep.grid import expand
-
-    cells = {c.key: c for c in expand(config.grid)}
+    cells = {c.key: c for c in config.cells()}
     slots = config.tune.trials_per_cell if config.tune else 1
     return cells, [(key, s) for key in cells for s in range(slots)]
 

@@ -329,6 +329,8 @@ class Coordinator:
             return f"[yellow]~[/] {self.label(item):<24} diverged: {attrs[Tag.DIVERGED]}"
         parts = [f"train {100 * attrs.get('train_error', float('nan')):6.2f} %",
                  f"test {100 * attrs.get('test_error', float('nan')):6.2f} %"]  # fmt: skip
+        if "train_bpc" in attrs:  # a language model: its loss in bits per character says more than its error
+            parts = [f"train {attrs['train_bpc']:.3f} bits", f"test {attrs.get('test_bpc', float('nan')):.3f} bits"]
         if st.pruned is not None:
             parts = [f"pruned ({st.pruned})"]
         return f"[green]✓[/] {self.label(item):<24} " + "  ".join(parts) + f"  {attrs.get('wall_s', 0):6.1f} s"
@@ -397,26 +399,31 @@ def make_console() -> Console:
 
 
 def summary_table(config: SweepConfig, cells: dict[str, Cell], statuses: dict[Item, ItemStatus]) -> Table:
-    """Block or remedy (x width, shortcut, norm, the other spec fields, lr when they vary) by depth: final train /
-    test error, mean over seeds (the best trial per cell when tuned)."""
+    """Block or remedy (x width, shortcut, norm, the other spec fields, lr when they vary, an arm's settings) by
+    depth: final train / test error, or a language model's loss in bits per character, mean over seeds (the best
+    trial per cell when tuned)."""
     best: dict[str, dict[str, Any]] = {}
     for (key, _), st in statuses.items():
         if st.state != "done" or st.value is None:
             continue
         if key not in best or st.value < best[key]["value"]:
             best[key] = {"value": st.value, **st.attrs}
+    bits = any("train_bpc" in attrs for attrs in best.values())
+    train_key, test_key, scale = ("train_bpc", "test_bpc", 1.0) if bits else ("train_error", "test_error", 100.0)
     rows: dict[str, dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
     for key, attrs in best.items():
         cell = cells[key]
         label = (cell.remedy or cell.block) + (f" w{cell.width}" if len(config.grid.widths) > 1 else "")
         label += f" {cell.shortcut}" if len(config.grid.shortcuts) > 1 and cell.block != "plain" else ""
-        label += f" norm {cell.norm}" if len(config.grid.norms) > 1 else ""
-        label += "".join(f" {name} {value}" for name, value in spec_extras(cell.net, cell.varies))
+        label += f" norm {cell.norm}" if "norm" in cell.varies else ""
+        label += "".join(f" {name} {value}" for name, value in spec_extras(cell.net, cell.varies, label=True))
         label += f" lr {cell.lr:g}" if cell.lr is not None else ""
-        rows[label][cell.depth].append((attrs.get("train_error", float("nan")), attrs.get("test_error", float("nan"))))
-    depths = sorted(config.grid.depths)
+        label += "".join(f" {name} {value}" for name, value in cell.train)
+        rows[label][cell.depth].append((attrs.get(train_key, float("nan")), attrs.get(test_key, float("nan"))))
+    depths = sorted({c.depth for c in cells.values()})
     tuned = ", best trial per cell" if config.tune is not None else ""
-    table = Table(title=f"{config.name}: final train / test error (%), mean over seeds{tuned}")
+    what = "loss (bits per character)" if bits else "error (%)"
+    table = Table(title=f"{config.name}: final train / test {what}, mean over seeds{tuned}")
     table.add_column("block")
     for d in depths:
         table.add_column(f"depth {d}", justify="right")
@@ -429,7 +436,7 @@ def summary_table(config: SweepConfig, cells: dict[str, Cell], statuses: dict[It
                 continue
             train = sum(p[0] for p in pairs) / len(pairs)
             test = sum(p[1] for p in pairs) / len(pairs)
-            values.append(f"{100 * train:.1f} / {100 * test:.1f}")
+            values.append(f"{scale * train:.{2 if bits else 1}f} / {scale * test:.{2 if bits else 1}f}")
         table.add_row(label, *values)
     return table
 

@@ -28,8 +28,11 @@ from reslab.sweep.tuner import tuner_for
 from reslab.tags import Tag
 
 
-def item_tags(config: SweepConfig, key: str, slot: int, trial_number: int, attempt: int = 1) -> dict[str, Any]:
-    return {Tag.SWEEP: config.name, Tag.CELL: key, Tag.SLOT: slot, Tag.TRIAL: trial_number, Tag.ATTEMPT: attempt}
+def item_tags(config: SweepConfig, lease: Lease) -> dict[str, Any]:
+    """The tags that place a run in its sweep: the cell, its arm's settings (where it has any), which slot, try."""
+    arm = {Tag.ARM: lease.cell.arm} if lease.cell.arm else {}
+    return {Tag.SWEEP: config.name, Tag.CELL: lease.key, **arm, Tag.SLOT: lease.slot, Tag.TRIAL: lease.number,
+            Tag.ATTEMPT: lease.attempt}  # fmt: skip
 
 
 def multi_device(config: SweepConfig) -> bool:
@@ -113,7 +116,7 @@ class Worker:
             return
         tuner = tuner_for(self.config, self.queue, cell, lease.slot)
         train = tuner.suggest(cell.recipe(self.train))
-        tags = {**item_tags(self.config, lease.key, lease.slot, lease.number, lease.attempt), **tuner.tags()}
+        tags = {**item_tags(self.config, lease), **tuner.tags()}
         on_start, on_commit = fenced_callbacks(lease, tuner.metric, tuner.attrs)
         started: list[str | None] = []
 

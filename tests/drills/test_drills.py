@@ -17,7 +17,7 @@ import yaml
 
 from reslab.sweep import queue as q
 from tests.drills.conftest import create_database, free_port, record
-from tests.helpers import wait_until
+from tests.helpers import interruptible, wait_until
 
 pytestmark = pytest.mark.drills
 
@@ -46,7 +46,7 @@ def coordinator(
     cmd = [sys.executable, "-m", "reslab.cli", "sweep", str(cfg), "--storage", storage, "--tracking-uri", tracking,
            "--workers", str(workers), *extra]  # fmt: skip
     return subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # fmt: skip
+                            start_new_session=True, preexec_fn=interruptible)  # fmt: skip
 
 
 def queue(storage: str, name: str) -> q.SweepQueue:
