@@ -11,7 +11,8 @@ import pytest
 
 from tests.helpers import sweep_with_report
 
-pytestmark = pytest.mark.slow
+# One pytest-xdist worker runs the whole module: its fixtures train once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_remedies_e2e")]
 
 CONFIG = {
     "name": "tinyremedies",

@@ -14,7 +14,8 @@ import pytest
 
 from tests.helpers import sweep_with_report
 
-pytestmark = pytest.mark.slow
+# One pytest-xdist worker runs the whole module: its fixtures train once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_report_e2e")]
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 

@@ -17,7 +17,8 @@ import yaml
 from reslab.sweep import queue as q
 from tests.helpers import interruptible, wait_until
 
-pytestmark = pytest.mark.slow
+# One pytest-xdist worker runs the whole module: its fixtures train once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_sweep_e2e")]
 
 TINY = {
     "name": "tiny",

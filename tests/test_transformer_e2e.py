@@ -10,7 +10,8 @@ import pytest
 
 from tests.helpers import sweep_with_report
 
-pytestmark = pytest.mark.slow
+# One pytest-xdist worker runs the whole module: its fixtures train once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_transformer_e2e")]
 
 CONFIG = {
     "name": "tinytransformer",
