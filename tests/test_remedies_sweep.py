@@ -47,8 +47,8 @@ def test_cells_of_grids_without_the_new_axes_keep_their_keys() -> None:
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_run_names_are_unique_in_every_shipped_sweep(config: str) -> None:
-    cells = expand(load_config(ROOT / "configs" / config).grid)
-    assert len({c.name for c in cells}) == len(cells)
+    cells = load_config(ROOT / "configs" / config).cells()  # the grid's and every arm's
+    assert len({c.name for c in cells}) == len(cells) == len({c.key for c in cells})
 
 
 def test_a_cells_recipe_takes_its_seed_and_learning_rate() -> None:

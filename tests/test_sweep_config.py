@@ -38,7 +38,7 @@ def _write(path: Path, data: dict | str) -> Path:
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_shipped_configs_validate(name: str) -> None:
     config = load_config(ROOT / "configs" / name)
-    assert expand(config.grid)
+    assert expand(config.grid) and len(config.cells()) >= len(expand(config.grid))
 
 
 BAD_CONFIGS = [
