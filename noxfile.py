@@ -56,12 +56,6 @@ def ensure_chromium(session: nox.Session) -> None:
     session.run("apt-get", "install", "-y", "-qq", "chromium", "chromium-driver", external=True)
 
 
-#: Two pytest workers (pytest-xdist): half of the suite's wall is waiting (servers starting, workers polling,
-#: processes importing torch), so a second worker fills it. Tests that share an expensive fixture (a sweep trained
-#: once per module, the drills' servers) are one `xdist_group` each and stay on one worker. `-- -n 0` runs serially.
-PARALLEL = ("-n", "2", "--dist", "loadgroup")
-
-
 @nox.session
 def tests(session: nox.Session) -> None:
     """Lint, then the whole suite: unit tests, slow end-to-end checks, the scale-out drills (PostgreSQL and MLflow
@@ -70,8 +64,7 @@ def tests(session: nox.Session) -> None:
     ensure_chromium(session)
     drills_ok = ensure_postgres(session, required=STRICT)
     session.run("ruff", "check", ".")
-    session.run("pytest", *PARALLEL, *session.posargs,
-                env={"SE_OFFLINE": "true", "RESLAB_DRILLS": "1" if drills_ok else "0"})
+    session.run("pytest", *session.posargs, env={"SE_OFFLINE": "true", "RESLAB_DRILLS": "1" if drills_ok else "0"})
     if not session.posargs:  # every benchmark once, so none can rot (timings come from `nox -s bench`)
         session.run("pytest", "benchmarks", "--benchmark-disable", "-q", "-p", "no:cacheprovider")
 

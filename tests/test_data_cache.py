@@ -18,8 +18,6 @@ from reslab.data.cache import load_npz, save_npz_atomic
 from reslab.data.mnist1d import load_mnist1d
 from tests.helpers import record_durability
 
-pytestmark = pytest.mark.xdist_group("test_data_cache")  # one worker: the module's fixtures are built once
-
 SMALL = {"num_samples": 200, "seed": 3}
 
 

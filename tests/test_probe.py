@@ -19,8 +19,6 @@ from reslab.probe.measure import mean_correlation, probe_at_init, probe_batch, p
 from reslab.probe.result import FLOAT32_TINY, SUMMARY_METRICS
 from reslab.report.collect import parse_telemetry_key
 
-pytestmark = pytest.mark.xdist_group("test_probe")  # one worker: the module's fixtures are built once
-
 
 @pytest.fixture(scope="module")
 def mnist1d():

@@ -14,8 +14,7 @@ import pytest
 
 from tests.helpers import sweep_with_report
 
-# One pytest-xdist worker runs the whole module: its fixtures train once.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_report_e2e")]
+pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 

@@ -17,8 +17,7 @@ import yaml
 from reslab.sweep import queue as q
 from tests.helpers import interruptible, wait_until
 
-# One pytest-xdist worker runs the whole module: its fixtures train once.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_sweep_e2e")]
+pytestmark = pytest.mark.slow
 
 TINY = {
     "name": "tiny",

@@ -10,8 +10,7 @@ import pytest
 
 from tests.helpers import sweep_with_report
 
-# One pytest-xdist worker runs the whole module: its fixtures train once.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_transformer_e2e")]
+pytestmark = pytest.mark.slow
 
 CONFIG = {
     "name": "tinytransformer",

@@ -24,11 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The drills run one after another on one pytest-xdist worker (they share the servers, and each needs the
-    machine's timing to itself more than a unit test does), and only where RESLAB_DRILLS=1."""
+    """The drills run only where RESLAB_DRILLS=1."""
     drills = [item for item in items if "drills" in item.keywords]
-    for item in drills:
-        item.add_marker(pytest.mark.xdist_group("drills"))
     if os.environ.get("RESLAB_DRILLS") == "1":
         return
     skip = pytest.mark.skip(reason="drills start PostgreSQL and an MLflow server: run them with `nox -s drills`")
