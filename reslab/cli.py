@@ -198,14 +198,21 @@ def _write_probe_out(out: str, document: dict, results: list, seed: int) -> list
 
     import matplotlib.pyplot as plt
 
-    from reslab.report.signal import cmap_figure, probe_frame, shortcut_share_figure, signal_gradient_figure
+    from reslab.report.signal import (
+        cmap_figure,
+        probe_frame,
+        shortcut_share_figure,
+        signal_gradient_figure,
+        weight_gradient_at_init_figure,
+    )
 
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     frame = probe_frame([(dict(_probe_labels(spec), seed=seed), probe) for spec, probe, _ in results])
     written = []
-    for slug, draw in (("signal_gradient", signal_gradient_figure), ("signal_shortcut", shortcut_share_figure),
-                       ("signal_cmap", cmap_figure)):  # fmt: skip
+    figures = (("signal_gradient", signal_gradient_figure), ("signal_shortcut", shortcut_share_figure),
+               ("signal_cmap", cmap_figure), ("signal_weight_grad", weight_gradient_at_init_figure))  # fmt: skip
+    for slug, draw in figures:
         fig = draw(frame)
         if fig is not None:
             fig.savefig(folder / f"{slug}.png", dpi=100, bbox_inches="tight")

@@ -56,7 +56,7 @@ def test_a_depth_sweep_as_json_with_figures(tmp_path: Path, capsys: pytest.Captu
         assert len(p["jacobian"]["singular_values"]) == 10 and p["jacobian"]["examples"] == 8
         assert (p["summary"]["shortcut_share_mean"] == 0) == (p["block"] == "plain")
     assert sorted(f.name for f in out.iterdir()) == ["probe.json", "signal_cmap.png", "signal_gradient.png",
-                                                     "signal_shortcut.png"]  # fmt: skip
+                                                     "signal_shortcut.png", "signal_weight_grad.png"]  # fmt: skip
     assert json.loads((out / "probe.json").read_text()) == doc
 
 

@@ -27,7 +27,7 @@ from reslab.report.figures import GROUP, _blocks, _depth_palette, _with_group
 from reslab.report.figures import _panels as panel_grid
 from reslab.report.measure import measure_of
 
-PROBE_KINDS = ("probe_act", "probe_grad_in", "probe_grad_out", "probe_share", "probe_cmap", "probe_net")
+PROBE_KINDS = ("probe_act", "probe_grad_in", "probe_grad_out", "probe_share", "probe_cmap", "probe_wgrad", "probe_net")
 
 
 def probe_frame(probes: list[tuple[dict, SignalProbe]]) -> pd.DataFrame:
@@ -130,6 +130,24 @@ def shortcut_share_figure(probe: pd.DataFrame) -> Figure | None:
     return _finish(fig, axes, probe, "shortcut share of the gradient")
 
 
+def weight_gradient_at_init_figure(probe: pd.DataFrame) -> Figure | None:
+    """The gradient norm of the last weight of each block's branch at initialisation: for a Transformer, every
+    second block is an MLP sublayer and its value the gradient of its second linear layer, the quantity of Xiong et
+    al. 2020 (Fig. 3: about constant across a pre-norm net's layers and shrinking with its depth, largest at the last
+    layer of a post-norm net). None where no probe measured it (runs recorded before it existed)."""
+    probe = _with_group(probe)
+    grads = _per_depth(probe, "probe_wgrad", geometric=True)
+    if not grads:
+        return None
+    fig, axes, palette = _panels(probe, "Gradient norm of each block's last weight, at initialisation")
+    for (group, depth), line in grads.items():
+        axes[group].plot(line.index + 1, line.to_numpy(), color=palette[depth], label=f"depth {depth}",
+                         marker="." if len(line) < 60 else None)  # fmt: skip
+    for ax in axes.values():
+        ax.set_yscale("log")
+    return _finish(fig, axes, probe, "‖∂L/∂W‖ of the branch's last weight")
+
+
 def cmap_figure(probe: pd.DataFrame) -> Figure | None:
     """The mean correlation of two different inputs' representations at each block's output (the empirical C-map),
     with the inputs' own correlation dotted: a line that climbs to 1 is a net that maps every input alike."""
@@ -230,4 +248,10 @@ def signal_figures(cells: pd.DataFrame, telemetry: pd.DataFrame) -> list[tuple[s
          "The mean correlation of two different inputs' representations at each block's output (the empirical "
          "C-map, Martens et al. 2021), dotted: the inputs' own. Near 1, the net maps every input alike.",
          cmap_figure(probe)),
+        ("signal_weight_grad", "Signal at initialisation: gradient of each block's last weight",
+         "Frobenius norm of the loss gradient of the last weight of each block's branch before the first step (a "
+         "Transformer's attention output projection and, every second block, its MLP's second layer: Xiong et al. "
+         "2020, Fig. 3, find it about equal across a pre-norm net's layers, shrinking as 1/sqrt(L) with its depth, "
+         "and largest at the last layer of a post-norm net). A ReZero gate at 0 passes its branch no gradient.",
+         weight_gradient_at_init_figure(probe)),
     ]  # fmt: skip
