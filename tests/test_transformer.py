@@ -315,3 +315,25 @@ def test_a_grid_of_every_recipe_gives_each_block_its_own_norm() -> None:
     assert len(cells) == 10 and not any("-norm" in c.name for c in cells)
     with pytest.raises(ValueError, match="block rezero takes norm none on the transformer family"):
         GridConfig(family="transformer", blocks=["preact", "rezero"], norms=["layer"], depths=[2], widths=[16])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data-option", "seq_len=128"], "the data's window 128 exceeds the net's context 64"),
+        (["--width", "30"], "width 30 is not a multiple of heads 4"),
+        (["--norm", "batch"], "norm batch applies to the families resnet, mlp, convnet, not 'transformer'"),
+        (["--remedy", "fixup"], "remedy 'fixup' applies to the families resnet, mlp, not 'transformer'"),
+        (["--dataset", "mnist1d"], "family transformer is a language model that reads token ids, not dataset mnist1d"),
+    ],
+)
+def test_reslab_train_refuses_a_bad_transformer_in_one_line_before_training(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import reslab.train.run
+    from reslab.cli import main
+
+    monkeypatch.setattr(reslab.train.run, "run_one", lambda *a, **k: pytest.fail("it trained"))
+    assert main(["train", "--family", "transformer", *args, "--no-tracking"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
