@@ -108,6 +108,7 @@ def backend_settings() -> dict[str, str]:
         "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cpu.flush_denormal": True,  # `reslab.train.run.run_one` flushes subnormal floats to zero on the CPU
     }
     if torch.cuda.is_available():
         settings["cudnn.version"] = cudnn.version()
