@@ -188,7 +188,7 @@ def _measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, jacobian_exampl
         for block in blocks:
             block.tap = None
     del inp
-    weight_grad = [_branch_weight_grad(b) for b in blocks]
+    weight_grad = [_branch_weight_grad(b, x.device) for b in blocks]
     sv, cond, spread, k = _jacobian(model, x, stats, jacobian_examples)
     series = (act, grad_in, grad_out, grad_branch, grad_shortcut, cmap, weight_grad)
     a, gi, go, gb, gs, c, wg = torch.stack([torch.stack(v) for v in series]).cpu().tolist() if n else ([],) * 7
@@ -206,7 +206,7 @@ def _stem(model: nn.Module) -> nn.Module:
     return stem
 
 
-def _branch_weight_grad(block: Block) -> torch.Tensor:
+def _branch_weight_grad(block: Block, device: torch.device) -> torch.Tensor:
     """The Frobenius norm of the loss gradient of the last weight matrix (or conv kernel) of the block's branch:
     the second linear layer of a Transformer's MLP, whose gradient Xiong et al. 2020 (Thm 1, Fig. 3) show to be
     O(d sqrt(ln d)) at the last layer of a post-norm net whatever its depth, and O(d sqrt(ln d / L)) and alike across
@@ -214,7 +214,7 @@ def _branch_weight_grad(block: Block) -> torch.Tensor:
     weights = [m.weight for m in block.branch.modules()
                if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) and m.weight.grad is not None]  # fmt: skip
     if not weights:
-        return torch.full((), math.nan, dtype=torch.float64)
+        return torch.full((), math.nan, dtype=torch.float64, device=device)
     return torch.linalg.vector_norm(weights[-1].grad, dtype=torch.float64)
 
 
