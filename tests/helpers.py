@@ -81,3 +81,17 @@ def sweep_with_report(workdir: Path, config: dict) -> str:
                           env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
+
+
+def refused(argv: list[str], capsys: pytest.CaptureFixture[str], *needles: str) -> str:
+    """Run `reslab argv`: exit 2, one line on stderr naming each of `needles`, no traceback."""
+    from reslab.cli import main
+
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 2, out + err
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"reslab {argv[0]}: error: "), err
+    assert "Traceback" not in out + err
+    for needle in needles:
+        assert needle in err, err
+    return err

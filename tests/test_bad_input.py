@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from reslab import paths
-from reslab.cli import main
 from reslab.sweep.config import MAX_CELLS, grid_size_problem
+from tests.helpers import refused
 
 CONFIG = {
     "name": "bad",
@@ -38,18 +38,6 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "a-file").write_text("not a folder\n")
     (tmp_path / "a-folder").mkdir()
     return tmp_path
-
-
-def refused(argv: list[str], capsys: pytest.CaptureFixture[str], *needles: str) -> str:
-    """Run `reslab argv`: exit 2, one line on stderr naming each of `needles`, no traceback."""
-    code = main(argv)
-    out, err = capsys.readouterr()
-    assert code == 2, out + err
-    assert len(err.strip().splitlines()) == 1 and err.startswith(f"reslab {argv[0]}: error: "), err
-    assert "Traceback" not in out + err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def made(workdir: Path) -> list[str]:

@@ -20,6 +20,7 @@ from reslab.data.tensors import DeviceBatches, Windows
 from reslab.data.text import load_text, read_corpus
 from reslab.models import NetSpec
 from reslab.train.config import DataConfig, TrackingConfig, TrainConfig
+from tests.helpers import refused
 
 #: A text whose held-out part has characters its training part lacks (the accents, the kana) and a 3-byte one.
 SAMPLE = "the cat sat on the mat. " * 12 + "é日本 — ça va? the end.\n"
@@ -150,17 +151,6 @@ def test_evaluation_tiles_the_held_out_part_once_in_order() -> None:
 
 
 # -- bad input: one line, exit 2, before anything runs ---------------------------------------------------------------
-
-
-def refused(argv: list[str], capsys: pytest.CaptureFixture[str], *needles: str) -> str:
-    code = main(argv)
-    out, err = capsys.readouterr()
-    assert code == 2, out + err
-    assert len(err.strip().splitlines()) == 1 and err.startswith(f"reslab {argv[0]}: error: "), err
-    assert "Traceback" not in out + err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def train_on(path: object, *options: str) -> list[str]:
