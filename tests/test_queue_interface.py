@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,29 @@ def test_a_worker_that_dies_gives_its_items_back_with_the_reason(tmp_path: Path)
     assert lease.lose("the cell's process was killed by SIGKILL")
     assert lost == [("run-1", "the cell's process was killed by SIGKILL")]
     assert coordinator.settle(retry_failed=False)[(lease.key, lease.slot)].state == "waiting"
+
+
+def test_ctrl_c_in_the_middle_of_a_claim_gives_the_item_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C that lands just after the storage made an item RUNNING, before the worker knew it held it: the
+    worker still fails that item as interrupted, so no item is left RUNNING with nobody to finish it."""
+    coordinator = queue.CellQueue(config_in(tmp_path))
+    coordinator.settle(retry_failed=True)
+    worker = queue.CellQueue(config_in(tmp_path), create=False)
+    real = queue.write_trial
+
+    def write_then_ctrl_c(storage, trial_id, attrs, state=None, values=None):
+        written = real(storage, trial_id, attrs, state, values)
+        if state == queue.TrialState.RUNNING:
+            os.kill(os.getpid(), signal.SIGINT)  # the terminal's Ctrl-C, delivered at the worst moment
+        return written
+
+    monkeypatch.setattr(queue, "write_trial", write_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        worker.claim()
+    monkeypatch.undo()
+    worker.interrupted()
+    (status,) = coordinator.status().values()
+    assert (status.state, status.reason) == ("failed", "interrupted")
 
 
 def test_the_recipe_is_recorded_once_and_a_tuned_sweep_names_its_slots(tmp_path: Path) -> None:

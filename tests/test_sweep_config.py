@@ -284,6 +284,24 @@ def test_a_dead_lease_is_lost_after_grace_on_the_checkers_own_clock(journal: str
     assert lost[0][1].startswith("no heartbeat from elsewhere for 60 s")
 
 
+def test_a_claim_whose_worker_died_before_its_lease_was_written_is_lost_on_a_database_too(tmp_path: Path) -> None:
+    """A worker killed between taking an item (WAITING -> RUNNING) and writing its lease leaves a trial with no
+    holder and no Optuna heartbeat, which Optuna never calls stale: the checker's own clock judges it instead, so
+    the item runs again rather than waiting forever."""
+    queue = q.SweepQueue(q.open_storage(f"sqlite:///{tmp_path / 'q.db'}"), "s")
+    queue.reconcile(ITEMS[:1], retry_failed=True, grace_s=60)
+    (waiting,) = queue.trials((q.TrialState.WAITING,))
+    assert q.write_trial(queue.storage, waiting._trial_id, {}, q.TrialState.RUNNING)  # and then SIGKILL
+    clock = FakeClock()
+    queue.leases = q.LeaseJudge(60, clock)
+    for step in range(0, 61, 20):
+        clock.now = 1000.0 + step
+        lost = queue.find_lost(60)
+        assert bool(lost) == (step >= 60), step
+    status = queue.reconcile(ITEMS[:1], retry_failed=False, grace_s=60)
+    assert {s.state for s in status.values()} == {"waiting"}
+
+
 def test_a_storage_outage_does_not_make_every_lease_look_stale(journal: str) -> None:
     """While the storage cannot be read, no worker can beat either: when it is back, leases get grace_s again."""
     queue = q.SweepQueue(q.open_storage(journal), "s")

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 HOST, PID, PID_START, BEAT = "reslab.host", "reslab.pid", "reslab.pid_start", "reslab.heartbeat"
@@ -46,6 +47,26 @@ def lease_attrs() -> dict[str, Any]:
     """What a claim records about its holder: this node, this process (and when it started), a first beat."""
     pid = os.getpid()
     return {HOST: node_name(), PID: pid, PID_START: pid_start(pid), BEAT: wall_clock()}
+
+
+@contextlib.contextmanager
+def ctrl_c_deferred() -> Iterator[None]:
+    """Ctrl-C (SIGINT) waits until the block ends, then raises KeyboardInterrupt as usual. A claim is a storage
+    write followed by the worker noting what it now holds: interrupted between the two, the item would stay RUNNING
+    with a holder that never learned of it. Only the main thread can set a signal handler; elsewhere (and where
+    SIGINT is ignored) the block runs as is."""
+    ignored = signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, None)
+    if ignored or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
 
 
 def local_pid_gone(trial: Any) -> str | None:

@@ -7,7 +7,8 @@ claimed by the atomic WAITING -> RUNNING transition both the journal and the RDB
   *lost* and enqueued again. No lease is judged by comparing clocks of two machines: on this host a dead pid says
   it; on RDB storages Optuna's own heartbeat (`heartbeat_interval`, `grace_period`, `fail_stale_trials`) compares
   the database's clock with itself; on the journal a heartbeat that has not *changed* for the grace period, timed
-  on the checker's own monotonic clock while it could read the storage, says it (`LeaseJudge`);
+  on the checker's own monotonic clock while it could read the storage, says it (`LeaseJudge`, which also judges
+  an RDB claim whose worker died before it wrote its lease: Optuna never calls a trial without a heartbeat stale);
 - the commit point of an item is its trial's RUNNING -> COMPLETE transition, which both storages refuse
   (`UpdateFinishedTrialError`) once another process has failed the trial as lost: a worker whose lease ended while
   it was paused or cut off learns it there and records nothing (its MLflow run ends KILLED, tagged superseded), so
@@ -41,7 +42,17 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from reslab.redact import redact, redact_uri
-from reslab.sweep.lease import BEAT, HOST, PID, Heartbeat, LeaseJudge, lease_attrs, local_pid_gone, wall_clock
+from reslab.sweep.lease import (
+    BEAT,
+    HOST,
+    PID,
+    Heartbeat,
+    LeaseJudge,
+    ctrl_c_deferred,
+    lease_attrs,
+    local_pid_gone,
+    wall_clock,
+)
 from reslab.sweep.lease import PID_START as PID_START  # read by tests and drills through this module
 from reslab.sweep.lease import node_name as node_name
 from reslab.sweep.lease import pid_start as pid_start
@@ -505,10 +516,11 @@ class SweepQueue:
         judge.read_done(started)
         judge.forget(t._trial_id for t in running)
         lost = []
+        rdb = is_rdb_storage(self.storage)
         for t in running:
             why = local_pid_gone(t)
-            if why is None and not is_rdb_storage(self.storage):
-                why = judge.lost(t)
+            if why is None and (not rdb or PID not in t.user_attrs):
+                why = judge.lost(t)  # on an RDB: a claim whose worker died before it wrote its lease
             if why is not None:
                 lost.append((t, why))
         return lost
@@ -577,11 +589,12 @@ class SweepQueue:
             if item is None:
                 continue
             try:
-                if not write_trial(self.storage, t._trial_id, {}, TrialState.RUNNING):
-                    continue  # finished or taken in the meantime
+                with ctrl_c_deferred():
+                    if not write_trial(self.storage, t._trial_id, {}, TrialState.RUNNING):
+                        continue  # finished or taken in the meantime
+                    self.holding = t._trial_id
             except KeyError:
                 continue
-            self.holding = t._trial_id
             if known is not None and item not in known:
                 self._end(t, STALE, "not in the sweep's grid any more")
                 continue
@@ -590,6 +603,8 @@ class SweepQueue:
             if rival:  # enqueued twice by two coordinators (or done meanwhile): one trial runs the item
                 self._end(t, DUPLICATE_OF, min(p.number for p in rival))
                 continue
+            if hasattr(self.storage, "record_heartbeat"):  # Optuna judges it from here; before that, `find_lost`
+                self.storage.record_heartbeat(t._trial_id)
             if not write_trial(self.storage, t._trial_id, lease_attrs()):
                 continue
             return self.storage.get_trial(t._trial_id)
