@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+from reslab.devices import gpu_count, usable_cores
 
 if TYPE_CHECKING:
     from reslab.models.estimate import Estimate
@@ -44,21 +45,15 @@ class Device:
         return f"this machine has {self.memory_bytes / _GiB:.1f} GiB of memory available"
 
 
-def _nvidia_driver() -> bool:
-    return Path("/proc/driver/nvidia/gpus").is_dir() or Path("/dev/nvidia0").exists()
-
-
 def training_device(device: str) -> Device:
     """The device a cell with `train.device = device` trains on here. A GPU is asked for its free memory (the
     smallest over the GPUs, since a cell may land on any); the CPU has the memory the OS reports available."""
     import psutil
 
-    cpu = Device("cpu", int(psutil.virtual_memory().available), os.cpu_count() or 1)
-    if device == "cpu" or device == "mps" or not _nvidia_driver():
+    cpu = Device("cpu", int(psutil.virtual_memory().available), usable_cores())
+    if device == "cpu" or device == "mps":
         return cpu
-    import torch
-
-    count = torch.cuda.device_count()  # asks the driver; creates no CUDA context
+    count = gpu_count()
     if count == 0:
         return cpu
     return Device("cuda", _smallest_free_gpu_memory(count), count)

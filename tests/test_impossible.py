@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from reslab.cli import main
+from reslab.devices import usable_cores
 from reslab.limits import WORKERS_PER_CORE
 
 BASE = {
@@ -18,7 +19,7 @@ BASE = {
     "grid": {"family": "resnet", "blocks": ["residual"], "depths": [8], "widths": [8]},
     "train": {"epochs": 1},
 }
-CORES = __import__("os").cpu_count() or 1
+CORES = usable_cores()
 
 IMPOSSIBLE = [
     ("grid.depths=[600002]", "grid cell residual-600002-w8 needs about"),
@@ -153,7 +154,7 @@ def test_a_gpu_machine_is_judged_by_its_fullest_gpu_without_a_cuda_context(monke
 
     import torch
 
-    from reslab import limits
+    from reslab import devices, limits
     from reslab.models.spec import NetSpec
     from reslab.train.config import DataConfig, TrainConfig
 
@@ -163,7 +164,7 @@ def test_a_gpu_machine_is_judged_by_its_fullest_gpu_without_a_cuda_context(monke
         nvmlInit=lambda: None, nvmlShutdown=lambda: None, nvmlDeviceGetHandleByIndex=lambda i: i,
         nvmlDeviceGetMemoryInfo=lambda i: types.SimpleNamespace(free=free[i]),
     )  # fmt: skip
-    monkeypatch.setattr(limits, "_nvidia_driver", lambda: True)
+    monkeypatch.setattr(devices, "nvidia_driver", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: pytest.fail("a CUDA context was created"))
     monkeypatch.setitem(sys.modules, "pynvml", nvml)

@@ -27,6 +27,7 @@ from rich.table import Table
 
 from reslab import tracking
 from reslab.atomic import write_atomic
+from reslab.devices import gpu_count, usable_cores
 from reslab.models.spec import spec_extras
 from reslab.redact import (
     PASSWORD_ENV,
@@ -66,17 +67,16 @@ class WorkerPlan:
 
 def plan_workers(config: SweepConfig, n_items: int) -> WorkerPlan:
     """`auto`: one worker per GPU (per `devices` GPUs) when training on CUDA; on the CPU as many workers as cores,
-    capped by the work and at 8, each with an equal share of the threads (small nets scale better by processes)."""
-    import torch
-
+    capped by the work and at 8, each with an equal share of the threads (small nets scale better by processes). The
+    cores are those this process may run on (`usable_cores`), not the machine's."""
     requested = config.sweep.workers
     device = config.train.device
-    n_gpus = torch.cuda.device_count() if device in ("auto", "cuda") else 0
+    n_gpus = gpu_count() if device in ("auto", "cuda") else 0
     if n_gpus:
         per_cell = config.train.devices if isinstance(config.train.devices, int) else 1
         n = max(1, n_gpus // per_cell) if requested == "auto" else int(requested)
         return WorkerPlan(n, config.train.threads, list(range(n_gpus)))
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     n = max(1, min(cores, n_items, 8)) if requested == "auto" else int(requested)
     threads = config.train.threads or max(1, cores // n)
     return WorkerPlan(n, threads, [])
