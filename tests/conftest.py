@@ -1,0 +1,28 @@
+"""Under pytest-xdist (`nox -s tests` runs two workers), each worker is pinned to its own share of the cores, as if
+it were a machine of its own: the sweeps it starts size their workers and threads by that share
+(`reslab.devices.usable_cores`), and no torch kernel of one worker shares a core with the other's. Two-thread
+OpenMP kernels whose threads lose their core to another process stall at every barrier (a cell took 10-25x
+longer), which is what two unpinned workers on two cores did. `--dist loadfile` keeps each file on one worker:
+its module fixtures are built once, and tests that watch the machine's processes (the secrets drills) never run
+beside each other."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < count:
+        return
+    share = set(cores[int(worker[2:]) % count :: count])
+    os.sched_setaffinity(0, share)
+    import torch
+
+    torch.set_num_threads(len(share))
