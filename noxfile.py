@@ -56,17 +56,27 @@ def ensure_chromium(session: nox.Session) -> None:
     session.run("apt-get", "install", "-y", "-qq", "chromium", "chromium-driver", external=True)
 
 
+def parallel() -> list[str]:
+    """pytest-xdist workers, one per core (at most 4), each pinned to its own cores by tests/conftest.py: most of
+    the suite is processes starting, waiting on leases and servers, and small single-threaded trainings, which a
+    second core runs beside the first. A file stays on one worker (`loadfile`), in collection order, where
+    tests/conftest.py puts the drills and the slow files first (the longest work starts first)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = min(cores, 4)
+    return ["-n", str(n), "--dist", "loadfile", "--no-loadscope-reorder"] if n > 1 else []
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Lint, then the whole suite: unit tests, slow end-to-end checks, the scale-out drills (PostgreSQL and MLflow
-    servers), the browser test, and every benchmark once. `-- -m "not slow and not drills"` for a quick run."""
+    servers), the browser test, and every benchmark once (timings come from `nox -s bench`), on one pytest worker
+    per core. `-- -m "not slow and not drills"` for a quick run, `-- -n 0` for a serial one."""
     install(session)
     ensure_chromium(session)
     drills_ok = ensure_postgres(session, required=STRICT)
     session.run("ruff", "check", ".")
-    session.run("pytest", *session.posargs, env={"SE_OFFLINE": "true", "RESLAB_DRILLS": "1" if drills_ok else "0"})
-    if not session.posargs:  # every benchmark once, so none can rot (timings come from `nox -s bench`)
-        session.run("pytest", "benchmarks", "--benchmark-disable", "-q", "-p", "no:cacheprovider")
+    targets = session.posargs or ["tests", "benchmarks", "--benchmark-disable"]
+    session.run("pytest", *parallel(), *targets, env={"SE_OFFLINE": "true", "RESLAB_DRILLS": "1" if drills_ok else "0"})
 
 
 @nox.session

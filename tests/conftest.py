@@ -26,3 +26,16 @@ def pytest_configure(config: pytest.Config) -> None:
     import torch
 
     torch.set_num_threads(len(share))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The drills first, then the files with slow tests, then the rest, each file's tests in their own order: a
+    worker that takes a long file last would keep the run waiting on it alone."""
+    def rank(item: pytest.Item) -> int:
+        return 0 if item.get_closest_marker("drills") else 1 if item.get_closest_marker("slow") else 2
+
+    first = {}
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        first[path] = min(first.get(path, 2), rank(item))
+    items.sort(key=lambda item: first[item.nodeid.split("::")[0]])

@@ -25,7 +25,7 @@ TINY = {
     "grid": {"family": "resnet", "blocks": ["plain", "residual"], "depths": [8, 14], "widths": [4], "seeds": [0]},
     "train": {"epochs": 3, "batch_size": 64, "warmup_epochs": 0.5},
     "tracking": {"system_metrics": False},
-    "sweep": {"workers": 2, "heartbeat_s": 1, "grace_s": 20},
+    "sweep": {"workers": 1, "heartbeat_s": 1, "grace_s": 20},  # two where a test is about two
 }
 CELLS = {"plain-8-w4-s0", "plain-14-w4-s0", "residual-8-w4-s0", "residual-14-w4-s0"}
 
@@ -108,7 +108,7 @@ def complete_per_item(workdir: Path) -> Counter:
 
 
 def test_two_workers_run_every_cell_exactly_once_and_a_rerun_runs_nothing(workdir: Path) -> None:
-    config = write_config(workdir)
+    config = write_config(workdir, sweep__workers=2)
     first = run_sweep(workdir, config)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "4 to run on 2 workers" in first.stdout and "All 4 runs have results" in first.stdout

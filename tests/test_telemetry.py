@@ -62,7 +62,7 @@ def test_a_1202_layer_run_logs_few_metric_keys_and_every_value_in_the_artifact(u
     from reslab.train.run import run_one
 
     data = DataConfig(name="synthetic", options={"shape": [1, 16], "train_size": 32, "test_size": 16})
-    train = TrainConfig(max_steps=3, batch_size=16, warmup_epochs=0, telemetry_every=1, threads=2)  # 2 epochs
+    train = TrainConfig(max_steps=3, batch_size=16, warmup_epochs=0, telemetry_every=1, threads=1)  # 2 epochs
     track = TrackingConfig(uri=uri, experiment="deep", system_metrics_interval_s=0.1)
     result = run_one(NetSpec("resnet", "residual", 1202, 4), data, train, track)
 

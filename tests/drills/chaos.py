@@ -365,14 +365,19 @@ def reference_metrics(workdir: Path, log: Callable[[str], None] = print) -> dict
     workdir.mkdir(parents=True, exist_ok=True)
     tracking = f"sqlite:///{workdir / 'mlflow.db'}"
     prepare_store(tracking)
-    out = {}
-    for label, name in (("main", "chaosref"), ("ddp", "chaosrefddp")):
+    sweeps = {"main": "chaosref", "ddp": "chaosrefddp"}
+    procs = {}
+    for label, name in sweeps.items():  # both at once, as the drill's rounds run them
         (workdir / f"{name}.yaml").write_text(yaml.safe_dump(sweep_config(name, label == "ddp")))
         cmd = [sys.executable, "-m", "reslab.cli", "sweep", f"{name}.yaml", "--tracking-uri", tracking]
-        proc = subprocess.run(cmd, cwd=workdir, env=_env("ref"), capture_output=True, text=True, timeout=900)
+        procs[label] = subprocess.Popen(cmd, cwd=workdir, env=_env("ref"), stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    out = {}
+    for label, proc in procs.items():
+        output, _ = proc.communicate(timeout=900)
         if proc.returncode != 0:
-            raise AssertionError(f"the fault-free reference sweep failed:\n{proc.stdout}\n{proc.stderr}")
-        out[label] = final_metrics(tracking, "chaos", name)
+            raise AssertionError(f"the fault-free reference sweep failed:\n{output}")
+        out[label] = final_metrics(tracking, "chaos", sweeps[label])
     log(f"reference: {sum(len(v) for v in out.values())} cells trained without faults")
     return out
 
