@@ -60,7 +60,10 @@ def parallel() -> list[str]:
     """pytest-xdist workers, one per core (at most 4), each pinned to its own cores by tests/conftest.py: most of
     the suite is processes starting, waiting on leases and servers, and small single-threaded trainings, which a
     second core runs beside the first. A file stays on one worker (`loadfile`), in collection order, where
-    tests/conftest.py puts the drills and the slow files first (the longest work starts first)."""
+    tests/conftest.py puts the drills and the slow files first (the longest work starts first). The few tests that
+    ask for two torch threads on a worker's one core run with OpenMP's passive wait (`OMP_WAIT_POLICY`, read when
+    libgomp loads): a spinning thread at a barrier would wait out whole time slices of its descheduled twin (a
+    17 s test took 552 s)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     n = min(cores, 4)
     return ["-n", str(n), "--dist", "loadfile", "--no-loadscope-reorder"] if n > 1 else []
@@ -76,7 +79,11 @@ def tests(session: nox.Session) -> None:
     drills_ok = ensure_postgres(session, required=STRICT)
     session.run("ruff", "check", ".")
     targets = session.posargs or ["tests", "benchmarks", "--benchmark-disable"]
-    session.run("pytest", *parallel(), *targets, env={"SE_OFFLINE": "true", "RESLAB_DRILLS": "1" if drills_ok else "0"})
+    env = {"SE_OFFLINE": "true", "RESLAB_DRILLS": "1" if drills_ok else "0"}
+    workers = parallel()
+    if workers:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    session.run("pytest", *workers, *targets, env=env)
 
 
 @nox.session
