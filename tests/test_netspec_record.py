@@ -31,7 +31,13 @@ NOT_SWEPT = {"family", "stages", "heads", "context"}
 #: remedy fix what they need).
 TWO_VALUES = {"block": ["plain", "residual"], "depth": [8, 14], "width": [4, 8], "shortcut": ["A", "B"],
               "norm": ["batch", "none"], "init": ["kaiming", "delta_orthogonal"],
-              "branch_scale": ["none", "inv_sqrt_branches"], "remedy": ["none", "skipinit"]}  # fmt: skip
+              "branch_scale": ["none", "inv_sqrt_branches"], "remedy": ["none", "skipinit"],
+              "activation": ["relu", "tat"], "parametrization": ["sp", "depth_mup"], "base_depth": [8, 14]}  # fmt: skip
+#: Fields that need others set to take two values: TAT needs a plain net without norm, a depth parametrization
+#: pre-activation blocks without batch norm, and only a depth parametrization uses a base depth.
+GRIDS = {"activation": {"depths": [8], "blocks": ["plain"], "norms": ["none"]},
+         "parametrization": {"depths": [20], "blocks": ["preact"], "norms": ["none"]},
+         "base_depth": {"depths": [20], "blocks": ["preact"], "norms": ["none"], "parametrizations": ["depth_mup"]}}
 
 
 def options_of(command: str) -> set[str]:
@@ -53,10 +59,7 @@ def test_every_field_is_a_grid_axis_unless_it_is_set_not_swept(name: str) -> Non
         return
     plural = dataclasses.fields(NetSpec)[FIELDS.index(name)].metadata["plural"]
     assert plural in GridConfig.model_fields
-    if name == "activation":  # TAT's activation needs a plain net without norm: swept through the remedy alone
-        grid = {"depths": [8], "blocks": ["plain"], "norms": ["none"], "activations": ["relu", "tat"]}
-    else:
-        grid = {"depths": [8], "blocks": ["residual"], plural: TWO_VALUES[name]}
+    grid = {**GRIDS.get(name, {"depths": [8], "blocks": ["residual"]}), plural: TWO_VALUES[name]}
     cells = expand(load_config({"name": "axis", "grid": grid}).grid)
     assert len({getattr(c.net, name) for c in cells}) == 2
     assert len({c.key for c in cells}) == len({c.name for c in cells}) == len(cells)

@@ -259,18 +259,35 @@ def branch_layers(
     return [*layers, ops.act(spec.norm)] if act_after else layers
 
 
-def param_groups(model: nn.Module, lr: float) -> list[dict]:
+def param_groups(model: nn.Module, lr: float, eps: float | None = None) -> list[dict]:
     """The optimizer's parameter groups: every parameter at `lr`, except those of modules that declare an
-    `lr_factor` (Fixup's scalars), which get `lr` times it. Learning-rate schedules scale every group alike."""
-    factors: dict[int, float] = {}
+    `lr_factor` (Fixup's scalars), which get `lr` times it. Learning-rate schedules scale every group alike.
+
+    With `eps` (Adam's epsilon: the optimiser is AdamW), the hidden parameters of a depth-parametrized net (every
+    weight, norm gain and bias inside its residual branches; `reslab.models.remedy_init.depth_parametrize`) get lr
+    times (L/L0)^(alpha-1) and eps times (L/L0)^(-alpha), the rule of depth-muP and CompleteP for Adam (Yang et al.
+    2023; Dey et al. 2025, as EleutherAI/nanoGPT-mup's `configure_optimizers` applies it): embeddings, the stem,
+    the final norm and the head keep depth-free ones. Under SGD depth-muP's learning rate does not change with
+    depth (Yang et al. 2023), so `eps=None` leaves every group as it is."""
+    factors: dict[int, tuple[float, float]] = {}
     for module in model.modules():
         factor = getattr(type(module), "lr_factor", None)
         if factor is not None:
-            factors.update({id(p): factor for p in module.parameters(recurse=False)})
-    groups: dict[float, list[nn.Parameter]] = {1.0: []}  # the weights' group first: its lr is the one logged
-    for p in model.parameters():
-        groups.setdefault(factors.get(id(p), 1.0), []).append(p)
-    return [{"params": params, "lr": lr * factor} for factor, params in groups.items() if params]
+            factors.update({id(p): (factor, 1.0) for p in module.parameters(recurse=False)})
+    if eps is not None:
+        for module in model.modules():
+            alpha = getattr(module, "depth_alpha", None)
+            if alpha is not None:
+                ratio = module.depth_ratio
+                factors.update({id(p): (ratio ** (alpha - 1.0), ratio**-alpha) for p in module.branch.parameters()})
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {(1.0, 1.0): []}  # the weights' group first: its lr
+    for p in model.parameters():  # is the one logged
+        groups.setdefault(factors.get(id(p), (1.0, 1.0)), []).append(p)
+    out = []
+    for (lr_factor, eps_factor), params in groups.items():
+        if params:
+            out.append({"params": params, "lr": lr * lr_factor, **({"eps": eps * eps_factor} if eps else {})})
+    return out
 
 
 def init_weights(model: nn.Module) -> None:

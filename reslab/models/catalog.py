@@ -34,11 +34,16 @@ ACTIVATIONS: tuple[str, ...] = ("relu", "tat", "gelu")
 #: A fixed multiplier in every residual sum: none, 1/sqrt(L) on the branch for L residual branches (Hayou et al.
 #: 2021), or DeepNet's alpha = (2N)^(1/4) on the shortcut of a post-norm transformer of N blocks (Wang et al. 2022).
 BRANCH_SCALES: tuple[str, ...] = ("none", "inv_sqrt_branches", "deepnorm")
+#: How the residual update and the optimiser scale with depth: standard (`sp`), depth-muP (Yang et al. 2023,
+#: "Tensor Programs VI"; Bordelon et al. 2023) or CompleteP (Dey et al. 2025). Each is x + (L/L0)^(-alpha)·F(x) for
+#: L residual branches against L0 at the base depth, alpha in `DEPTH_ALPHA`, with its own optimiser groups.
+PARAMETRIZATIONS: tuple[str, ...] = ("sp", "depth_mup", "completep")
+DEPTH_ALPHA: dict[str, float] = {"sp": 0.0, "depth_mup": 0.5, "completep": 1.0}
 #: What the convolutional and dense families build, each default first: every remedy for depth is defined on them.
 _SIGNAL_CHOICES: dict[str, tuple[str, ...]] = {
     "block": BLOCK_KINDS, "shortcut": SHORTCUTS, "norm": ("batch", "none"),
     "init": ("kaiming", "fixup", "delta_orthogonal"), "activation": ("relu", "tat"),
-    "branch_scale": ("none", "inv_sqrt_branches"),
+    "branch_scale": ("none", "inv_sqrt_branches"), "parametrization": PARAMETRIZATIONS,
 }  # fmt: skip
 
 
@@ -110,7 +115,8 @@ FAMILY_INFO: dict[str, FamilyInfo] = {
         "convnet", "the Keras residual convnet example: stages of two 3x3 convs + max-pool",
         _convnet_rule, 7, 32, "B", "none", (3, 32, 32), 1, (2, 3),
         # no remedy for depth is defined on the Keras example's convnet: its own recipe only
-        choices={**_SIGNAL_CHOICES, "init": ("kaiming",), "activation": ("relu",), "branch_scale": ("none",)},
+        choices={**_SIGNAL_CHOICES, "init": ("kaiming",), "activation": ("relu",), "branch_scale": ("none",),
+                 "parametrization": ("sp",)},
     ),
     # A decoder-only causal language model over a window of 64 token ids with a vocabulary of 96 (printable ASCII
     # and newline): depth counts blocks of attention + MLP, width is d_model. Its shortcuts are identities (the
@@ -121,7 +127,7 @@ FAMILY_INFO: dict[str, FamilyInfo] = {
         _rule(1, 0, "n blocks"), 4, 64, "A", "layer", (64,), 96, (1,),
         choices={"block": BLOCK_KINDS, "shortcut": ("A",), "norm": ("layer", "none"),
                  "init": ("default", "gpt2", "deepnorm"), "activation": ("gelu",),
-                 "branch_scale": ("none", "inv_sqrt_branches", "deepnorm")},
+                 "branch_scale": ("none", "inv_sqrt_branches", "deepnorm"), "parametrization": PARAMETRIZATIONS},
         block_norms={"plain": ("layer",), "residual": ("layer",), "preact": ("layer",), "rezero": ("none",)},
         own_fields={"heads": 4, "context": 64},
         tokens=True, default_dataset="text",

@@ -23,16 +23,24 @@ The transformer's inits, N its number of blocks (attention sublayers, counted):
   fc1 and fc2 Xavier-normal with gain beta = (8N)^(-1/4), the query and key projections with gain 1, their biases 0;
   embeddings, head and norms as `default` leaves them;
 - branch_scale deepnorm: every shortcut of the post-norm sums times alpha = (2N)^(1/4), LN(alpha·x + F(x)).
+
+The depth parametrizations (`parametrization`): every residual branch times (L/L0)^(-alpha), L the residual
+branches of the built net and L0 those of the same net at its base depth, both counted on built modules: alpha 1/2
+for depth-muP (Yang et al. 2023, "Tensor Programs VI", the 1/sqrt(L) branch multiplier; Bordelon et al. 2023),
+1 for CompleteP (Dey et al. 2025). Each block records its L/L0 and alpha for the optimiser's groups
+(`reslab.models.blocks.param_groups`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import nn
 
 from reslab.models.blocks import Block, TailoredLeakyReLU, init_weights
+from reslab.models.catalog import DEPTH_ALPHA
 from reslab.models.spec import NetSpec
 from reslab.models.transformer import CausalSelfAttention, FeedForward
 
@@ -68,7 +76,23 @@ def initialise(net: nn.Module, spec: NetSpec) -> nn.Module:
         alpha = (2 * len(attention_layers(net))) ** 0.25
         for block in residual_blocks(net):
             block.shortcut_scale = alpha
+    if spec.parametrization != "sp":
+        depth_parametrize(net, spec)
     return net
+
+
+def depth_parametrize(net: nn.Module, spec: NetSpec) -> float:
+    """Every residual branch of `net` times (L/L0)^(-alpha) (see the module's docstring); returns L/L0."""
+    from reslab.models.registry import build_net
+
+    base = build_net(replace(spec, depth=spec.base_depth, parametrization="sp"))
+    blocks = residual_blocks(net)
+    ratio = len(blocks) / len(residual_blocks(base))
+    alpha = DEPTH_ALPHA[spec.parametrization]
+    for block in blocks:
+        block.scale = ratio**-alpha
+        block.depth_ratio, block.depth_alpha = ratio, alpha
+    return ratio
 
 
 def attention_layers(net: nn.Module) -> list[CausalSelfAttention]:

@@ -11,7 +11,16 @@ from collections.abc import Iterator, Mapping
 from dataclasses import Field, dataclass, field, fields
 from typing import Any
 
-from reslab.models.catalog import ACTIVATIONS, BLOCK_KINDS, BRANCH_SCALES, FAMILY_INFO, INITS, NORMS, SHORTCUTS
+from reslab.models.catalog import (
+    ACTIVATIONS,
+    BLOCK_KINDS,
+    BRANCH_SCALES,
+    FAMILY_INFO,
+    INITS,
+    NORMS,
+    PARAMETRIZATIONS,
+    SHORTCUTS,
+)
 from reslab.models.remedies import REMEDIES
 from reslab.models.remedies import remedy as find_remedy
 from reslab.models.rules import SpecError
@@ -88,6 +97,11 @@ class NetSpec:
     branch_scale: str | None = _field("fixed multiplier in every residual sum (of the branch, or DeepNet's of the "
                                       "shortcut)", BRANCH_SCALES, "branch_scales")
     remedy: str | None = _field("a remedy for depth, short for the settings it names", tuple(REMEDIES), "remedies")
+    parametrization: str | None = _field("how the residual update and the optimiser scale with depth: sp, depth_mup "
+                                         "(Yang et al. 2023) or completep (Dey et al. 2025)", PARAMETRIZATIONS,
+                                         "parametrizations")  # fmt: skip
+    base_depth: int | None = _field("the depth a depth parametrization is tuned at, L0 (default: the family's "
+                                    "smallest)", None, "base_depths")  # fmt: skip
 
     def __post_init__(self) -> None:
         _one_of(self.family, tuple(FAMILY_INFO), "family")
@@ -95,7 +109,7 @@ class NetSpec:
         if self.remedy is not None:
             self._expand_remedy()
         for f in spec_fields():
-            if getattr(self, f.name) is None and f.name not in ("stages", "remedy"):
+            if getattr(self, f.name) is None and f.name not in ("stages", "remedy", "base_depth"):
                 default = f.metadata["default"] or fam.default(f.name, self.block)
                 object.__setattr__(self, f.name, default)
         for f in spec_fields():
@@ -135,6 +149,25 @@ class NetSpec:
                 f"depth {self.depth} is not valid for family {self.family!r} (depth = {rule.form}, n >= 1); "
                 f"nearest valid depths: {near}"
             )
+        self._check_base_depth(rule.step + rule.offset)
+
+    def _check_base_depth(self, smallest: int) -> None:
+        """L0 of a depth parametrization: fixed when the spec is made (the family's smallest depth unless given),
+        never taken from a sweep's depths, so adding depths to a sweep does not change its nets. Without a depth
+        parametrization (`sp`) it is unused and always the smallest, so it never tells two identical nets apart."""
+        if self.base_depth is None or self.parametrization == "sp":
+            object.__setattr__(self, "base_depth", smallest)
+        base = self.base_depth
+        if isinstance(base, bool) or not isinstance(base, int):
+            raise SpecError(f"base_depth must be an integer, got {base!r}")
+        rule = FAMILY_INFO[self.family].depth_rule(self)
+        if not rule.is_valid(base):
+            near = " or ".join(str(d) for d in rule.nearest(base))
+            raise SpecError(f"base_depth {base} is not a valid depth of family {self.family!r} (depth = "
+                            f"{rule.form}); nearest valid depths: {near}")  # fmt: skip
+        if base > self.depth:
+            raise SpecError(f"base_depth {base} is larger than depth {self.depth}: a depth parametrization scales "
+                            f"from the base depth up; give a base_depth <= {self.depth}")  # fmt: skip
 
     def _expand_remedy(self) -> None:
         """Fill the fields the preset sets; a field given otherwise contradicts the preset and is refused."""
@@ -189,11 +222,30 @@ class NetSpec:
                 f"branch_scale deepnorm (Wang et al. 2022) weights the shortcut of post-norm sums, LN(alpha·x + F(x)): "
                 f"it needs block residual, got {self.block}"
             )
+        if self.parametrization != "sp":
+            self._check_parametrization()
         if self.branch_scale != "none" and self.block not in ("residual", "preact"):
             raise SpecError(
                 f"branch_scale {self.branch_scale} scales the branch of a residual sum: it needs block residual or "
                 f"preact, got {self.block}"
             )
+
+    def _check_parametrization(self) -> None:
+        """Depth-muP and CompleteP are derived for pre-activation (pre-norm) residual updates x + F(x) without batch
+        norm (Yang et al. 2023; Dey et al. 2025): a ReLU or a norm after the sum, a gate or a fixed multiplier of its
+        own is outside the theory."""
+        name = self.parametrization
+        needs_norm = "layer" if self.family == "transformer" else "none"
+        if self.block != "preact" or self.norm != needs_norm:
+            raise SpecError(
+                f"parametrization {name} is defined for pre-activation residual blocks (x + F(x), nothing after the "
+                f"sum) with norm {needs_norm} on the {self.family} family: use block preact and norm {needs_norm}, "
+                f"got block {self.block} and norm {self.norm}"
+            )
+        for field_name, plain in (("branch_scale", "none"), ("init", FAMILY_INFO[self.family].choices["init"][0])):
+            if getattr(self, field_name) != plain:
+                raise SpecError(f"parametrization {name} sets the branch multiplier itself: it cannot be combined "
+                                f"with {field_name} {getattr(self, field_name)}; leave {field_name} out")  # fmt: skip
 
     @property
     def blocks_per_stage(self) -> int:
@@ -262,6 +314,9 @@ def spec_extras(spec: NetSpec, always: frozenset[str] = frozenset(), label: bool
         default = f.metadata["default"] or FAMILY_INFO[spec.family].default(f.name, spec.block)
         if f.name == "stages":
             default = default_stages(spec.width) if spec.family == "convnet" else None
+        if f.name == "base_depth":
+            rule = FAMILY_INFO[spec.family].depth_rule(spec)
+            default = rule.step + rule.offset
         if value != default or f.name in always:
             out.append((f.name, format_stages(value) if f.name == "stages" else str(value)))
     return out
