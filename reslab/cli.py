@@ -93,8 +93,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         raise UsageError("; ".join(_pydantic_messages(exc))) from None
     from reslab.limits import memory_problem, training_device
+    from reslab.train.config import optimizer_problem
 
-    problem = memory_problem(spec.name, spec, data, train, training_device(train.device))
+    problem = optimizer_problem(spec.parametrization, train.optimizer) or memory_problem(
+        spec.name, spec, data, train, training_device(train.device)
+    )
     if problem:
         raise UsageError(problem)
     from reslab.tracking import TrackingError

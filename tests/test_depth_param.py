@@ -4,14 +4,18 @@ lr and eps factors for AdamW and SGD (Yang et al. 2023; Dey et al. 2025), each c
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 from reslab.models import NetSpec, build_net
 from reslab.models.remedy_init import residual_blocks
 from reslab.models.rules import SpecError
 from reslab.train.config import TrainConfig
 from reslab.train.objective import build_optimizer
+from tests.helpers import refused
 
 ALPHA = {"depth_mup": 0.5, "completep": 1.0}
 
@@ -89,3 +93,34 @@ def test_a_parametrization_outside_its_theory_is_refused(fields: dict, message: 
     with pytest.raises(SpecError, match=message):
         NetSpec(**{"family": "mlp", "block": "preact", "depth": 34, "norm": "none", "parametrization": "depth_mup",
                    **fields})  # fmt: skip
+
+
+def test_bad_parametrizations_exit_2_in_one_line_before_anything_trains(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    net = ["--family", "mlp", "--block", "preact", "--norm", "none", "--depth", "10", "--dataset", "synthetic"]
+    refused(["train", *net, "--parametrization", "completep"], capsys, "completep is defined for AdamW only")
+    refused(["train", *net, "--parametrization", "depth_mup", "--base-depth", "12"], capsys,
+            "base_depth 12 is larger than depth 10")  # fmt: skip
+    refused(["train", *net[:2], "--depth", "10", "--parametrization", "depth_mup"], capsys,
+            "use block preact and norm none")  # fmt: skip
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"name": "c", "dataset": {"name": "mnist1d"},
+                                      "grid": {"family": "mlp", "blocks": ["preact"], "norms": ["none"],
+                                               "depths": [10], "parametrizations": ["sp", "completep"]}}))  # fmt: skip
+    refused(["sweep", str(config), "--dry-run"], capsys, "completep is defined for AdamW only")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_summary_shows_each_group_s_lr_and_eps_multipliers() -> None:
+    from reslab.models import describe
+
+    spec = NetSpec("mlp", "preact", 34, 8, norm="none", parametrization="completep", base_depth=10)
+    summary = describe(spec, (40,), 10)
+    rows = {g.name: (g.sgd_lr, g.adamw_lr, g.adamw_eps) for g in summary.groups}
+    ratio = branches("mlp", 34) / branches("mlp", 10)  # 4: CompleteP keeps the lr and divides eps by 4
+    assert rows == {"the recipe's": (1.0, 1.0, 1.0), "residual branches (depth)": pytest.approx((1.0, 1.0, 1 / ratio))}
+    assert "residual branches (depth)" in summary.table() and "eps x0.25" in summary.table()
+    assert summary.to_dict()["groups"][1]["adamw_eps"] == pytest.approx(0.25)
+    assert describe(NetSpec("mlp", "preact", 34, 8, norm="none"), (40,), 10).groups == ()

@@ -195,3 +195,21 @@ print(json.dumps([est.params, est.macs, est.activation_bytes, "torch" in sys.mod
     *numbers, torch_loaded = json.loads(out)
     assert not torch_loaded
     assert tuple(numbers) == dataclasses.astuple(estimate(spec, (3, 32, 32), 10))
+
+
+@pytest.mark.parametrize("block", BLOCK_KINDS)
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_estimate_matches_a_one_layer_branch_and_a_depth_parametrized_net(block: str, norm: str) -> None:
+    """The mlp with one linear layer per branch (depth n + 2), and under depth-muP (its branch multiplier is a
+    constant, which saves nothing for the backward pass)."""
+    specs = [NetSpec("mlp", block, 7, 6, norm=norm, branch_layers=1)]
+    if block == "preact" and norm == "none":
+        specs += [NetSpec("mlp", block, 7, 6, norm=norm, branch_layers=1, parametrization="depth_mup"),
+                  NetSpec("mlp", block, 10, 6, norm=norm, parametrization="completep", base_depth=6)]  # fmt: skip
+    for spec in specs:
+        est = estimate(spec, (12,), CLASSES)
+        net = build_net(spec, (12,), CLASSES)
+        assert est.params == sum(p.numel() for p in net.parameters())
+        assert est.macs == describe(spec, (12,), CLASSES).macs
+        measured = saved_bytes_per_example(net, (12,))
+        assert abs(est.activation_bytes - measured) <= 0.2 * measured, (spec, est.activation_bytes, measured)

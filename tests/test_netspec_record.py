@@ -32,12 +32,15 @@ NOT_SWEPT = {"family", "stages", "heads", "context"}
 TWO_VALUES = {"block": ["plain", "residual"], "depth": [8, 14], "width": [4, 8], "shortcut": ["A", "B"],
               "norm": ["batch", "none"], "init": ["kaiming", "delta_orthogonal"],
               "branch_scale": ["none", "inv_sqrt_branches"], "remedy": ["none", "skipinit"],
-              "activation": ["relu", "tat"], "parametrization": ["sp", "depth_mup"], "base_depth": [8, 14]}  # fmt: skip
+              "activation": ["relu", "tat"], "parametrization": ["sp", "depth_mup"], "base_depth": [8, 14],
+              "branch_layers": [1, 2]}  # fmt: skip
 #: Fields that need others set to take two values: TAT needs a plain net without norm, a depth parametrization
-#: pre-activation blocks without batch norm, and only a depth parametrization uses a base depth.
+#: pre-activation blocks without batch norm, only a depth parametrization uses a base depth, and only the mlp has
+#: a number of layers per branch.
 GRIDS = {"activation": {"depths": [8], "blocks": ["plain"], "norms": ["none"]},
          "parametrization": {"depths": [20], "blocks": ["preact"], "norms": ["none"]},
-         "base_depth": {"depths": [20], "blocks": ["preact"], "norms": ["none"], "parametrizations": ["depth_mup"]}}
+         "base_depth": {"depths": [20], "blocks": ["preact"], "norms": ["none"], "parametrizations": ["depth_mup"]},
+         "branch_layers": {"family": "mlp", "depths": [10], "blocks": ["residual"]}}
 
 
 def options_of(command: str) -> set[str]:

@@ -62,7 +62,8 @@ def _sweep() -> SweepData:
         cell = {"cell": run_id, "name": f"{block}-{depth}-w8-s0", "family": "resnet", "block": block,
                 "depth": depth, "width": 8, "shortcut": "A", "norm": "batch", "seed": 0, "remedy": "none",
                 "stages": "none", "heads": "none", "context": "none", "init": "kaiming", "activation": "relu",
-                "branch_scale": "none", "parametrization": "sp", "base_depth": 8, "variant": block}  # fmt: skip
+                "branch_scale": "none", "parametrization": "sp", "base_depth": 8, "branch_layers": "none",
+                "variant": block}  # fmt: skip
         assert set(cell) == set(CELL_COLUMNS)
         cells.append({**cell, "run_id": run_id, "status": "FINISHED", "train_error": errors[block, depth],
                       "test_error": errors[block, depth] + 0.02, "lr": 0.1, "train_images_per_s": None,

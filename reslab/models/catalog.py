@@ -97,6 +97,11 @@ def _rule(step: int, offset: int, form: str) -> Callable[[NetSpec], DepthRule]:
     return lambda spec: rule
 
 
+def _mlp_rule(spec: NetSpec) -> DepthRule:
+    k = spec.branch_layers or 2
+    return DepthRule(k, 2, f"{k}n+2")
+
+
 def _convnet_rule(spec: NetSpec) -> DepthRule:
     s = len(spec.stages) if spec.stages else 3
     return DepthRule(2 * s, 1, f"{2 * s}k+1 for {s} stages")
@@ -107,9 +112,11 @@ FAMILY_INFO: dict[str, FamilyInfo] = {
         "resnet", "He et al. 2015 CIFAR ResNet, 6n+2 layers, widths w/2w/4w",
         _rule(6, 2, "6n+2"), 20, 16, "A", "batch", (3, 32, 32), 10, (2, 3),
     ),
+    # Two linear layers per residual branch by default (depth 2n+2); one (depth n+2) is the branch depth-muP's
+    # transfer is proven for (Yang et al. 2023).
     "mlp": FamilyInfo(
-        "mlp", "dense residual net, a_{l+2} = g(z_{l+2} + a_l), 2n+2 linear layers of width w",
-        _rule(2, 2, "2n+2"), 10, 64, "A", "batch", (1, 40), 10, (1, 2, 3),
+        "mlp", "dense residual net, a_{l+2} = g(z_{l+2} + a_l), 2n+2 linear layers of width w (n+2 with one layer "
+        "per branch)", _mlp_rule, 10, 64, "A", "batch", (1, 40), 10, (1, 2, 3), own_fields={"branch_layers": 2},
     ),
     "convnet": FamilyInfo(
         "convnet", "the Keras residual convnet example: stages of two 3x3 convs + max-pool",

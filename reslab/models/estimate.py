@@ -181,8 +181,13 @@ def _refuse(message: str) -> NoReturn:
 
 def _two_conv_block(t: _Tally, spec: NetSpec, x: _Tensor, cout: int, stride: int, kernel: int) -> _Tensor:
     """The resnet and mlp block: conv-BN-ReLU-conv-BN (+ shortcut, ReLU), gated, pre-activated, or Fixup's
-    bias-conv-bias-ReLU-bias-conv-multiplier-bias (the multiplier saves its input, like the gate)."""
-    if spec.init == "fixup":
+    bias-conv-bias-ReLU-bias-conv-multiplier-bias (the multiplier saves its input, like the gate); the mlp's
+    one-layer branch BN-ReLU-conv pre-activated, conv-BN otherwise."""
+    if spec.branch_layers == 1 and spec.block == "preact":
+        f = t.conv(t.relu(t.norm(x)), cout, kernel, stride)
+    elif spec.branch_layers == 1:
+        f = t.norm(t.conv(x, cout, kernel, stride))
+    elif spec.init == "fixup":
         h = t.relu(t.scalar_bias(t.conv(t.scalar_bias(x), cout, kernel, stride, bias=False)))
         f = t.scalar_bias(t.gate(t.conv(t.scalar_bias(h), cout, kernel, bias=False)))
     elif spec.block == "preact":

@@ -1,7 +1,8 @@
 """Dense residual nets: a_{l+2} = g(z_{l+2} + a_l), the shortcut spanning each pair of linear layers.
 
 Depth counts weighted layers, as He et al. do: an input projection to width w, n blocks of two linear layers and a
-linear head, so depth = 2n + 2 (4, 6, 8, ...). Inputs of any shape are flattened first.
+linear head, so depth = 2n + 2 (4, 6, 8, ...); with one linear layer per branch (`branch_layers` 1, the branch
+depth-muP's transfer is proven for), depth = n + 2. Inputs of any shape are flattened first.
 """
 
 from __future__ import annotations
@@ -20,11 +21,17 @@ if TYPE_CHECKING:
 
 def dense_block(spec: NetSpec, ops: Ops, width: int) -> Block:
     """Two linear layers in the order of `branch_layers` (+ a_l, and an activation on the sum unless pre-activated
-    or gated)."""
-    branch = branch_layers(
-        spec, ops, lambda bias: ops.linear(width, width, bias), lambda bias: ops.linear(width, width, bias),
-        width, width,
-    )  # fmt: skip
+    or gated); with `spec.branch_layers == 1` one, norm-act-linear pre-activated, linear-norm otherwise."""
+    if spec.branch_layers == 1:
+        bias = spec.norm == "none"
+        one = [ops.linear(width, width, bias)]
+        pre = [ops.norm(width, spec.norm), ops.act(spec.norm)]
+        branch = pre + one if spec.block == "preact" else [*one, ops.norm(width, spec.norm)]
+    else:
+        branch = branch_layers(
+            spec, ops, lambda bias: ops.linear(width, width, bias), lambda bias: ops.linear(width, width, bias),
+            width, width,
+        )  # fmt: skip
     shortcut = None if spec.block == "plain" else make_shortcut(spec.shortcut, ops, width, width, 1, spec.norm)
     post = ops.post_act() if spec.block in ("plain", "residual") else None  # on the fresh sum
     return Block(spec.block, nn.Sequential(*branch), shortcut, post)

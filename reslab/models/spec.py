@@ -100,6 +100,8 @@ class NetSpec:
     parametrization: str | None = _field("how the residual update and the optimiser scale with depth: sp, depth_mup "
                                          "(Yang et al. 2023) or completep (Dey et al. 2025)", PARAMETRIZATIONS,
                                          "parametrizations")  # fmt: skip
+    branch_layers: int | None = _field("the mlp's weighted layers per residual branch, 1 or 2 (depth k·n + 2)", None,
+                                       "branch_layers")  # fmt: skip
     base_depth: int | None = _field("the depth a depth parametrization is tuned at, L0 (default: the family's "
                                     "smallest)", None, "base_depths")  # fmt: skip
 
@@ -127,6 +129,11 @@ class NetSpec:
                 raise SpecError(f"{name} must be an integer, got {value!r}")
             if value <= 0:
                 raise SpecError(f"{name} must be a positive integer, got {value}")
+        if self.branch_layers not in (None, 1, 2):
+            raise SpecError(f"branch_layers must be 1 or 2, got {self.branch_layers}")
+        if self.branch_layers == 1 and self.init == "fixup":
+            raise SpecError("init fixup (Zhang et al. 2019) scales a branch of m >= 2 layers by L^(-1/(2m-2)): it "
+                            "needs branch_layers 2")  # fmt: skip
         if self.heads is not None and self.width % self.heads:
             low, high = self.width - self.width % self.heads, self.width - self.width % self.heads + self.heads
             raise SpecError(
@@ -303,9 +310,10 @@ def spec_extras(spec: NetSpec, always: frozenset[str] = frozenset(), label: bool
     their defaults (or that are in `always`), less those its remedy sets: cell keys, run names and report labels
     write them as `name-value`, so nets that never set them keep the names they always had. A `label` (a run name,
     a report's name for a net) leaves out the transformer's heads and context, which a sweep sets once for all its
-    nets; the key keeps them."""
+    nets (not swept); the key keeps them."""
     fixed = REMEDIES[spec.remedy].fields_for(spec.family) if spec.remedy else {}
-    own = FAMILY_INFO[spec.family].own_fields if label else {}
+    own = {f.name for f in spec_fields() if f.name in FAMILY_INFO[spec.family].own_fields and not f.metadata["plural"]}
+    own = own if label else set()
     out = []
     for f in spec_fields():
         if f.metadata["key"] or f.name == "remedy" or f.name in fixed or f.name in own:

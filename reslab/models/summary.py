@@ -12,12 +12,13 @@ given per token: its example is a window of tokens.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from reslab.models.blocks import param_groups
 from reslab.models.registry import FAMILIES, build_net, example_input
 from reslab.models.spec import NetSpec
 from reslab.models.transformer import CausalTransformer
@@ -36,6 +37,18 @@ class LayerRow:
 
 
 @dataclass(frozen=True)
+class GroupRow:
+    """One optimiser parameter group: its parameters and the multipliers of the recipe's lr (under SGD and under
+    AdamW) and of AdamW's eps (`reslab.models.blocks.param_groups`)."""
+
+    name: str
+    params: int
+    sgd_lr: float
+    adamw_lr: float
+    adamw_eps: float
+
+
+@dataclass(frozen=True)
 class ModelSummary:
     input_shape: tuple[int, ...]
     layers: tuple[LayerRow, ...]
@@ -43,6 +56,7 @@ class ModelSummary:
     trainable_params: int
     macs: int  # per example
     tokens: int | None = None  # a language model's window: its example is this many tokens
+    groups: tuple[GroupRow, ...] = ()  # the optimiser's parameter groups, when there is more than one
 
     @property
     def macs_per_token(self) -> int | None:
@@ -68,6 +82,7 @@ class ModelSummary:
                 }
                 for r in self.layers
             ],
+            "groups": [vars(g) for g in self.groups],
         }
 
     def table(self, title: str = "Model") -> str:
@@ -88,6 +103,11 @@ class ModelSummary:
             *([] if self.tokens is None else [f"MACs per token: {self.macs_per_token:,} (a window of {self.tokens})"]),
             "_" * width,
         ]
+        if self.groups:
+            out.append("Optimiser groups: multipliers of the recipe's lr (SGD, AdamW) and eps (AdamW)")
+            out += [f"  {g.name:<28} {g.params:>12,} params  SGD lr x{g.sgd_lr:.4g}  AdamW lr x{g.adamw_lr:.4g}  "
+                    f"eps x{g.adamw_eps:.4g}" for g in self.groups]  # fmt: skip
+            out.append("_" * width)
         return "\n".join(out)
 
 
@@ -152,7 +172,26 @@ def describe(
     shape = tuple(input_shape) if input_shape is not None else FAMILIES[spec.family].default_input
     with torch.device(device):
         model = build_net(spec, shape, num_classes)
-    return summarize(model, shape)
+    return replace(summarize(model, shape), groups=optimiser_groups(model))
+
+
+def optimiser_groups(model: nn.Module) -> tuple[GroupRow, ...]:
+    """The parameter groups SGD and AdamW give `model`, as multipliers; none when every parameter takes the recipe's
+    lr and eps as they are."""
+    sgd = {id(p): g["lr"] for g in param_groups(model, 1.0) for p in g["params"]}
+    rows: dict[tuple[float, float, float], int] = {}
+    for g in param_groups(model, 1.0, 1.0):
+        for p in g["params"]:
+            key = (sgd[id(p)], g["lr"], g["eps"])
+            rows[key] = rows.get(key, 0) + p.numel()
+    if len(rows) < 2:
+        return ()
+    def name(key: tuple[float, float, float]) -> str:
+        if key == (1.0, 1.0, 1.0):
+            return "the recipe's"
+        return "a remedy's scalars" if key[0] != 1.0 else "residual branches (depth)"
+
+    return tuple(GroupRow(name(key), n, *key) for key, n in rows.items())
 
 
 def count_params(model: nn.Module) -> int:

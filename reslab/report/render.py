@@ -28,6 +28,7 @@ from reslab.report.collect import SweepData
 from reslab.report.leaderboard import Leaderboard, best_lr, is_remedy_sweep, leaderboard
 from reslab.report.measure import ERROR, measure_of
 from reslab.report.signal import signal_figures
+from reslab.report.transfer import Transfer, analyse, has_transfer, transfer_figure, transfer_sentence
 from reslab.report.verdict import Verdict, verdict
 
 
@@ -97,7 +98,12 @@ def at_best_lr(data: SweepData) -> SweepData:
     return dataclasses.replace(data, cells=best, epochs=only(data.epochs), telemetry=only(data.telemetry))
 
 
-def build_figures(data: SweepData, bench: pd.DataFrame | None = None, log_scale: bool = False) -> list[Rendered]:
+def build_figures(
+    data: SweepData, bench: pd.DataFrame | None = None, log_scale: bool = False, transfer: list[Transfer] | None = None,
+    every_lr: pd.DataFrame | None = None,
+) -> list[Rendered]:
+    """The report's figures of `data` (each net at its best lr where the grid sweeps it), and with `transfer` (the
+    analysis of `every_lr`, the cells at every lr) the learning-rate transfer figure after the depth curve."""
     finished = data.finished
     dataset = (data.config.get("dataset") or {}).get("name", "")
     m = measure_of(data.cells)
@@ -114,6 +120,12 @@ def build_figures(data: SweepData, bench: pd.DataFrame | None = None, log_scale:
         out.append(("depth", f"Final {m.noun} vs depth",
                     f"The depth-scaling curve: final training and test {what}, mean with 95 % CI over seeds."
                     + anchor_note, F.depth_figure(finished, anchors, m)))  # fmt: skip
+    if transfer and every_lr is not None:
+        out.append(("transfer", "Does the best learning rate survive depth?",
+                    "Final training loss vs log2(learning rate), one line per depth (mean over seeds), one panel per "
+                    "parametrization; x: diverged, at the top; dotted: each depth's best rate (a quadratic in "
+                    "log2(lr) around the grid's minimum). " + transfer_sentence(transfer),
+                    transfer_figure(every_lr, transfer)))  # fmt: skip
     tele = data.telemetry
     if not tele.empty:
         out.append(("gradient_flow", "Gradient through branch vs shortcut",
@@ -163,7 +175,8 @@ def write_report(
     (out / "figures").mkdir(parents=True, exist_ok=True)
     bench = load_benchmark(bench_path) if bench_path else None
     view = at_best_lr(data)
-    figures = build_figures(view, bench, log_scale)
+    transfer = analyse(data.cells) if has_transfer(data.cells) else []
+    figures = build_figures(view, bench, log_scale, transfer, data.cells)
     written: list[Path] = []
 
     def write(path: Path, content: str | bytes) -> None:
@@ -181,6 +194,7 @@ def write_report(
     write(out / "summary.csv", redact(data.cells.to_csv(index=False)))
     write(out / "epochs.csv", redact(data.epochs.to_csv(index=False)))
     context = _context(data, v, table, bench_path)
+    context["transfer"] = transfer_sentence(transfer) if transfer else ""
     if is_remedy_sweep(data.config) and measure_of(data.cells) is ERROR:  # its claims are the image papers'
         context["leaderboard"] = leaderboard(data.cells, (data.config.get("train") or {}).get("lr"))
     write(out / "index.html", _html(context, figures))
@@ -249,6 +263,8 @@ def _html(ctx: dict, figures: list[Rendered]) -> str:
         f"<p class='lead'>{e(ctx['description'])} — {e(ctx['progress'])}</p>",
         f"<div class='verdict {klass}' id='verdict'>{e(v.text)}</div>",
     ]
+    if ctx.get("transfer"):
+        parts.append(f"<div class='verdict' id='lr-transfer'><b>Learning-rate transfer.</b> {e(ctx['transfer'])}</div>")
     board: Leaderboard | None = ctx.get("leaderboard")
     if board is not None and not board.table.empty:
         parts.append(f"<h2 id='leaderboard'>Remedies leaderboard</h2><p>{e(_board_intro(board))}</p>")
@@ -332,6 +348,8 @@ def _markdown(ctx: dict, figures: list[Rendered]) -> str:
     v: Verdict = ctx["verdict"]
     lines = [f"# reslab report: {e(ctx['name'])}", "", f"{e(ctx['description'])} — {e(ctx['progress'])}", "",
              f"> {e(v.text)}", ""]  # fmt: skip
+    if ctx.get("transfer"):
+        lines += [f"> **Learning-rate transfer.** {e(ctx['transfer'])}", ""]
     board: Leaderboard | None = ctx.get("leaderboard")
     if board is not None and not board.table.empty:
         lines += ["## Remedies leaderboard", "", e(_board_intro(board)), "", _md_table(board.table), "",

@@ -109,11 +109,19 @@ class _GridBase(_Frozen):
         if family not in FAMILIES or family == "convnet":
             return v  # the family's own error says it; the convnet's depth rule depends on its stages (checked later)
         problems = []
+        # The mlp's depth rule depends on its layers per branch (swept later in the grid): a depth valid for one
+        # of them passes here, and every cell is built and checked once the grid is whole.
+        others = [{"branch_layers": 1}] if family == "mlp" else []
         for i, depth in enumerate(v):
-            try:
-                NetSpec(family, "plain", depth)
-            except SpecError as exc:
-                problems.append(f"[{i}] {exc}")
+            errors = []
+            for extra in [{}, *others]:
+                try:
+                    NetSpec(family, "plain", depth, **extra)
+                    break
+                except SpecError as exc:
+                    errors.append(exc)
+            else:
+                problems.append(f"[{i}] {errors[0]}")
         if problems:
             raise ValueError("; ".join(problems))
         if len(set(v)) != len(v):
@@ -164,7 +172,9 @@ def _grid_fields() -> dict[str, Any]:
             out[plural] = (list[Literal[choices]], Field(
                 default_factory=lambda: ["plain", "residual"], min_length=1, description=f.metadata["help"]))
         elif plural:
-            item = Literal[choices] if choices else int
+            # A field of some families only (the mlp's branch_layers) is unset, None, on the others.
+            owned = any(f.name in info.own_fields for info in FAMILIES.values())
+            item = Literal[choices] if choices else int | None if owned else int
             out[plural] = (list[item], Field(min_length=1, description=f.metadata["help"]))
         elif f.name != "family":  # a number set, not swept; unset: the family's default
             out[f.name] = (int | None, Field(None, description=f.metadata["help"]))
@@ -320,6 +330,18 @@ class SweepConfig(_Frozen):
         problem = pairing_problem(self.grid.family, self.dataset.name)
         if problem:
             raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
+    def _parametrization_takes_the_optimizer(self) -> SweepConfig:
+        from reslab.train.config import optimizer_problem
+
+        for grid, train in [(self.grid, {}), *[(self.arm_grid(arm), arm.train) for arm in self.arms]]:
+            optimizer = train.get("optimizer", self.train.optimizer)
+            for parametrization in grid.parametrizations:
+                problem = optimizer_problem(parametrization, optimizer)
+                if problem:
+                    raise ValueError(problem)
         return self
 
     @model_validator(mode="after")

@@ -193,3 +193,12 @@ class TrackingConfig(BaseModel):
     experiment: str = Field("reslab", min_length=1)
     system_metrics: bool = True
     system_metrics_interval_s: float = Field(1.0, gt=0, description="seconds between system metric samples")
+
+
+def optimizer_problem(parametrization: str, optimizer: str) -> str | None:
+    """One line when a depth parametrization is not defined for the optimiser: CompleteP's rules are for Adam(W)
+    only (Dey et al. 2025); depth-muP has rules for both SGD and Adam (Yang et al. 2023)."""
+    if parametrization == "completep" and optimizer != "adamw":
+        return (f"parametrization completep is defined for AdamW only (Dey et al. 2025), not optimizer {optimizer}: "
+                f"set train.optimizer adamw (--optimizer adamw), or use depth_mup, whose SGD rule keeps the lr")
+    return None

@@ -1,0 +1,87 @@
+"""The learning-rate transfer report on made-up sweeps whose answer is known: the best lr per depth from a quadratic
+in log2(lr), the slope of log2(best lr) against log2(depth) with its interval, the penalty of reusing the
+shallowest depth's rate, and diverged cells drawn, not dropped."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from reslab.report.transfer import analyse, best_log2_lr, has_transfer, transfer_figure, transfer_sentence
+
+LRS = [2.0**k for k in range(-8, -1)]  # 7 rates spanning 2^6
+DEPTHS = [4, 8, 16, 32]
+
+
+def sweep(moves: dict[str, float], seeds: int = 3, diverged: dict[str, int] | None = None) -> pd.DataFrame:
+    """Cells whose loss is a parabola in log2(lr) with its minimum at -5 - slope·log2(depth / 4), plus seed noise;
+    `diverged[panel]` makes every lr of that depth diverge."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for param, slope in moves.items():
+        for depth in DEPTHS:
+            centre = -5.0 + slope * np.log2(depth / 4)
+            for lr in LRS:
+                for seed in range(seeds):
+                    loss = 0.5 + 0.05 * (np.log2(lr) - centre) ** 2 + rng.normal(0, 0.002)
+                    gone = (diverged or {}).get(param) == depth
+                    rows.append({"status": "FINISHED", "parametrization": param, "branch_layers": "none",
+                                 "depth": depth, "lr": lr, "seed": seed, "train_loss": np.nan if gone else loss,
+                                 "diverged": "training loss became nan" if gone else ""})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_the_vertex_of_the_quadratic_is_the_best_rate() -> None:
+    x = np.arange(-4.0, 3.0)
+    assert best_log2_lr(x, (x - 1.3) ** 2) == pytest.approx(1.3)
+    assert best_log2_lr(x, (x + 9.0) ** 2) == pytest.approx(-4.0)  # kept inside the grid
+    assert best_log2_lr(x, np.full(len(x), np.nan)) is None
+
+
+def test_a_moving_rate_has_a_slope_and_a_penalty_and_a_fixed_one_neither() -> None:
+    cells = sweep({"sp": -1.0, "depth_mup": 0.0})
+    assert has_transfer(cells)
+    sp, mup = analyse(cells)
+    assert (sp.panel, mup.panel) == ("sp", "depth_mup")
+    assert sp.slope == pytest.approx(-1.0, abs=0.05) and sp.ci[0] < -0.9 and sp.ci[1] > -1.1 and sp.ci[1] < -0.8
+    assert mup.slope == pytest.approx(0.0, abs=0.05) and mup.ci[0] <= 0.0 <= mup.ci[1]
+    assert sp.grid_steps == pytest.approx(3.0, abs=0.2) and mup.grid_steps < 1.0
+    assert sp.penalty == pytest.approx(0.05 * 9, rel=0.1) and mup.penalty < 0.01  # 3 steps off: 0.05·3²
+    sentence = transfer_sentence([sp, mup])
+    assert "sp: the best learning rate moved" in sentence and "depth_mup: the best learning rate held" in sentence
+
+
+def test_a_depth_where_every_rate_diverged_is_named_and_drawn() -> None:
+    cells = sweep({"sp": -1.0}, seeds=2, diverged={"sp": 32})
+    (sp,) = analyse(cells)
+    assert sp.diverged == (32,) and sorted(sp.best) == [4, 8, 16]
+    assert sp.slope == pytest.approx(-1.0, abs=0.1) and sp.ci is not None  # 2 seeds: the fit's interval
+    assert "every learning rate diverged at depth 32" in transfer_sentence([sp])
+    fig = transfer_figure(cells, [sp])
+    (ax,) = fig.axes
+    assert len(ax.collections) == 1 and len(ax.collections[0].get_offsets()) == len(LRS)  # the x marks, at the top
+    assert "slope -1.0" in ax.get_title()
+
+
+def test_the_report_shows_the_transfer_figure_and_sentence(tmp_path) -> None:
+    from reslab.models import NetSpec
+    from reslab.models.spec import spec_values
+    from reslab.report.collect import FINAL_KEYS, SweepData
+    from reslab.report.render import write_report
+
+    rows = []
+    for i, r in sweep({"sp": -1.0, "depth_mup": 0.0}, seeds=2).iterrows():
+        spec = NetSpec("mlp", "preact", int(r["depth"]), 8, norm="none", parametrization=r["parametrization"])
+        rows.append({**dict.fromkeys(FINAL_KEYS, 0.1), **r.to_dict(), **spec_values(spec), "run_id": f"r{i}",
+                     "cell": f"c{i}", "name": f"n{i}", "variant": "preact", "params": 100, "macs": 100,
+                     "train_images_per_s": None, "epoch_time_s": 1.0, "failure": "", "attempts": 1})  # fmt: skip
+    cells = pd.DataFrame(rows)
+    data = SweepData(name="transfer", uri="sqlite:///none.db", experiment="transfer", parent={},
+                     config={"grid": {"lr": LRS}}, runs=cells, cells=cells, epochs=pd.DataFrame(),
+                     telemetry=pd.DataFrame())  # fmt: skip
+    paths = write_report(data, tmp_path / "report", log_to_mlflow=False)
+    assert "transfer" in paths.figures
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "Learning-rate transfer." in page and "sp: the best learning rate moved" in page
+    assert "the best learning rate held" in (tmp_path / "report" / "report.md").read_text()
