@@ -68,7 +68,7 @@ class _GridBase(_Frozen):
             # Each block's default: one value on most families, one norm per block on the transformer's.
             nets = [NetSpec(family, block) for block in FAMILIES[family].choices["block"]]
             defaults = {f.metadata["plural"]: list(dict.fromkeys(getattr(net, f.name) for net in nets))
-                        for f in axis_fields() if f.name not in ("block", "depth", "remedy")}  # fmt: skip
+                        for f in axis_fields() if f.name not in ("block", "depth", "remedy", "base_depth")}  # fmt: skip
             data = {**defaults, **data}
         return data
 
@@ -171,6 +171,9 @@ def _grid_fields() -> dict[str, Any]:
         elif f.name == "block":  # He et al.'s comparison unless a grid says otherwise
             out[plural] = (list[Literal[choices]], Field(
                 default_factory=lambda: ["plain", "residual"], min_length=1, description=f.metadata["help"]))
+        elif f.name == "base_depth":  # unset: each net's own smallest depth (it depends on its layers per branch)
+            out[plural] = (list[int | None], Field(default_factory=lambda: [None], min_length=1,
+                                                   description=f.metadata["help"]))  # fmt: skip
         elif plural:
             # A field of some families only (the mlp's branch_layers) is unset, None, on the others.
             owned = any(f.name in info.own_fields for info in FAMILIES.values())
