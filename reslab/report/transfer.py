@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from reslab.models.catalog import PARAMETRIZATIONS
+
 #: What the transfer is judged by: the final training loss (nats; bits per character for a language model are the
 #: same ranking), as the depth-muP papers plot it.
 METRIC = "train_loss"
@@ -149,7 +151,8 @@ def analyse(cells: pd.DataFrame) -> list[Transfer]:
     """Each panel's transfer (see the module docstring)."""
     pts = points(cells)
     out = []
-    for panel, df in pts.groupby("panel", sort=False):
+    for panel in sorted(pts["panel"].unique(), key=_panel_order):
+        df = pts[pts["panel"] == panel]
         best = _best_per_depth(df)
         diverged = tuple(int(d) for d in sorted(df["depth"].unique()) if int(d) not in best)
         slope = _slope(best)
@@ -160,6 +163,12 @@ def analyse(cells: pd.DataFrame) -> list[Transfer]:
         out.append(Transfer(str(panel), {d: 2.0**v for d, v in sorted(best.items())}, diverged, slope, ci,
                             _penalty(df, best), moved))  # fmt: skip
     return out
+
+
+def _panel_order(panel: str) -> tuple[str, int]:
+    """Panels by layers per branch, then in the parametrizations' own order (sp, depth-muP, CompleteP)."""
+    name, _, layers = panel.partition(", ")
+    return layers, PARAMETRIZATIONS.index(name) if name in PARAMETRIZATIONS else len(PARAMETRIZATIONS)
 
 
 def _penalty(df: pd.DataFrame, best: dict[int, float]) -> float | None:
@@ -177,9 +186,13 @@ def transfer_figure(cells: pd.DataFrame, results: list[Transfer]) -> Figure:
     """Final training loss vs log2(lr), one curve per depth (mean over seeds), one panel per parametrization; a
     diverged point (every seed of it, or any) at the top of its panel as an x; each depth's best lr a dotted line."""
     pts = points(cells)
-    panels = [r.panel for r in results]
-    fig = Figure(figsize=(4.2 * len(panels), 3.6), layout="constrained")
-    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+    cols = min(len(results), len(PARAMETRIZATIONS))
+    rows = math.ceil(len(results) / cols)
+    fig = Figure(figsize=(4.2 * cols, 3.4 * rows), layout="constrained")
+    grid = fig.subplots(rows, cols, squeeze=False, sharey=True)
+    for ax in grid.flat[len(results):]:
+        ax.set_visible(False)
+    axes = list(grid.flat[: len(results)])
     depths = sorted(pts["depth"].unique())
     colours = {d: c for d, c in zip(depths, _palette(len(depths)), strict=True)}
     finite = pts["loss"].dropna()
@@ -200,8 +213,9 @@ def transfer_figure(cells: pd.DataFrame, results: list[Transfer]) -> Figure:
             slope += f" [{result.ci[0]:+.2f}, {result.ci[1]:+.2f}]"
         ax.set_title(result.panel + slope, fontsize=9)
         ax.set_xlabel("log2(learning rate)")
-        ax.set_ylim(top=top * 1.02)
-    axes[0].set_ylabel("final training loss")
+        ax.set_ylim(0, top * 1.02)
+    for row in grid:
+        row[0].set_ylabel("final training loss")
     axes[-1].legend(fontsize=7)
     return fig
 
