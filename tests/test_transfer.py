@@ -4,6 +4,8 @@ shallowest depth's rate, and diverged cells drawn, not dropped."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -30,6 +32,14 @@ def sweep(moves: dict[str, float], seeds: int = 3, diverged: dict[str, int] | No
                                  "depth": depth, "lr": lr, "seed": seed, "train_loss": np.nan if gone else loss,
                                  "diverged": "training loss became nan" if gone else ""})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def test_a_rate_that_never_moves_has_a_zero_width_interval_and_an_edge_is_said() -> None:
+    cells = sweep({"sp": 0.0}, seeds=1)
+    cells["train_loss"] = 1.0 - 0.01 * np.log2(cells["lr"])  # always best at the grid's highest rate
+    (sp,) = analyse(cells)
+    assert sp.slope == pytest.approx(0.0) and sp.ci == pytest.approx((0.0, 0.0)) and sp.at_edge == tuple(DEPTHS)
+    assert "at the edge of the grid at depth 4, 8, 16, 32" in transfer_sentence([sp])
 
 
 def test_the_vertex_of_the_quadratic_is_the_best_rate() -> None:
@@ -85,3 +95,29 @@ def test_the_report_shows_the_transfer_figure_and_sentence(tmp_path) -> None:
     page = (tmp_path / "report" / "index.html").read_text()
     assert "Learning-rate transfer." in page and "sp: the best learning rate moved" in page
     assert "the best learning rate held" in (tmp_path / "report" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_tiny_real_sweep_reports_the_transfer(tmp_path) -> None:
+    """A real sweep of a few seconds (two parametrizations, three depths, three rates): its report has the figure
+    and, for each panel, the slope with its interval and the penalty."""
+    from tests.helpers import sweep_with_report
+
+    config = {
+        "name": "tinytransfer",
+        "dataset": {"name": "synthetic", "options": {"shape": [1, 16], "train_size": 256, "test_size": 64}},
+        "grid": {"family": "mlp", "blocks": ["preact"], "norms": ["none"], "widths": [8], "depths": [4, 6, 8],
+                 "parametrizations": ["sp", "depth_mup"], "lr": [0.003, 0.03, 0.3], "seeds": [0]},
+        "train": {"optimizer": "adamw", "epochs": 2, "batch_size": 64, "warmup_epochs": 0},
+        "tracking": {"system_metrics": False},
+        "sweep": {"workers": 1},
+    }  # fmt: skip
+    sweep_with_report(tmp_path, config)
+    report = tmp_path / "reports" / "tinytransfer"
+    assert (report / "figures" / "transfer.png").is_file()
+    page = (report / "index.html").read_text()
+    for panel in ("sp", "depth_mup"):
+        found = re.search(rf"{panel}: the best learning rate (held|moved) \([0-9.]+ grid steps over depths 4-8\), "
+                          rf"slope of log2\(best lr\) vs log2\(depth\) [+-][0-9.]+ \(95 % CI [+-][0-9.]+ to "
+                          rf"[+-][0-9.]+\); reusing depth 4&#x27;s rate at depth 8 costs [0-9.]+ in loss", page)
+        assert found, page[page.find("Learning-rate transfer"):][:800]

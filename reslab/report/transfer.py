@@ -48,6 +48,7 @@ class Transfer:
     ci: tuple[float, float] | None
     penalty: float | None
     grid_steps: float | None  # how far the best lr moved over the depths swept, in steps of the lr grid
+    at_edge: tuple[int, ...] = ()  # depths whose best lr is the grid's lowest or highest: the optimum may lie beyond
 
 
 def has_transfer(cells: pd.DataFrame) -> bool:
@@ -115,14 +116,19 @@ def _slope(best: dict[int, float]) -> float | None:
 
 
 def _fit_ci(best: dict[int, float]) -> tuple[float, float] | None:
-    """The slope's 95 % interval from the least-squares fit's standard error (t with n - 2 degrees of freedom)."""
+    """The slope's 95 % interval from the least-squares fit's standard error (t with n - 2 degrees of freedom); a
+    fit without residuals (every depth's best rate the same) has an interval of width 0."""
     if len(best) < 3:
         return None
     from scipy import stats
 
-    fit = stats.linregress(np.log2(sorted(best)), [best[d] for d in sorted(best)])
-    half = stats.t.ppf(0.975, len(best) - 2) * fit.stderr
-    return float(fit.slope - half), float(fit.slope + half)
+    x = np.log2(np.array(sorted(best), float))
+    y = np.array([best[d] for d in sorted(best)])
+    slope, intercept = np.polyfit(x, y, 1)
+    residual = y - (slope * x + intercept)
+    stderr = math.sqrt(float(residual @ residual) / (len(x) - 2) / float(((x - x.mean()) ** 2).sum()))
+    half = float(stats.t.ppf(0.975, len(x) - 2)) * stderr
+    return float(slope - half), float(slope + half)
 
 
 def _bootstrap_ci(df: pd.DataFrame, seed: int = 0) -> tuple[float, float] | None:
@@ -160,8 +166,9 @@ def analyse(cells: pd.DataFrame) -> list[Transfer]:
         grid = np.log2(np.sort(df["lr"].unique()))
         step = float(np.median(np.diff(grid))) if len(grid) > 1 else None
         moved = (max(best.values()) - min(best.values())) / step if best and step else None
+        edge = tuple(d for d, v in sorted(best.items()) if np.isclose(v, grid[0]) or np.isclose(v, grid[-1]))
         out.append(Transfer(str(panel), {d: 2.0**v for d, v in sorted(best.items())}, diverged, slope, ci,
-                            _penalty(df, best), moved))  # fmt: skip
+                            _penalty(df, best), moved, edge))  # fmt: skip
     return out
 
 
@@ -244,5 +251,8 @@ def transfer_sentence(results: list[Transfer]) -> str:
             text += f"; reusing depth {min(r.best)}'s rate at depth {max(r.best)} costs {r.penalty:.3f} in loss"
         if r.diverged:
             text += f"; every learning rate diverged at depth {', '.join(map(str, r.diverged))}"
+        if r.at_edge:
+            text += (f"; the best rate is at the edge of the grid at depth {', '.join(map(str, r.at_edge))}, so the "
+                     f"optimum may lie beyond it: widen grid.lr")  # fmt: skip
         parts.append(text)
     return ". ".join(parts) + "."
