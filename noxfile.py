@@ -62,8 +62,7 @@ def parallel() -> list[str]:
     second core runs beside the first. A file stays on one worker (`loadfile`), in collection order, where
     tests/conftest.py puts the drills and the slow files first (the longest work starts first). The few tests that
     ask for two torch threads on a worker's one core run with OpenMP's passive wait (`OMP_WAIT_POLICY`, read when
-    libgomp loads): a spinning thread at a barrier would wait out whole time slices of its descheduled twin (a
-    17 s test took 552 s)."""
+    libgomp loads): a spinning thread at a barrier would wait out whole time slices of its descheduled twin."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     n = min(cores, 4)
     return ["-n", str(n), "--dist", "loadfile", "--no-loadscope-reorder"] if n > 1 else []

@@ -1,8 +1,8 @@
 """Under pytest-xdist (`nox -s tests` runs two workers), each worker is pinned to its own share of the cores, as if
 it were a machine of its own: the sweeps it starts size their workers and threads by that share
 (`reslab.devices.usable_cores`), and no torch kernel of one worker shares a core with the other's. Two-thread
-OpenMP kernels whose threads lose their core to another process stall at every barrier (a cell took 10-25x
-longer), which is what two unpinned workers on two cores did. `--dist loadfile` keeps each file on one worker:
+OpenMP kernels whose threads lose their core to another process stall at every barrier, which is what two
+unpinned workers on two cores did. `--dist loadfile` keeps each file on one worker:
 its module fixtures are built once, and tests that watch the machine's processes (the secrets drills) never run
 beside each other."""
 

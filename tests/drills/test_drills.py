@@ -30,7 +30,7 @@ def config(tmp: Path, name: str, epochs: int = 4) -> Path:
         "dataset": {"name": "synthetic", "options": {"shape": [1, 16], "train_size": 512, "test_size": 64}},
         "grid": {"family": "resnet", "blocks": ["plain", "residual"], "depths": [8, 14, 20], "widths": [4]},
         # One thread per worker: two "machines" share this machine's cores, and two-thread OpenMP kernels of two
-        # processes on two cores stall each other (a cell took 10-25x longer), which tests nothing of the queue.
+        # processes on two cores stall each other, which tests nothing of the queue.
         "train": {"epochs": epochs, "batch_size": 64, "warmup_epochs": 0.5, "threads": 1},
         "tracking": {"system_metrics": False},
         "sweep": {"heartbeat_s": 1, "grace_s": 8},
