@@ -235,20 +235,25 @@ def branch_layers(
     spec: NetSpec,
     ops: Ops,
     first: Callable[[bool], nn.Module],
-    second: Callable[[bool], nn.Module],
+    second: Callable[[bool], nn.Module] | None,
     cin: int,
     cout: int,
     act_after: bool = False,
 ) -> list[nn.Module]:
     """The layers of a branch F in order, the one place every family takes them from. `first(bias)` and
     `second(bias)` build its two weighted layers (convs or linears); `act_after` adds the activation after the
-    second norm (the Keras example's convnet, whose blocks have no activation after the sum).
+    second norm (the Keras example's convnet, whose blocks have no activation after the sum). Without `second`, a
+    branch of one layer (the mlp's `branch_layers` 1): norm-act-first pre-activated, first-norm otherwise.
 
     - post-activation (He et al. 2015): first-norm-act-second-norm[-act]
     - pre-activation (He et al. 2016):  norm-act-first-norm-act-second
     - Fixup (Zhang et al. 2019):        bias-first-bias-act-bias-second-multiplier-bias (no norm layers)
     """
     bias = spec.norm == "none"
+    if second is None:
+        if spec.block == "preact":
+            return [ops.norm(cin, spec.norm), ops.act(spec.norm), first(bias)]
+        return [first(bias), ops.norm(cout, spec.norm)]
     if spec.init == "fixup":
         return [ScalarBias(), first(False), ScalarBias(), ops.act(spec.norm), ScalarBias(), second(False),
                 Multiplier(), ScalarBias()]  # fmt: skip
@@ -286,7 +291,7 @@ def param_groups(model: nn.Module, lr: float, eps: float | None = None) -> list[
     out = []
     for (lr_factor, eps_factor), params in groups.items():
         if params:
-            out.append({"params": params, "lr": lr * lr_factor, **({"eps": eps * eps_factor} if eps else {})})
+            out.append({"params": params, "lr": lr * lr_factor, **({} if eps is None else {"eps": eps * eps_factor})})
     return out
 
 

@@ -21,17 +21,11 @@ if TYPE_CHECKING:
 
 def dense_block(spec: NetSpec, ops: Ops, width: int) -> Block:
     """Two linear layers in the order of `branch_layers` (+ a_l, and an activation on the sum unless pre-activated
-    or gated); with `spec.branch_layers == 1` one, norm-act-linear pre-activated, linear-norm otherwise."""
-    if spec.branch_layers == 1:
-        bias = spec.norm == "none"
-        one = [ops.linear(width, width, bias)]
-        pre = [ops.norm(width, spec.norm), ops.act(spec.norm)]
-        branch = pre + one if spec.block == "preact" else [*one, ops.norm(width, spec.norm)]
-    else:
-        branch = branch_layers(
-            spec, ops, lambda bias: ops.linear(width, width, bias), lambda bias: ops.linear(width, width, bias),
-            width, width,
-        )  # fmt: skip
+    or gated); one linear layer with `spec.branch_layers == 1`."""
+    def linear(bias: bool) -> nn.Module:
+        return ops.linear(width, width, bias)
+
+    branch = branch_layers(spec, ops, linear, None if spec.branch_layers == 1 else linear, width, width)
     shortcut = None if spec.block == "plain" else make_shortcut(spec.shortcut, ops, width, width, 1, spec.norm)
     post = ops.post_act() if spec.block in ("plain", "residual") else None  # on the fresh sum
     return Block(spec.block, nn.Sequential(*branch), shortcut, post)

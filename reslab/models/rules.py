@@ -18,17 +18,22 @@ class DepthRule:
     offset: int
     form: str
 
+    @property
+    def smallest(self) -> int:
+        """The shallowest valid depth (n = 1)."""
+        return self.step + self.offset
+
     def blocks(self, depth: int) -> int:
         """n for a valid depth."""
         return (depth - self.offset) // self.step
 
     def is_valid(self, depth: int) -> bool:
-        return depth >= self.step + self.offset and (depth - self.offset) % self.step == 0
+        return depth >= self.smallest and (depth - self.offset) % self.step == 0
 
     def nearest(self, depth: int) -> list[int]:
         """The valid depths closest to `depth` from below and above (the minimum alone below it)."""
-        if depth < self.step + self.offset:
-            return [self.step + self.offset]
+        if depth < self.smallest:
+            return [self.smallest]
         n_low = (depth - self.offset) // self.step
         candidates = {self.step * n + self.offset for n in (n_low, n_low + 1)}
         return sorted(d for d in candidates if d != depth)[:2]

@@ -23,7 +23,7 @@ from reslab.models.catalog import (
 )
 from reslab.models.remedies import REMEDIES
 from reslab.models.remedies import remedy as find_remedy
-from reslab.models.rules import SpecError
+from reslab.models.rules import DepthRule, SpecError
 
 
 def _one_of(value: object, valid: tuple[str, ...], what: str) -> None:
@@ -156,18 +156,17 @@ class NetSpec:
                 f"depth {self.depth} is not valid for family {self.family!r} (depth = {rule.form}, n >= 1); "
                 f"nearest valid depths: {near}"
             )
-        self._check_base_depth(rule.step + rule.offset)
+        self._check_base_depth(rule)
 
-    def _check_base_depth(self, smallest: int) -> None:
+    def _check_base_depth(self, rule: DepthRule) -> None:
         """L0 of a depth parametrization: fixed when the spec is made (the family's smallest depth unless given),
         never taken from a sweep's depths, so adding depths to a sweep does not change its nets. Without a depth
         parametrization (`sp`) it is unused and always the smallest, so it never tells two identical nets apart."""
         if self.base_depth is None or self.parametrization == "sp":
-            object.__setattr__(self, "base_depth", smallest)
+            object.__setattr__(self, "base_depth", rule.smallest)
         base = self.base_depth
         if isinstance(base, bool) or not isinstance(base, int):
             raise SpecError(f"base_depth must be an integer, got {base!r}")
-        rule = FAMILY_INFO[self.family].depth_rule(self)
         if not rule.is_valid(base):
             near = " or ".join(str(d) for d in rule.nearest(base))
             raise SpecError(f"base_depth {base} is not a valid depth of family {self.family!r} (depth = "
@@ -323,8 +322,7 @@ def spec_extras(spec: NetSpec, always: frozenset[str] = frozenset(), label: bool
         if f.name == "stages":
             default = default_stages(spec.width) if spec.family == "convnet" else None
         if f.name == "base_depth":
-            rule = FAMILY_INFO[spec.family].depth_rule(spec)
-            default = rule.step + rule.offset
+            default = FAMILY_INFO[spec.family].depth_rule(spec).smallest
         if value != default or f.name in always:
             out.append((f.name, format_stages(value) if f.name == "stages" else str(value)))
     return out

@@ -27,6 +27,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from reslab.models.catalog import PARAMETRIZATIONS
+from reslab.report.figures import _depth_palette
 
 #: What the transfer is judged by: the final training loss (nats; bits per character for a language model are the
 #: same ranking), as the depth-muP papers plot it.
@@ -53,7 +54,7 @@ class Transfer:
 
 def has_transfer(cells: pd.DataFrame) -> bool:
     """Whether the sweep asks the question: several learning rates and several depths among its finished cells."""
-    done = cells[cells["status"] == "FINISHED"] if "status" in cells else cells
+    done = cells[cells["status"] == "FINISHED"]
     return not done.empty and done["lr"].nunique() > 1 and done["depth"].nunique() > 1
 
 
@@ -200,8 +201,7 @@ def transfer_figure(cells: pd.DataFrame, results: list[Transfer]) -> Figure:
     for ax in grid.flat[len(results):]:
         ax.set_visible(False)
     axes = list(grid.flat[: len(results)])
-    depths = sorted(pts["depth"].unique())
-    colours = {d: c for d, c in zip(depths, _palette(len(depths)), strict=True)}
+    colours = _depth_palette(list(pts["depth"].unique()))
     finite = pts["loss"].dropna()
     top = float(finite.max()) * 1.08 if not finite.empty else 1.0
     for ax, result in zip(axes, results, strict=True):
@@ -225,13 +225,6 @@ def transfer_figure(cells: pd.DataFrame, results: list[Transfer]) -> Figure:
         row[0].set_ylabel("final training loss")
     axes[-1].legend(fontsize=7)
     return fig
-
-
-def _palette(n: int) -> list:
-    import matplotlib as mpl
-
-    cmap = mpl.colormaps["viridis"]
-    return [cmap(i / max(n - 1, 1) * 0.9) for i in range(n)]
 
 
 def transfer_sentence(results: list[Transfer]) -> str:

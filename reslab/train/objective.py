@@ -84,8 +84,8 @@ def adamw(
     """The recipe's AdamW (lr, betas, eps and weight decay from `cfg`; Loshchilov & Hutter 2019: the decay is
     decoupled, each step shrinks a weight by lr x weight_decay, and it applies to every parameter, as SGD's does).
     Parameter groups (with a depth parametrization's lr and eps factors) and the fused CUDA implementation as for
-    `sgd`. Its update is element by element, so a pack
-    of stacked members steps each member as its solo run would."""
+    `sgd`. Its update is element by element, so a pack of stacked members steps each member as its solo run
+    would."""
     groups = param_groups(params, cfg.lr, cfg.eps) if isinstance(params, nn.Module) else list(params)
     fused = {"fused": True} if torch.device(device).type == "cuda" else {}
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
