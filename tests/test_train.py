@@ -130,6 +130,25 @@ def test_residual_blocks_get_both_gradients_and_plain_blocks_only_the_branch() -
     assert all(probe._current[f"grad_branch/b{i:03d}"] > 0 for i in range(3))
 
 
+
+def test_each_block_output_rms_is_recorded_as_the_residual_stream() -> None:
+    """`act/bNNN` is the root mean square of the block's output, computed here from a forward hook of our own."""
+    torch.manual_seed(0)
+    net = build_net(NetSpec("mlp", "preact", 10, 16, norm="none"), (1, 32), 10)
+    blocks = [m for m in net.modules() if isinstance(m, Block)]
+    outputs: list[torch.Tensor] = []
+    handles = [b.register_forward_hook(lambda m, a, out: outputs.append(out.detach())) for b in blocks]
+    probe = GradientProbe(every=1)
+    probe.blocks = blocks
+    probe.arm()
+    net(torch.randn(8, 1, 32)).logsumexp(1).mean().backward()
+    for h in handles:
+        h.remove()
+    assert len(outputs) == len(blocks) == 4
+    for i, out in enumerate(outputs):
+        assert probe._current[f"act/b{i:03d}"].item() == pytest.approx(out.pow(2).mean().sqrt().item(), rel=1e-5)
+    probe.disarm()
+
 # -- one run, end to end ----------------------------------------------------------------------------------------------
 
 
@@ -187,7 +206,8 @@ def test_run_is_recorded_in_mlflow_and_reads_back(store: str) -> None:
     summaries = {k for k in keys if k.startswith("telemetry/")}
     assert summaries == {f"telemetry/{k}" for k in ("grad_out_first", "grad_out_middle", "grad_out_last",
                          "shortcut_share_last", "grad_weight_first", "grad_weight_last", "gate_mean")}  # fmt: skip
-    assert not any(k.split("/")[0] in ("grad_branch", "grad_shortcut", "grad_out", "gate", "grad_weight") for k in keys)
+    assert not any(k.split("/")[0] in ("grad_branch", "grad_shortcut", "grad_out", "gate", "grad_weight", "act")
+                   for k in keys)  # fmt: skip
     gate_mean = sorted((m.step, m.value) for m in client.get_metric_history(result.run_id, "telemetry/gate_mean"))
     assert [step for step, _ in gate_mean] == [0, 4, 8, 12, 16, 20]  # 8 steps an epoch, 3 epochs, every 4
     assert any(k.startswith("system/cpu_utilization") for k in keys)
@@ -196,7 +216,8 @@ def test_run_is_recorded_in_mlflow_and_reads_back(store: str) -> None:
     import pandas as pd
 
     tele = pd.read_csv(client.download_artifacts(result.run_id, "telemetry.csv", str(Path.cwd())))
-    for key in ("grad_branch/b000", "grad_shortcut/b002", "grad_out/b001", "gate/b000", "grad_weight/000.stem.0"):
+    for key in ("grad_branch/b000", "grad_shortcut/b002", "grad_out/b001", "gate/b000", "grad_weight/000.stem.0",
+                "act/b002"):
         assert sorted(tele.loc[tele["key"] == key, "step"]) == [0, 4, 8, 12, 16, 20], key
     gates = tele[tele["key"].str.startswith("gate/")].groupby("step")["value"].mean()
     assert [v for _, v in gate_mean] == pytest.approx(gates.tolist())

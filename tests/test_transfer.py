@@ -1,6 +1,6 @@
 """The learning-rate transfer report on made-up sweeps whose answer is known: the best lr per depth from a quadratic
 in log2(lr), the slope of log2(best lr) against log2(depth) with its interval, the penalty of reusing the
-shallowest depth's rate, and diverged cells drawn, not dropped."""
+shallowest depth's rate, and diverged cells drawn, not dropped; the depth coordinate check beside it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from reslab.report.coordinate import coordinate_figure, coordinate_points, coordinate_sentence
 from reslab.report.transfer import analyse, best_log2_lr, has_transfer, transfer_figure, transfer_sentence
 
 LRS = [2.0**k for k in range(-8, -1)]  # 7 rates spanning 2^6
@@ -74,6 +75,37 @@ def test_a_depth_where_every_rate_diverged_is_named_and_drawn() -> None:
     assert "slope -1.0" in ax.get_title()
 
 
+def telemetry_of(cells: pd.DataFrame, growth: dict[str, float], step: int = 10) -> pd.DataFrame:
+    """Block-output RMS rows of each cell: at step 0, (depth / 4)^growth[panel] at the last block; at `step`, twice
+    that times lr / 2^-5; the blocks before the last always 1."""
+    rows = []
+    for _, cell in cells.iterrows():
+        last = cell["depth"] // 2 - 1
+        init = (cell["depth"] / 4) ** growth[cell["parametrization"]]
+        for at, value in ((0, init), (step, 2 * init * cell["lr"] / 2.0**-5), (2 * step, 99.0)):
+            rows += [{"run_id": cell["run_id"], "kind": "act", "index": i, "step": at,
+                      "value": value if i == last else 1.0} for i in range(last + 1)]  # fmt: skip
+        rows.append({"run_id": cell["run_id"], "kind": "grad_out", "index": last, "step": 0, "value": 5.0})
+    return pd.DataFrame(rows)
+
+
+def test_the_coordinate_check_compares_the_last_block_across_depths() -> None:
+    cells = sweep({"sp": -1.0, "depth_mup": 0.0})
+    cells["run_id"] = [f"r{i}" for i in range(len(cells))]
+    pts = coordinate_points(telemetry_of(cells, {"sp": 0.5, "depth_mup": 0.0}), cells)
+    assert sorted(pts["step"].unique()) == [0, 10]  # initialisation and the first probed step after it
+    assert len(pts) == 2 * len(cells)  # the last block only
+    sentence = coordinate_sentence(pts, analyse(cells))
+    # depth 32 over depth 4: sqrt(8) under sp, 1 under depth-muP, at init and after 10 steps at the tuned rate
+    assert "depth 32 over depth 4" in sentence
+    assert "sp x2.83 at initialisation, x2.83 after 10 steps at lr 0.0312" in sentence
+    assert "depth_mup x1.00 at initialisation, x1.00 after 10 steps at lr 0.0312" in sentence
+    fig = coordinate_figure(pts, analyse(cells))
+    sp_ax = fig.axes[0]
+    assert len(sp_ax.get_lines()) == len(LRS) + 1  # a line per rate after 10 steps, one at initialisation
+    assert coordinate_points(cells.iloc[0:0], cells).empty and coordinate_figure(pd.DataFrame(), []) is None
+
+
 def test_the_report_shows_the_transfer_figure_and_sentence(tmp_path) -> None:
     from reslab.models import NetSpec
     from reslab.models.spec import spec_values
@@ -108,14 +140,18 @@ def test_a_tiny_real_sweep_reports_the_transfer(tmp_path) -> None:
         "dataset": {"name": "synthetic", "options": {"shape": [1, 16], "train_size": 256, "test_size": 64}},
         "grid": {"family": "mlp", "blocks": ["preact"], "norms": ["none"], "widths": [8], "depths": [4, 6, 8],
                  "parametrizations": ["sp", "depth_mup"], "lr": [0.003, 0.03, 0.3], "seeds": [0]},
-        "train": {"optimizer": "adamw", "epochs": 2, "batch_size": 64, "warmup_epochs": 0},
+        "train": {"optimizer": "adamw", "epochs": 2, "batch_size": 64, "warmup_epochs": 0, "telemetry_every": 2},
         "tracking": {"system_metrics": False},
         "sweep": {"workers": 1},
     }  # fmt: skip
     sweep_with_report(tmp_path, config)
     report = tmp_path / "reports" / "tinytransfer"
     assert (report / "figures" / "transfer.png").is_file()
+    assert (report / "figures" / "coordinate_check.png").is_file()
     page = (report / "index.html").read_text()
+    found = re.search(r"Coordinate check \(the residual stream&#x27;s RMS at the last block, depth 8 over depth 4\): "
+                      r"sp x[0-9.]+ at initialisation, x[0-9.]+ after 2 steps at lr [0-9.]+; depth_mup x", page)
+    assert found, page[page.find("Coordinate check"):][:400]
     for panel in ("sp", "depth_mup"):
         found = re.search(rf"{panel}: the best learning rate (held|moved) \([0-9.]+ grid steps over depths 4-8\), "
                           rf"slope of log2\(best lr\) vs log2\(depth\) [+-][0-9.]+ \(95 % CI [+-][0-9.]+ to "

@@ -32,7 +32,7 @@ from reslab.tags import Metric, Tag
 
 EPOCH_KEYS = Metric.EPOCH
 FINAL_KEYS = Metric.RESULTS
-TELEMETRY = re.compile(rf"^(grad_branch|grad_shortcut|grad_out|gate|{'|'.join(PROBE_KINDS.values())})/b(\d+)$"
+TELEMETRY = re.compile(rf"^(grad_branch|grad_shortcut|grad_out|gate|act|{'|'.join(PROBE_KINDS.values())})/b(\d+)$"
                        r"|^(grad_weight)/(\d+)\.(.+)$|^(probe_net)/([a-z0-9_]+)$")
 #: A cell's columns: its key and run name, every `NetSpec` field, the seed, and the report's label for its net.
 CELL_COLUMNS = ["cell", "name", *(f.name for f in spec_fields()), "seed", "variant"]

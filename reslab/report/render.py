@@ -25,6 +25,7 @@ from reslab.report import figures as F
 from reslab.report.anchors import anchors_for
 from reslab.report.bench import load_benchmark, throughput_for_figure
 from reslab.report.collect import SweepData
+from reslab.report.coordinate import coordinate_figure, coordinate_points, coordinate_sentence
 from reslab.report.leaderboard import Leaderboard, best_lr, is_remedy_sweep, leaderboard
 from reslab.report.measure import ERROR, measure_of
 from reslab.report.signal import signal_figures
@@ -100,10 +101,11 @@ def at_best_lr(data: SweepData) -> SweepData:
 
 def build_figures(
     data: SweepData, bench: pd.DataFrame | None = None, log_scale: bool = False, transfer: list[Transfer] | None = None,
-    every_lr: pd.DataFrame | None = None,
+    every_lr: SweepData | None = None,
 ) -> list[Rendered]:
     """The report's figures of `data` (each net at its best lr where the grid sweeps it), and with `transfer` (the
-    analysis of `every_lr`, the cells at every lr) the learning-rate transfer figure after the depth curve."""
+    analysis of `every_lr`, the sweep at every lr) the learning-rate transfer figure and the depth coordinate check
+    after the depth curve."""
     finished = data.finished
     dataset = (data.config.get("dataset") or {}).get("name", "")
     m = measure_of(data.cells)
@@ -125,7 +127,14 @@ def build_figures(
                     "Final training loss vs log2(learning rate), one line per depth (mean over seeds), one panel per "
                     "parametrization; x: diverged, at the top; dotted: each depth's best rate (a quadratic in "
                     "log2(lr) around the grid's minimum). " + transfer_sentence(transfer),
-                    transfer_figure(every_lr, transfer)))  # fmt: skip
+                    transfer_figure(every_lr.cells, transfer)))  # fmt: skip
+        coords = coordinate_points(every_lr.telemetry, every_lr.cells)
+        out.append(("coordinate_check", "Depth coordinate check",
+                    "The residual stream's RMS at the last block vs depth (log-log), one panel per parametrization: "
+                    "dashed, at initialisation; solid, after the first probed steps, one line per learning rate "
+                    "(thick: the rate tuned at the shallowest depth). Flat lines: features whose size does not "
+                    "depend on depth, as depth-muP predicts. " + coordinate_sentence(coords, transfer),
+                    coordinate_figure(coords, transfer)))  # fmt: skip
     tele = data.telemetry
     if not tele.empty:
         out.append(("gradient_flow", "Gradient through branch vs shortcut",
@@ -176,7 +185,7 @@ def write_report(
     bench = load_benchmark(bench_path) if bench_path else None
     view = at_best_lr(data)
     transfer = analyse(data.cells) if has_transfer(data.cells) else []
-    figures = build_figures(view, bench, log_scale, transfer, data.cells)
+    figures = build_figures(view, bench, log_scale, transfer, data)
     written: list[Path] = []
 
     def write(path: Path, content: str | bytes) -> None:
@@ -194,7 +203,8 @@ def write_report(
     write(out / "summary.csv", redact(data.cells.to_csv(index=False)))
     write(out / "epochs.csv", redact(data.epochs.to_csv(index=False)))
     context = _context(data, v, table, bench_path)
-    context["transfer"] = transfer_sentence(transfer) if transfer else ""
+    coords = coordinate_sentence(coordinate_points(data.telemetry, data.cells), transfer) if transfer else ""
+    context["transfer"] = " ".join(filter(None, [transfer_sentence(transfer) if transfer else "", coords]))
     if is_remedy_sweep(data.config) and measure_of(data.cells) is ERROR:  # its claims are the image papers'
         context["leaderboard"] = leaderboard(data.cells, (data.config.get("train") or {}).get("lr"))
     write(out / "index.html", _html(context, figures))

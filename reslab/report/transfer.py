@@ -65,13 +65,15 @@ def panel_of(row: pd.Series, by_layers: bool) -> str:
 
 
 def points(cells: pd.DataFrame) -> pd.DataFrame:
-    """One row per finished cell: panel, depth, lr, seed and the final training loss (NaN where it diverged)."""
+    """One row per finished cell: its run, panel, depth, lr, seed and the final training loss (NaN where it
+    diverged)."""
     done = cells[cells["status"] == "FINISHED"].copy()
     loss = pd.to_numeric(done[METRIC], errors="coerce")
     diverged = done.get("diverged", pd.Series("", index=done.index)).fillna("") != ""
     layers = done.get("branch_layers", pd.Series("none", index=done.index))
     by_layers = layers.nunique() > 1
     out = pd.DataFrame({
+        "run_id": done.get("run_id", pd.Series("", index=done.index)),
         "panel": done.apply(panel_of, axis=1, by_layers=by_layers), "depth": done["depth"].astype(int),
         "lr": done["lr"].astype(float),
         "seed": done["seed"], "loss": loss.where(~diverged & np.isfinite(loss)),

@@ -6,11 +6,13 @@ swap. `GradientProbe` records, every K training steps and inside the backward pa
 - per block: the gradient norm reaching the block input through the branch F and through the shortcut, and the
   gradient norm at the block output (at init a rezero block's branch gradient is 0 and its shortcut gradient is
   its output gradient): keys `grad_branch/bNNN`, `grad_shortcut/bNNN`, `grad_out/bNNN`;
+- per block: the root mean square of its output, the residual stream after the block (`act/bNNN`): the depth
+  coordinate check (`reslab.report.coordinate`) reads it at the last block at step 0 and at the next probed step;
 - per rezero block: the gate a (`gate/bNNN`);
 - per layer: the norm of the weight gradient, what vanishes in deep plain nets (`grad_weight/LLL.<parameter>`).
 Values stay tensors until the epoch ends (no device sync per step) and are read in one transfer per epoch.
 
-Their number grows with depth (3,002 per probed step for a residual ResNet-1202), and an MLflow run with thousands
+Their number grows with depth (3,602 per probed step for a residual ResNet-1202), and an MLflow run with thousands
 of metric keys makes the UI and run search crawl. So they all go to one artifact per run, `telemetry.csv`
 (`step,key,value` lines, what the report reads), and MLflow gets a fixed handful of series per probed step, enough
 to see in the UI how the gradient norm changes from the last block back to the first and how much of it the
@@ -31,6 +33,7 @@ the first step (`reslab.probe.result`: keys `probe_act/bNNN`, `probe_grad_in/bNN
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import lightning.pytorch as pl
@@ -143,6 +146,8 @@ class GradientProbe(pl.Callback):
 
     def _output_hook(self, i: int) -> Callable:
         def hook(module: nn.Module, args: object, output: torch.Tensor) -> None:
+            self._current[f"act/b{i:03d}"] = torch.linalg.vector_norm(output.detach().float()) / math.sqrt(
+                max(output.numel(), 1))
             if output.requires_grad:
                 output.register_hook(self._record(f"grad_out/b{i:03d}"))
 
