@@ -76,9 +76,10 @@ def tests(session: nox.Session) -> None:
     install(session)
     ensure_chromium(session)
     drills_ok = ensure_postgres(session, required=STRICT)
+    slurm_ok = ensure_slurm(session, required=STRICT)
     session.run("ruff", "check", ".")
     targets = session.posargs or ["tests", "benchmarks", "--benchmark-disable"]
-    env = {"SE_OFFLINE": "true", "RESLAB_DRILLS": "1" if drills_ok else "0"}
+    env = {"SE_OFFLINE": "true", "RESLAB_DRILLS": "1" if drills_ok else "0", "RESLAB_SLURM": "1" if slurm_ok else "0"}
     workers = parallel()
     if workers:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
@@ -135,28 +136,46 @@ def profile(session: nox.Session) -> None:
     session.run("python", "-m", "benchmarks.profile_step", *session.posargs)
 
 
-def ensure_postgres(session: nox.Session, required: bool = True) -> bool:
-    """The drills run a real PostgreSQL server from Debian's packages: install it where apt can."""
-    if shutil.which("initdb") or glob.glob("/usr/lib/postgresql/*/bin/initdb"):
+def ensure_debian(session: nox.Session, present: bool, packages: list[str], what: str, required: bool) -> bool:
+    """Install Debian's `packages` unless `present`, where apt can (as root); else fail (`required`) or warn that
+    `what` will be skipped. Whether they are there now."""
+    if present:
         return True
     if not shutil.which("apt-get") or os.geteuid() != 0:
-        message = "the drills need PostgreSQL (Debian's postgresql package), which cannot be installed here"
+        message = f"{what} need Debian's {', '.join(packages)}, which cannot be installed here"
         if required:
             session.error(message)
         session.warn(message + ": they will be skipped")
         return False
     session.run("apt-get", "update", "-qq", external=True)
-    session.run("apt-get", "install", "-y", "-qq", "postgresql", external=True)
+    session.run("apt-get", "install", "-y", "-qq", *packages, external=True)
     return True
+
+
+def ensure_postgres(session: nox.Session, required: bool = True) -> bool:
+    """The drills run a real PostgreSQL server from Debian's packages: install it where apt can."""
+    present = bool(shutil.which("initdb") or glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return ensure_debian(session, present, ["postgresql"], "the drills", required)
+
+
+def ensure_slurm(session: nox.Session, required: bool = True) -> bool:
+    """The cluster drill runs a real one-node SLURM cluster (controller, node daemon, munge) from Debian's packages:
+    install them where apt can."""
+    present = all(shutil.which(b) for b in ("munged", "slurmctld", "slurmd", "sbatch"))
+    return ensure_debian(session, present, ["munge", "slurmctld", "slurmd", "slurm-client"], "the SLURM drills",
+                         required)  # fmt: skip
 
 
 @nox.session
 def drills(session: nox.Session) -> None:
     """Scale-out drills: a real PostgreSQL server and `mlflow server` on 127.0.0.1, two machines' coordinators on
-    one study, a machine killed mid-cell, unreachable servers, SIGINT. Figures go to test-artifacts/drills.jsonl."""
+    one study, a machine killed mid-cell, unreachable servers, SIGINT; a one-node SLURM cluster's array job with
+    tasks cancelled, requeued and SIGTERMed mid-cell. Figures go to test-artifacts/drills.jsonl."""
     install(session)
     ensure_postgres(session)
-    session.run("pytest", "tests/drills", "-p", "no:cacheprovider", *session.posargs, env={"RESLAB_DRILLS": "1"})
+    slurm_ok = ensure_slurm(session, required=False)
+    session.run("pytest", "tests/drills", "-p", "no:cacheprovider", *session.posargs,
+                env={"RESLAB_DRILLS": "1", "RESLAB_SLURM": "1" if slurm_ok else "0"})  # fmt: skip
 
 
 @nox.session

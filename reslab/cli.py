@@ -1,4 +1,4 @@
-"""The `reslab` console script: summary, train, probe, sweep, report, ui.
+"""The `reslab` console script: summary, train, probe, sweep, status, report, ui.
 
 Each command imports what it needs when it runs, so `reslab summary` does not pay for Lightning or MLflow. Bad
 input ends in one line on stderr that says what is wrong and what is valid, and exit code 2, before any work.
@@ -255,7 +255,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from reslab.sweep.config import ConfigError, load_config
 
     assign = {key: value for key, value in (("sweep.workers", args.workers), ("sweep.storage", args.storage),
-                                            ("tracking.uri", args.tracking_uri)) if value is not None}  # fmt: skip
+                                            ("tracking.uri", args.tracking_uri), ("sweep.launcher", args.launcher),
+                                            ("sweep.slurm.agents", args.agents)) if value is not None}  # fmt: skip
     try:
         config = load_config(args.config, list(args.set or []), assign)
         source, env_hint = _source(args)
@@ -263,14 +264,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         _check_report_folder(args, config.name, source)
         from reslab.sweep.runner import run_sweep
 
-        code = run_sweep(config, dry_run=args.dry_run, source=source, env_hint=env_hint)
+        if args.detach and config.sweep.launcher != "slurm":
+            raise ConfigError(source, ["--detach returns once SLURM has the agents: use it with --launcher slurm"])
+        if config.sweep.launcher == "slurm" and not args.dry_run:
+            from reslab.sweep.slurm import submit_problem
+
+            problem = submit_problem()
+            if problem:
+                raise ConfigError(source, [problem])
+        code = run_sweep(config, dry_run=args.dry_run, source=source, env_hint=env_hint, detach=args.detach)
         if args.dry_run and code == 0:  # the sweep's projected wall time, if a benchmark measured its nets
             from reslab.report.projection import projection_hint
 
             hint = projection_hint(config, source)
             if hint:
                 print(hint)
-        if args.report and code in (0, 1) and not args.dry_run:  # failed cells are listed in the report too
+        if args.report and code in (0, 1) and not args.dry_run and not args.detach:  # failed cells are listed too
             report_args = argparse.Namespace(sweep=config.name, tracking_uri=config.tracking.uri or args.tracking_uri,
                                              out=None, bench=None, log_scale=False)  # fmt: skip
             return cmd_report(report_args) or code
@@ -301,7 +310,9 @@ def _source(args: argparse.Namespace) -> tuple[str, str]:
     envs = {"sweep.storage": STORAGE_ENV, "tracking.uri": TRACKING_ENV}
     given = [("--set", f"{k.strip()}={v}", envs.get(k.strip())) for k, v in (a.split("=", 1) for a in args.set or [])]
     given += [("--workers", args.workers, None), ("--storage", args.storage, STORAGE_ENV),
-              ("--tracking-uri", args.tracking_uri, TRACKING_ENV)]  # fmt: skip
+              ("--tracking-uri", args.tracking_uri, TRACKING_ENV),
+              ("--launcher", getattr(args, "launcher", None), None),
+              ("--agents", getattr(args, "agents", None), None)]  # fmt: skip
     parts, hints = [args.config], []
     for flag, value, env in given:
         if value is None:
@@ -316,6 +327,24 @@ def _source(args: argparse.Namespace) -> tuple[str, str]:
         env_hint = (f"with {' and '.join(hints)} in the environment (passwords are not shown; for PostgreSQL, "
                     f"PGPASSWORD or ~/.pgpass can hold the password instead)")  # fmt: skip
     return " ".join(parts), env_hint
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import os
+
+    from reslab.redact import STORAGE_ENV
+    from reslab.sweep.queue import QueueError
+    from reslab.sweep.status import sweep_status
+    from reslab.tracking import TrackingError, resolve_uri
+
+    storage = args.storage or os.environ.get(STORAGE_ENV) or f"{args.runs_dir}/{args.sweep}/optuna.journal"
+
+    try:
+        found = sweep_status(args.sweep, storage, resolve_uri(args.tracking_uri))
+    except (QueueError, TrackingError) as exc:
+        raise UsageError(str(exc)) from None
+    print(json.dumps(found.to_json(), indent=1) if args.json else "\n".join(found.lines()))
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -506,9 +535,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="Optuna storage: a journal file or postgresql://... (default $RESLAB_STORAGE, "
                    "else runs/<name>/optuna.journal)")  # fmt: skip
     p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    p.add_argument("--dry-run", action="store_true", help="list the runs with params, MACs and status; run nothing")
+    p.add_argument("--launcher", choices=("local", "slurm"),
+                   help="who starts the agents: this machine (local, the default) or SLURM, as an array job (see "
+                   "docs/cluster.md)")  # fmt: skip
+    p.add_argument("--agents", type=positive_int, help="--launcher slurm: array tasks, one agent each (default "
+                   "sweep.slurm.agents, 2)")  # fmt: skip
+    p.add_argument("--detach", action="store_true", help="--launcher slurm: return once the job is submitted (follow "
+                   "it with reslab status NAME)")  # fmt: skip
+    p.add_argument("--dry-run", action="store_true", help="list the runs with params, MACs and status; run nothing "
+                   "(--launcher slurm: print the job's script, contact nothing)")  # fmt: skip
     p.add_argument("--report", action="store_true", help="render the sweep's report when it is done")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("status", help="where a sweep stands, from its queue and MLflow, on any machine that reaches "
+                       "them: cells done, running (where), waiting, failed (why)")  # fmt: skip
+    p.add_argument("sweep", help="the sweep's name (its config's `name`)")
+    p.add_argument("--storage", help="the sweep's queue (default $RESLAB_STORAGE, else runs/<name>/optuna.journal)")
+    p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--runs-dir", default="runs", help="where a journal queue is looked for (default runs)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("report", help="render a sweep's report (HTML, Markdown, CSV, figures) from MLflow")
     p.add_argument("sweep", help="the sweep's name (its config's `name`)")

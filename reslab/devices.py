@@ -28,12 +28,50 @@ def compile_mode(setting: str, device: str) -> str | None:
 
 def usable_cores() -> int:
     """The CPU cores this process may run on: its affinity mask (`taskset`, a container's or a batch scheduler's
-    cpuset), not the machine's count. Workers and threads sized by the machine's count on a share of it
-    oversubscribe that share, and two-thread OpenMP kernels on one core stall at every barrier."""
+    cpuset), not the machine's count, and no more than a SLURM job step was given (`SLURM_CPUS_PER_TASK`: a cluster
+    without CPU binding leaves the mask at the whole node). Workers and threads sized by the machine's count on a
+    share of it oversubscribe that share, and two-thread OpenMP kernels on one core stall at every barrier."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # no affinity masks on this OS
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    given = _slurm_int("SLURM_CPUS_PER_TASK")
+    return max(1, min(cores, given)) if given else cores
+
+
+def usable_memory() -> int:
+    """The bytes of memory this process may use: what the OS reports available, capped by a SLURM allocation
+    (`SLURM_MEM_PER_NODE`, or `SLURM_MEM_PER_CPU` x the CPUs, in MB) and a cgroup v2 limit (a container's
+    `memory.max`), whichever is smallest."""
+    import psutil
+
+    limits = [int(psutil.virtual_memory().available)]
+    per_node, per_cpu = _slurm_int("SLURM_MEM_PER_NODE"), _slurm_int("SLURM_MEM_PER_CPU")
+    if per_node:
+        limits.append(per_node * 2**20)
+    elif per_cpu:
+        limits.append(per_cpu * usable_cores() * 2**20)
+    try:
+        text = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if text.isdigit():
+            limits.append(int(text))
+    except OSError:
+        pass
+    return min(limits)
+
+
+def _slurm_int(name: str) -> int | None:
+    """A SLURM count from the environment (`SLURM_CPUS_PER_TASK=4`), None when unset or not a positive number."""
+    text = os.environ.get(name, "").strip()
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def visible_gpus(count: int) -> list[str]:
+    """The ids to give workers in `CUDA_VISIBLE_DEVICES` for the `count` GPUs this process sees: the inherited
+    `CUDA_VISIBLE_DEVICES` entries (a batch scheduler's allocation, e.g. "3,5") where it is set, else 0..count-1.
+    Renumbering from 0 inside an allocation would hand a worker a GPU of another job."""
+    inherited = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    return inherited[:count] if len(inherited) >= count else [str(i) for i in range(count)]
 
 
 def nvidia_driver() -> bool:

@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from reslab.devices import gpu_count, usable_cores
+from reslab.devices import gpu_count, usable_cores, usable_memory
 
 if TYPE_CHECKING:
     from reslab.models.estimate import Estimate
@@ -47,10 +47,9 @@ class Device:
 
 def training_device(device: str) -> Device:
     """The device a cell with `train.device = device` trains on here. A GPU is asked for its free memory (the
-    smallest over the GPUs, since a cell may land on any); the CPU has the memory the OS reports available."""
-    import psutil
-
-    cpu = Device("cpu", int(psutil.virtual_memory().available), usable_cores())
+    smallest over the GPUs, since a cell may land on any); the CPU has the memory this process may use
+    (`usable_memory`: available, within a batch scheduler's or a container's limit)."""
+    cpu = Device("cpu", usable_memory(), usable_cores())
     if device == "cpu" or device == "mps":
         return cpu
     count = gpu_count()

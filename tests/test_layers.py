@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 #: Bottom to top. `tracking` sits below `data` and `train` because a training run records itself through it.
 LAYERS: list[set[str]] = [
-    {"models", "devices", "redact", "tags", "atomic", "paths"},
+    {"models", "devices", "redact", "tags", "atomic", "paths", "interrupts"},
     {"tracking"},
     {"data"},
     {"train", "probe"},

@@ -119,6 +119,41 @@ def test_ctrl_c_in_the_middle_of_a_claim_gives_the_item_back(tmp_path: Path, mon
     assert (status.state, status.reason) == ("failed", "interrupted")
 
 
+def test_sigterm_in_the_middle_of_a_claim_gives_the_item_back_for_another_worker_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # fmt: skip
+    """SIGTERM (a scheduler's time limit or preemption) just after the RUNNING write: it waits until the worker
+    knows what it holds, then raises `Terminated`; the item is lost with the reason and waiting again at the next
+    settle, for any worker, without waiting for a judge or the next `reslab sweep`."""
+    from reslab.interrupts import Terminated, raise_terminated
+
+    coordinator = queue.CellQueue(config_in(tmp_path))
+    coordinator.settle(retry_failed=True)
+    lost: list[tuple[str | None, str]] = []
+    worker = queue.CellQueue(config_in(tmp_path), create=False, on_lost=lambda run, why: lost.append((run, why)))
+    real = queue.write_trial
+
+    def write_then_sigterm(storage, trial_id, attrs, state=None, values=None):
+        written = real(storage, trial_id, attrs, state, values)
+        if state == queue.TrialState.RUNNING:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return written
+
+    monkeypatch.setattr(queue, "write_trial", write_then_sigterm)
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        with pytest.raises(Terminated):
+            worker.claim()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    monkeypatch.undo()
+    assert worker.give_back("its worker was terminated by SIGTERM")
+    assert lost == [(None, "its worker was terminated by SIGTERM")]
+    assert not worker.give_back("again")  # nothing held any more
+    (status,) = coordinator.settle(retry_failed=False).values()
+    assert status.state == "waiting"
+
+
 def test_the_recipe_is_recorded_once_and_a_tuned_sweep_names_its_slots(tmp_path: Path) -> None:
     config = config_in(tmp_path, grid={"depths": [8, 20]}, tune={"trials_per_cell": 2, "metric": "test_error"})
     coordinator = queue.CellQueue(config)

@@ -411,8 +411,8 @@ def test_where_to_look_next_names_the_sweeps_own_store(in_tmp: Path) -> None:
 def test_more_workers_than_gpus_share_them_and_none_is_left_without() -> None:
     from reslab.sweep.runner import WorkerPlan, gpus_of_worker
 
-    assert [gpus_of_worker(WorkerPlan(2, None, [0, 1, 2, 3]), i) for i in range(2)] == [[0, 1], [2, 3]]
-    assert [gpus_of_worker(WorkerPlan(3, None, [0, 1]), i) for i in range(3)] == [[0], [1], [0]]
+    assert [gpus_of_worker(WorkerPlan(2, None, ["0", "1", "2", "3"]), i) for i in range(2)] == [["0", "1"], ["2", "3"]]
+    assert [gpus_of_worker(WorkerPlan(3, None, ["0", "1"]), i) for i in range(3)] == [["0"], ["1"], ["0"]]
 
 
 def test_the_resume_command_keeps_the_queue_store_and_workers() -> None:

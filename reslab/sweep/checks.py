@@ -66,6 +66,10 @@ def sweep_problems(config: SweepConfig) -> list[str]:
     if problem:
         origin = "tracking.uri" if config.tracking.uri else f"${TRACKING_ENV}" if os.environ.get(TRACKING_ENV) else ""
         problems.append(f"{origin or 'the default tracking store'} {uri}: {problem}")
+    if config.sweep.launcher == "slurm":  # agents on other nodes share both stores
+        from reslab.sweep.slurm import storage_problem, tracking_problem
+
+        problems += [p for p in (storage_problem(storage), tracking_problem(uri)) if p]
     if config.dataset.data_dir or os.environ.get("RESLAB_DATA_DIR"):
         from reslab.data.cache import resolve_data_dir
 

@@ -190,6 +190,34 @@ def _grid_fields() -> dict[str, Any]:
 GridConfig = create_model("GridConfig", __base__=_GridBase, __doc__=_GridBase.__doc__, **_grid_fields())
 
 
+class SlurmConfig(_Frozen):
+    """What `--launcher slurm` asks SLURM for, per agent: each agent is one task of an array job, and starts its
+    workers inside what it was given (`reslab.devices`: its CPUs, memory and GPUs, not the node's)."""
+
+    agents: int = Field(2, ge=1, description="array tasks, one agent each (--agents)")
+    partition: str | None = Field(None, description="#SBATCH --partition")
+    account: str | None = Field(None, description="#SBATCH --account")
+    time: str | None = Field(None, description="#SBATCH --time per agent, e.g. 4:00:00 (SIGTERM at the limit: "
+                             "its cell goes back to the queue)")  # fmt: skip
+    cpus_per_agent: int = Field(2, ge=1, description="#SBATCH --cpus-per-task")
+    mem: str | None = Field(None, pattern=r"^[0-9]+[KMGT]?$", description="#SBATCH --mem per agent, e.g. 8G")
+    gpus_per_agent: int = Field(0, ge=0, description="#SBATCH --gpus-per-task")
+    sbatch: list[str] = Field(default_factory=list, description="more sbatch options, e.g. --qos=high")
+    setup: list[str] = Field(default_factory=list, description="shell lines before the agent starts, e.g. "
+                             "`module load cuda` or `source ~/venv/bin/activate`")  # fmt: skip
+    python: str | None = Field(None, description="the Python that runs the agent on the nodes (default: the one "
+                               "that submits, which a shared file system makes the same)")  # fmt: skip
+
+    @field_validator("sbatch")
+    @classmethod
+    def _options(cls, v: list[str]) -> list[str]:
+        for line in v:
+            if not line.startswith("-") or "\n" in line:
+                raise ValueError(f"sbatch option {line!r} is not one option: write it as on sbatch's command line, "
+                                 f"e.g. --qos=high")  # fmt: skip
+        return v
+
+
 class ExecConfig(_Frozen):
     """Where the queue lives and who works on it."""
 
@@ -198,6 +226,10 @@ class ExecConfig(_Frozen):
         "sqlite:///x.db, postgresql://user:pass@host/db"
     )  # fmt: skip
     workers: int | Literal["auto"] = "auto"
+    launcher: Literal["local", "slurm"] = Field(
+        "local", description="who starts the agents: this machine (local), or SLURM as an array job (slurm)"
+    )
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
     runs_dir: str = "runs"
     heartbeat_s: float = Field(
         5.0, ge=1, description="a worker's lease is renewed this often (each beat is a write to the queue's storage)"

@@ -49,24 +49,30 @@ def lease_attrs() -> dict[str, Any]:
     return {HOST: node_name(), PID: pid, PID_START: pid_start(pid), BEAT: wall_clock()}
 
 
+#: What a claim defers: Ctrl-C, and the signal a scheduler stops a job with.
+DEFERRED = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextlib.contextmanager
 def ctrl_c_deferred() -> Iterator[None]:
-    """Ctrl-C (SIGINT) waits until the block ends, then raises KeyboardInterrupt as usual. A claim is a storage
-    write followed by the worker noting what it now holds: interrupted between the two, the item would stay RUNNING
-    with a holder that never learned of it. Only the main thread can set a signal handler; elsewhere (and where
-    SIGINT is ignored) the block runs as is."""
-    ignored = signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, None)
-    if ignored or threading.current_thread() is not threading.main_thread():
+    """Ctrl-C (SIGINT) and SIGTERM wait until the block ends, then are delivered to their own handlers as usual. A
+    claim is a storage write followed by the worker noting what it now holds: interrupted between the two, the item
+    would stay RUNNING with a holder that never learned of it. Only the main thread can set a signal handler;
+    elsewhere the block runs as is, and so does a signal that is ignored or left to its default action (which ends
+    the process)."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    handled = [s for s in DEFERRED if callable(signal.getsignal(s))]
     pending: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, _frame: pending.append(signum))
+    previous = {s: signal.signal(s, lambda signum, _frame: pending.append(signum)) for s in handled}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if pending:
-        raise KeyboardInterrupt
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    for signum in pending:
+        signal.raise_signal(signum)
 
 
 def local_pid_gone(trial: Any) -> str | None:

@@ -313,6 +313,19 @@ class CellQueue:
             if trial.state == TrialState.RUNNING:
                 fail(self._storage, held, "interrupted")
 
+    def give_back(self, why: str) -> bool:
+        """SIGTERM: the item this process last took, if it still runs, is failed as lost with `why`, so any worker
+        of the sweep claims it again at once (as a killed worker's item, without waiting for a judge). True if
+        there was one."""
+        held = self._queue.holding
+        if held is None:
+            return False
+        trial = self._storage.get_trial(held)
+        if trial.state != TrialState.RUNNING or not self._queue.fail_lost(trial, why):
+            return False
+        self._lost(self._storage.get_trial(held), why)
+        return True
+
     def reattach(self, trial_id: int) -> Lease:
         """The lease a worker holds, in a process of the cell's own (a multi-device cell)."""
         trial = self._storage.get_trial(trial_id)

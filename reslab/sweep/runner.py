@@ -1,10 +1,12 @@
 """`reslab sweep`: the coordinator. Idempotent steps: expand the grid, enqueue what is missing, run workers,
 collect. Running it again runs only what is missing or failed; `--dry-run` only looks.
 
-The coordinator never trains. It creates the tracking store and the study once, before any worker starts (two
-processes creating one fresh sqlite DB corrupt it; two creating one study race), attaches to the sweep's MLflow
-parent run, starts N worker processes with the CPU threads divided between them (one per GPU on a GPU machine),
-and shows progress from the queue until they are done.
+The coordinator never trains. It prepares the sweep once per start, before any worker starts: the tracking store and
+the study (two processes creating one fresh sqlite DB corrupt it; two creating one study race), the sweep's MLflow
+parent run, every missing cell enqueued. Then a launcher starts agents: `local` is this machine's own, N worker
+processes with the CPU threads divided between them (one per GPU on a GPU machine); `slurm` submits an array job
+of agents (`reslab.sweep.slurm`, `reslab.sweep.agent`). Either way it shows progress from the queue until the cells
+are done.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,8 @@ from rich.table import Table
 
 from reslab import tracking
 from reslab.atomic import write_atomic
-from reslab.devices import gpu_count, usable_cores
+from reslab.devices import gpu_count, usable_cores, usable_memory, visible_gpus
+from reslab.interrupts import EXIT_TERMINATED, Terminated, raise_terminated
 from reslab.models.spec import spec_extras
 from reslab.redact import (
     PASSWORD_ENV,
@@ -48,6 +52,8 @@ from reslab.tags import Tag
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 MAX_RESPAWNS = 3
+#: A sweep worker's own memory before its first cell (torch, Lightning, MLflow imported): 630 MB resident, measured.
+WORKER_BYTES = 640 * 2**20
 #: train fields that change how fast a run goes, not what it computes: a rerun may change them.
 EXECUTION_ONLY = ("device", "devices", "strategy", "threads", "telemetry_every", "eval_batch_size", "deterministic",
                   "probe", "compile", "channels_last")  # fmt: skip
@@ -57,7 +63,7 @@ EXECUTION_ONLY = ("device", "devices", "strategy", "threads", "telemetry_every",
 class WorkerPlan:
     workers: int
     threads: int | None
-    gpus: list[int]
+    gpus: list[str]  # CUDA_VISIBLE_DEVICES ids, as this process inherited them
 
     def describe(self) -> str:
         if self.gpus:
@@ -68,21 +74,32 @@ class WorkerPlan:
 def plan_workers(config: SweepConfig, n_items: int) -> WorkerPlan:
     """`auto`: one worker per GPU (per `devices` GPUs) when training on CUDA; on the CPU as many workers as cores,
     capped by the work and at 8, each with an equal share of the threads (small nets scale better by processes). The
-    cores are those this process may run on (`usable_cores`), not the machine's."""
+    cores are those this process may run on (`usable_cores`), not the machine's; the GPUs those it inherited
+    (`visible_gpus`)."""
     requested = config.sweep.workers
     device = config.train.device
     n_gpus = gpu_count() if device in ("auto", "cuda") else 0
     if n_gpus:
         per_cell = config.train.devices if isinstance(config.train.devices, int) else 1
         n = max(1, n_gpus // per_cell) if requested == "auto" else int(requested)
-        return WorkerPlan(n, config.train.threads, list(range(n_gpus)))
+        return WorkerPlan(n, config.train.threads, visible_gpus(n_gpus))
     cores = usable_cores()
-    n = max(1, min(cores, n_items, 8)) if requested == "auto" else int(requested)
+    n = max(1, min(cores, n_items, 8, _fit_in_memory(config))) if requested == "auto" else int(requested)
     threads = config.train.threads or max(1, cores // n)
     return WorkerPlan(n, threads, [])
 
 
-def gpus_of_worker(plan: WorkerPlan, i: int) -> list[int]:
+def _fit_in_memory(config: SweepConfig) -> int:
+    """How many CPU workers the memory this process may use holds (`usable_memory`: a SLURM allocation or a
+    container's limit, not the node's), each with its imports and the largest cell's training."""
+    from reslab.limits import training_bytes
+
+    largest = max((training_bytes(cell.spec(), config.dataset, cell.recipe(config.train))[0]
+                   for cell in config.cells()), default=0)  # fmt: skip
+    return max(1, usable_memory() // (WORKER_BYTES + largest))
+
+
+def gpus_of_worker(plan: WorkerPlan, i: int) -> list[str]:
     """Worker i's GPUs: an equal share when there are at least as many GPUs as workers, else one GPU shared
     round-robin (never none: a worker without a GPU would silently train on the CPU)."""
     per = len(plan.gpus) // plan.workers
@@ -122,6 +139,8 @@ class Coordinator:
         self.cells, self.items = items_of(config)
         self._procs: list[subprocess.Popen] = []  # the workers, once started
         self._parent: str | None = None  # the sweep's MLflow parent run, once attached
+        self.log_prefix = ""  # of the workers' logs: an agent's own, so agents sharing runs/<name>/ keep theirs
+        self.terminated = False  # SIGTERM stopped the workers
         self.storage_url = _absolute_storage(config.storage_url)
         self.uri = tracking.resolve_uri(config.tracking.uri)
         self.store = tracking.store(self.uri)
@@ -166,7 +185,10 @@ class Coordinator:
         return f"{plan_workers(self.config, len(self.items)).describe()}, {self.config.dataset.name}"
 
     # -- the real thing --------------------------------------------------------------------------------------------
-    def run(self) -> int:
+    def prepare(self) -> tuple[CellQueue, str, dict[Item, ItemStatus]]:
+        """The sweep's queue with every missing or failed cell enqueued, its MLflow parent run, orphaned child runs
+        settled: idempotent, so any number of launchers and agents may share one sweep. Returns the queue, the
+        parent run and every item's status before this start."""
         config = self.config
         # The queue first: an unreachable database must not leave a tracking store or experiment behind.
         queue = CellQueue(config, url=self.storage_url, on_lost=mark_lost_run(self.store))
@@ -188,20 +210,88 @@ class Coordinator:
         self._report_grid_change(queue)
         before = queue.settle(retry_failed=True)
         self._close_orphans(queue, parent)
-        todo = [i for i, s in before.items() if s.state != "done"]
-        plan = plan_workers(config, len(todo))
+        return queue, parent, before
+
+    def _header(self, todo: int, on: str) -> None:
         self.console.print(
-            f"[bold]sweep {config.name}[/]: {len(self.items)} runs, {len(self.items) - len(todo)} done, "
-            f"{len(todo)} to run on {plan.describe()}\n"
+            f"[bold]sweep {self.config.name}[/]: {len(self.items)} runs, {len(self.items) - todo} done, "
+            f"{todo} to run on {on}\n"
             f"  queue  {redact_uri(self.storage_url)}\n  mlflow {redact_uri(self.uri)} "
-            f"(experiment {config.tracking.experiment})"
+            f"(experiment {self.config.tracking.experiment})"
         )
+
+    def run(self) -> int:
+        """The local launcher: prepare, then this machine's own agent, with progress, until every cell is done."""
+        queue, parent, before = self.prepare()
+        todo = [i for i, s in before.items() if s.state != "done"]
+        plan = plan_workers(self.config, len(todo))
+        self._header(len(todo), plan.describe())
         if not todo:
             return self._finish(queue, parent, interrupted=False)
         resolved = self._write_resolved()
         procs = self._procs = self._spawn(plan, resolved, parent)
         interrupted = self._watch(queue, procs, before)
         return self._finish(queue, parent, interrupted)
+
+    def run_slurm(self, agents: int, detach: bool) -> int:
+        """The SLURM launcher: prepare, submit `agents` agents as an array job (`reslab.sweep.slurm`), then show
+        progress from the queue until every cell is done or the job has ended; `detach` returns after submitting."""
+        from reslab.sweep import slurm
+
+        problem = slurm.submit_problem()
+        if problem:  # before the queue or MLflow are touched
+            raise QueueError(problem)
+        queue, parent, before = self.prepare()
+        todo = [i for i, s in before.items() if s.state != "done"]
+        self._header(len(todo), slurm.describe(self.config.sweep.slurm, agents))
+        if not todo:
+            return self._finish(queue, parent, interrupted=False)
+        resolved = self._write_resolved()
+        path = self.config.run_dir / "agents.sbatch"
+        write_atomic(path, slurm.script(self.config, agents, resolved))
+        env = dict(os.environ, **{STORAGE_ENV: self.storage_url, TRACKING_ENV: self.uri})
+        job = slurm.submit(path, env)
+        self.console.print(f"submitted SLURM job {job}: {agents} agent{'s' * (agents > 1)}, script {path}, logs "
+                           f"{self.config.run_dir}/agent-*.log")  # fmt: skip
+        follow = f"follow it with `reslab status {self.config.name}`; stop it with `scancel {job}`"
+        if detach:
+            self.console.print(f"Detached: the agents run on. {follow[0].upper()}{follow[1:]}.")
+            return EXIT_OK
+        try:
+            interrupted = self._watch(queue, [], before, alive=lambda: slurm.job_alive(job))
+        except KeyboardInterrupt:
+            interrupted = True
+        if interrupted:
+            self.console.print(f"Stopped watching; the agents run on: {follow}.")
+            return EXIT_INTERRUPTED
+        return self._finish(queue, parent, interrupted=False, logs="agent-*.log")
+
+    def agent(self, label: str) -> int:
+        """One agent of a sweep someone prepared (`reslab.sweep.agent`, started by SLURM): this allocation's
+        workers, until no cell is left; the parent run ends FINISHED with the last cell, whoever ran it. SIGTERM
+        (a time limit, preemption, `scancel`) gives the workers' cells back at once."""
+        self.log_prefix = f"agent-{label}-"
+        queue = CellQueue(self.config, url=self.storage_url, create=False, on_lost=mark_lost_run(self.store))
+        parent = queue.parent_run
+        if parent is None:
+            raise QueueError(f"sweep {self.config.name!r} has no parent run in its queue: start it with `reslab "
+                             f"sweep`, which prepares it before it starts agents")  # fmt: skip
+        self._parent = parent
+        before = queue.settle(retry_failed=False)
+        todo = [i for i, s in before.items() if s.state != "done"]
+        plan = plan_workers(self.config, len(todo))
+        self._header(len(todo), f"agent {label}: {plan.describe()}")
+        if todo:
+            self._procs = self._spawn(plan, self.config.run_dir / "config.resolved.yaml", parent)
+            if self._watch(queue, self._procs, before):
+                return EXIT_TERMINATED if self.terminated else EXIT_INTERRUPTED
+        statuses = queue.status()
+        if all(st.state in ("done", "failed") for st in statuses.values()):
+            self._record_counts(parent, statuses)
+            with contextlib.suppress(Exception):  # another agent may be ending it at the same moment
+                if self.store.get_run(parent).info.status == "RUNNING":
+                    self.store.finish_run(parent, "FINISHED")
+        return EXIT_OK
 
     def stop_after_outage(self, exc: Exception) -> None:
         """The queue's storage stayed away past its retry budget: stop the workers (their cells are lost and run
@@ -266,7 +356,10 @@ class Coordinator:
 
     def _spawn_one(self, i: int) -> subprocess.Popen:
         plan, resolved, parent = self._launch
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **{STORAGE_ENV: self.storage_url, TRACKING_ENV: self.uri})
+        # Not SLURM's job variables: Lightning would take a worker for a SLURM task (ranks from SLURM_PROCID, an
+        # `scontrol requeue` of the whole job on SIGUSR1); the agent has already sized itself by them.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+        env.update(PYTHONUNBUFFERED="1", **{STORAGE_ENV: self.storage_url, TRACKING_ENV: self.uri})
         if plan.threads:
             env.update(OMP_NUM_THREADS=str(plan.threads), MKL_NUM_THREADS=str(plan.threads))
         if plan.gpus:
@@ -274,14 +367,19 @@ class Coordinator:
         cmd = [sys.executable, "-m", "reslab.sweep.worker", str(resolved), "--index", str(i), "--parent-run-id", parent]
         if plan.threads:
             cmd += ["--threads", str(plan.threads)]
-        with open(self.config.run_dir / f"worker-{i}.log", "a") as log:
+        with open(self.config.run_dir / f"{self.log_prefix}worker-{i}.log", "a") as log:
             log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
             log.flush()
             return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
-    def _watch(self, queue: CellQueue, procs: list[subprocess.Popen], before: dict[Item, ItemStatus]) -> bool:
-        """Progress from the queue until every worker has exited; True if interrupted. A worker that dies (a
-        signal, the OOM killer) while work remains is started again, at most MAX_RESPAWNS times per slot."""
+    def _watch(
+        self, queue: CellQueue, procs: list[subprocess.Popen], before: dict[Item, ItemStatus],
+        alive: Callable[[], bool] | None = None,
+    ) -> bool:  # fmt: skip
+        """Progress from the queue until every worker has exited (or, with `alive`, until it says the agents
+        elsewhere are gone); True if interrupted. A worker that dies (a signal, the OOM killer) while work remains is
+        started again, at most MAX_RESPAWNS times per slot. SIGTERM to this process is passed on to the workers,
+        which give their cells back to the queue at once."""
         reported = {i for i, s in before.items() if s.state == "done"}
         respawns = [0] * len(procs)
         killed: dict[int, str] = {}  # worker pid -> why it died, for the cells it held
@@ -313,12 +411,24 @@ class Coordinator:
                             why = describe_exit(code)
                             progress.console.print(f"[yellow]worker {i} died ({why}); starting it again")
                             procs[i] = self._spawn_one(i)
+                    if alive is not None:
+                        if not pending or not alive():
+                            return False
+                        time.sleep(2.0)  # each look at the job is a request to the SLURM controller
+                        continue
                     if all(p.poll() is not None for p in procs):
                         return False
                     time.sleep(0.5)
+            except Terminated:
+                self.terminated = True
+                progress.console.print("[yellow]terminated: the workers give their cells back to the queue")
+                _stop(procs, signal.SIGTERM)
+                return True
             except KeyboardInterrupt:
-                progress.console.print("[yellow]interrupted: stopping the workers (their runs are marked to resume)")
-                _stop(procs)
+                if procs:
+                    progress.console.print("[yellow]interrupted: stopping the workers (their runs are marked to "
+                                           "resume)")  # fmt: skip
+                    _stop(procs)
                 return True
 
     def _result_line(self, item: Item, st: ItemStatus) -> str:
@@ -335,7 +445,13 @@ class Coordinator:
             parts = [f"pruned ({st.pruned})"]
         return f"[green]✓[/] {self.label(item):<24} " + "  ".join(parts) + f"  {attrs.get('wall_s', 0):6.1f} s"
 
-    def _finish(self, queue: CellQueue, parent: str, interrupted: bool) -> int:
+    def _record_counts(self, parent: str, statuses: dict[Item, ItemStatus]) -> None:
+        done = sum(1 for st in statuses.values() if st.state == "done")
+        failed = sum(1 for st in statuses.values() if st.state == "failed")
+        self.store.log_metrics(parent, [("cells_done", done, 0), ("cells_failed", failed, 0)])
+        self.store.set_tags(parent, {Tag.CELLS_DONE: done, Tag.CELLS_FAILED: failed})
+
+    def _finish(self, queue: CellQueue, parent: str, interrupted: bool, logs: str = "worker-*.log") -> int:
         statuses = queue.status()
         counts: dict[str, int] = defaultdict(int)
         for st in statuses.values():
@@ -344,8 +460,7 @@ class Coordinator:
         left = len(self.items) - done - failed
         if done:
             self.console.print(summary_table(self.config, self.cells, statuses))
-        self.store.log_metrics(parent, [("cells_done", done, 0), ("cells_failed", failed, 0)])
-        self.store.set_tags(parent, {Tag.CELLS_DONE: done, Tag.CELLS_FAILED: failed})
+        self._record_counts(parent, statuses)
         resume = self.resume
         if interrupted:
             self._close_orphans(queue, parent)
@@ -355,7 +470,7 @@ class Coordinator:
         if left:
             self.store.finish_run(parent, "FAILED", f"{left} runs were not run: workers exited early")
             self.console.print(
-                f"[red]{left} runs were not run[/]: the workers exited early; see {self.config.run_dir}/worker-*.log, "
+                f"[red]{left} runs were not run[/]: the workers exited early; see {self.config.run_dir}/{logs}, "
                 f"then resume with: {resume}"
             )
             return EXIT_INCOMPLETE
@@ -441,15 +556,15 @@ def summary_table(config: SweepConfig, cells: dict[str, Cell], statuses: dict[It
     return table
 
 
-def _stop(procs: list[subprocess.Popen], grace_s: float = 30.0) -> None:
-    """Let workers that got the terminal's Ctrl-C finish marking their cells; interrupt those that did not; kill
-    whatever is left after `grace_s`."""
-    deadline = time.time() + 2.0
+def _stop(procs: list[subprocess.Popen], signum: int = signal.SIGINT, grace_s: float = 30.0) -> None:
+    """Let workers that got the terminal's Ctrl-C finish marking their cells; interrupt those that did not (with
+    `signum`: SIGTERM gives their cells back at once); kill whatever is left after `grace_s`."""
+    deadline = time.time() + (2.0 if signum == signal.SIGINT else 0.0)
     while time.time() < deadline and any(p.poll() is None for p in procs):
         time.sleep(0.1)
     for p in procs:
         if p.poll() is None:
-            p.send_signal(signal.SIGINT)
+            p.send_signal(signum)
     deadline = time.time() + grace_s
     while time.time() < deadline and any(p.poll() is None for p in procs):
         try:
@@ -467,13 +582,28 @@ def _absolute_storage(url: str) -> str:
 
 def run_sweep(
     config: SweepConfig, *, dry_run: bool = False, console: Console | None = None, source: str = "",
-    env_hint: str = "",
+    env_hint: str = "", agents: int | None = None, detach: bool = False,
 ) -> int:
     """Run (or with dry_run, list) a sweep whose requests this machine can run (`reslab sweep` checks them first,
-    `reslab.sweep.checks`); bad storage or tracking: one clear error, exit code 2, nothing run."""
+    `reslab.sweep.checks`), with its launcher: this machine's workers, or `agents` SLURM agents (`detach`: return
+    once submitted). Bad storage or tracking: one clear error, exit code 2, nothing run."""
+    slurm = config.sweep.launcher == "slurm"
+    agents = agents or config.sweep.slurm.agents
+    if slurm and dry_run:  # the script only: neither the queue nor MLflow is contacted, sbatch is not needed
+        from reslab.sweep.slurm import script
+
+        (console or make_console()).print(script(config, agents, config.run_dir / "config.resolved.yaml"),
+                                          markup=False, highlight=False, soft_wrap=True)  # fmt: skip
+        return EXIT_OK
     coordinator = Coordinator(config, console, source, env_hint)
+    previous = signal.signal(signal.SIGTERM, raise_terminated) if not dry_run else None
     try:
-        return coordinator.dry_run() if dry_run else coordinator.run()
+        if dry_run:
+            return coordinator.dry_run()
+        return coordinator.run_slurm(agents, detach) if slurm else coordinator.run()
+    except Terminated as exc:  # before any worker started, or while the parent run was being ended
+        coordinator.console.print(f"reslab sweep: {exc}; `{coordinator.resume}` goes on from here", style="red")
+        return EXIT_TERMINATED
     except (QueueError, tracking.TrackingError) as exc:
         coordinator.console.print(f"reslab sweep: error: {exc}", style="red", soft_wrap=True)
         return EXIT_USAGE
@@ -484,3 +614,6 @@ def run_sweep(
             style="red", soft_wrap=True,
         )  # fmt: skip
         return EXIT_INCOMPLETE
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

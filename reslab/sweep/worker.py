@@ -1,6 +1,8 @@
 """A sweep worker: claim an item, turn it into a spec, call `run_one`, record the result; until the queue is empty.
 
-Started by `reslab sweep` (one process per worker, on any number of machines), silent but for its log file. The
+Started by `reslab sweep` or an agent (one process per worker, on any number of machines), silent but for its log
+file. Ctrl-C fails its cell as interrupted (the next `reslab sweep` reruns it); SIGTERM, a scheduler's time limit or
+preemption, gives the cell back as lost at once, for any worker to claim (`reslab.interrupts`). The
 objective is thin on purpose: everything about MLflow goes through one `reslab.tracking.Store`, everything about
 training is in `reslab.train.run`.
 
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from reslab import tracking
+from reslab.interrupts import EXIT_TERMINATED, Terminated, raise_terminated
 from reslab.redact import guard_streams
 from reslab.sweep.config import SweepConfig, load_config
 from reslab.sweep.grid import Cell
@@ -77,6 +80,7 @@ class Worker:
 
     def run(self) -> int:
         heartbeat = self.queue.heartbeat()
+        signal.signal(signal.SIGTERM, raise_terminated)
         try:
             while True:
                 lease = self.queue.claim()
@@ -87,13 +91,19 @@ class Worker:
                 heartbeat.hold(lease)
                 self.run_item(lease)
                 heartbeat.hold(None)
-        except KeyboardInterrupt:
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # record why, uninterrupted by a second Ctrl-C
+        except KeyboardInterrupt as stop:
+            # record why, uninterrupted by a second Ctrl-C or SIGTERM
+            previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
             try:
+                if isinstance(stop, Terminated):  # preempted or out of time: another worker takes it at once
+                    if self.queue.give_back(f"its worker was {stop} (preempted, out of time or stopped)"):
+                        print(f"gave its cell back: {stop}", flush=True)
+                    return EXIT_TERMINATED
                 self.queue.interrupted()  # the next `reslab sweep` reruns it
+                return 130
             finally:
-                signal.signal(signal.SIGINT, previous)  # ignored signals are inherited by every later child
-            return 130
+                for s, handler in previous.items():  # ignored signals are inherited by every later child
+                    signal.signal(s, handler)
         finally:
             heartbeat.stop()
 

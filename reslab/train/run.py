@@ -27,6 +27,7 @@ import torch
 from reslab import tracking
 from reslab.data.registry import DATASETS, load_dataset
 from reslab.devices import resolve_device
+from reslab.interrupts import termination
 from reslab.models import NetSpec, build_net, summarize
 from reslab.models.registry import output_units
 from reslab.models.spec import spec_values
@@ -316,16 +317,23 @@ def _fit(plan: FitPlan) -> RunResult:
         # Lightning turns Ctrl-C into SystemExit(1). A second Ctrl-C (an impatient user, or a coordinator
         # interrupting its workers again) must not cut the run's bookkeeping short: SIGINT waits until the run is
         # marked KILLED (FINISHED if its result was committed), then its default handler is back and the interrupt
-        # goes on up.
+        # goes on up. So does a second SIGTERM (a scheduler signals every process of a job, and the agent passes its
+        # own on): after a SIGTERM this process is on its way out, and it stays ignored.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        terminated = termination(exc)
+        term_handler = signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
             keep_telemetry()
-            record.finish(*(("FINISHED",) if committed else ("KILLED", "interrupted")))
+            record.finish(*(("FINISHED",) if committed else ("KILLED", str(terminated or "interrupted"))))
         except Exception as err:  # e.g. sqlite still locked by the write the interrupt cut short: the interrupt
             # must go on up (its worker records the cell as interrupted); the coordinator settles the run later
             print(f"run {record.run_id} left for the coordinator to end: {type(err).__name__}", file=sys.stderr)
         finally:
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            if terminated is None:
+                signal.signal(signal.SIGTERM, term_handler)
+        if terminated is not None:
+            raise terminated from exc
         raise KeyboardInterrupt from exc
     except Superseded as exc:
         keep_telemetry()
