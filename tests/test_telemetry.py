@@ -80,7 +80,8 @@ def test_a_1202_layer_run_logs_few_metric_keys_and_every_value_in_the_artifact(u
     at_init = tele["key"].str.startswith("probe")  # the probe of the signal at initialisation, step 0 (test_probe*)
     assert set(tele[at_init]["step"]) == {0}
     per_step = tele[~at_init].groupby("step")["key"].nunique()
-    assert (per_step == 600 * 3 + 1202).all()  # 600 blocks x (branch, shortcut, output) + 1202 weighted layers
+    # 600 blocks x (branch, shortcut and output gradients, the output's RMS) + 1202 weighted layers
+    assert (per_step == 600 * 4 + 1202).all()
     frame = _telemetry(store, {"run_id": result.run_id, **dict.fromkeys(CELL_COLUMNS)})
     assert frame[frame["kind"] == "grad_out"]["index"].max() == 599
 

@@ -94,8 +94,8 @@ def test_an_array_job_runs_every_cell_once_and_a_cancelled_task_gives_its_cell_b
     name = "drill-slurm"
     storage = create_database(postgres, "drill_slurm")
     t0 = time.time()
-    proc = sweep(slurm, tmp_path, config(tmp_path, name), storage, mlflow_server, "--launcher", "slurm", "--agents",
-                 "2")  # fmt: skip
+    proc = sweep(slurm, tmp_path, config(tmp_path, name, epochs=10), storage, mlflow_server, "--launcher", "slurm",
+                 "--agents", "2")  # fmt: skip
     found: list = []
     wait_until(lambda: found.append(holding_agent(storage, name, "0")) or True, what="agent 0 to hold a cell")
     victim, agent = found[-1]
@@ -148,6 +148,7 @@ def test_a_sigterm_agent_gives_its_cell_to_the_other_at_once(
 
     wait_until(one_done_one_running, what="the short cell done and the long one running")
     victim, agent = holding_agent(storage, name)
+    job = agent.environ()["SLURM_ARRAY_JOB_ID"]
     t0 = time.time()
     agent.send_signal(signal.SIGTERM)
 
@@ -160,26 +161,27 @@ def test_a_sigterm_agent_gives_its_cell_to_the_other_at_once(
     record({"drill": "SIGTERM to a SLURM agent mid-cell", "handover_s": round(handover, 1),
             "bound_s": HEARTBEAT_S + 5})  # fmt: skip
     assert handover <= HEARTBEAT_S + 5
-    job = agent.environ()["SLURM_ARRAY_JOB_ID"]
     slurm.run("scancel", job)  # the long cell need not finish: the drill is the hand-over
 
 
 def test_slurm_and_a_local_agent_share_a_sweep_and_a_requeued_task_duplicates_nothing(
     slurm: cluster.SlurmCluster, tmp_path: Path, postgres: str, mlflow_server: str
 ) -> None:  # fmt: skip
+    """The local `reslab sweep` starts once the SLURM agent is mid-cell (on a loaded machine a local worker could
+    otherwise run every cell before SLURM starts its agent); then the SLURM task is requeued."""
     name = "drill-mixed"
     storage = create_database(postgres, "drill_mixed")
-    cfg = config(tmp_path, name)
+    cfg = config(tmp_path, name, epochs=12)
     t0 = time.time()
     submitted = sweep(slurm, tmp_path, cfg, storage, mlflow_server, "--launcher", "slurm", "--agents", "1",
                       "--detach")  # fmt: skip
     out, _ = submitted.communicate(timeout=120)
     assert submitted.returncode == 0, out
-    local = sweep(slurm, tmp_path, cfg, storage, mlflow_server, "--workers", "1", node="workstation")
     found: list = []
     wait_until(lambda: found.append(holding_agent(storage, name, "0")) or True, what="the SLURM agent mid-cell")
     victim, agent = found[-1]
     job = agent.environ()["SLURM_ARRAY_JOB_ID"]
+    local = sweep(slurm, tmp_path, cfg, storage, mlflow_server, "--workers", "1", node="workstation")
     slurm.run("scontrol", "requeue", f"{job}_0")
     # SLURM holds a requeued job for 120 s (BeginTime); an administrator's `StartTime=now` releases it at once
     wait_until(lambda: "BeginTime" in slurm.run("squeue", "-h", "-j", job, "-o", "%r"), what="the task requeued")
