@@ -23,8 +23,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from reslab.models.catalog import PARAMETRIZATIONS
-from reslab.report.transfer import Transfer, points
+from reslab.report.transfer import Transfer, panel_grid, points
 
 #: The telemetry kind of a block's output RMS.
 KIND = "act"
@@ -83,12 +82,7 @@ def coordinate_figure(pts: pd.DataFrame, results: list[Transfer]) -> Figure | No
     panels = [r for r in results if r.panel in set(pts["panel"])]
     if not panels:
         return None
-    cols = min(len(panels), len(PARAMETRIZATIONS))
-    rows = math.ceil(len(panels) / cols)
-    fig = Figure(figsize=(4.2 * cols, 3.4 * rows), layout="constrained")
-    grid = fig.subplots(rows, cols, squeeze=False, sharey=True)
-    for ax in grid.flat[len(panels):]:
-        ax.set_visible(False)
+    fig, grid = panel_grid(len(panels))
     import seaborn as sns
 
     lrs = sorted(pts["lr"].unique())

@@ -192,16 +192,23 @@ def _penalty(df: pd.DataFrame, best: dict[int, float]) -> float | None:
     return float(mean[nearest] - mean.min())
 
 
+def panel_grid(n: int) -> tuple[Figure, np.ndarray]:
+    """A figure of `n` panels sharing y, one column per parametrization (rows per layers in a branch); the grid's
+    unused cells hidden."""
+    cols = min(n, len(PARAMETRIZATIONS))
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(4.2 * cols, 3.4 * rows), layout="constrained")
+    grid = fig.subplots(rows, cols, squeeze=False, sharey=True)
+    for ax in grid.flat[n:]:
+        ax.set_visible(False)
+    return fig, grid
+
+
 def transfer_figure(cells: pd.DataFrame, results: list[Transfer]) -> Figure:
     """Final training loss vs log2(lr), one curve per depth (mean over seeds), one panel per parametrization; a
     diverged point (every seed of it, or any) at the top of its panel as an x; each depth's best lr a dotted line."""
     pts = points(cells)
-    cols = min(len(results), len(PARAMETRIZATIONS))
-    rows = math.ceil(len(results) / cols)
-    fig = Figure(figsize=(4.2 * cols, 3.4 * rows), layout="constrained")
-    grid = fig.subplots(rows, cols, squeeze=False, sharey=True)
-    for ax in grid.flat[len(results):]:
-        ax.set_visible(False)
+    fig, grid = panel_grid(len(results))
     axes = list(grid.flat[: len(results)])
     colours = _depth_palette(list(pts["depth"].unique()))
     finite = pts["loss"].dropna()
