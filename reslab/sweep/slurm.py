@@ -28,6 +28,7 @@ SBATCH = "sbatch"
 
 
 def describe(slurm: SlurmConfig, agents: int) -> str:
+    """What the job asks for, as the sweep's first line says it: '8 SLURM agents (4 CPUs, 1 GPU, 8G memory each)'."""
     gpus = f", {slurm.gpus_per_agent} GPU{'s' * (slurm.gpus_per_agent > 1)}" if slurm.gpus_per_agent else ""
     mem = f", {slurm.mem} memory" if slurm.mem else ""
     return f"{agents} SLURM agent{'s' * (agents > 1)} ({slurm.cpus_per_agent} CPUs{gpus}{mem} each)"
