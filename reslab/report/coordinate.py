@@ -21,6 +21,7 @@ import math
 
 import numpy as np
 import pandas as pd
+import seaborn as sns
 from matplotlib.figure import Figure
 
 from reslab.report.transfer import Transfer, panel_grid, points
@@ -83,8 +84,6 @@ def coordinate_figure(pts: pd.DataFrame, results: list[Transfer]) -> Figure | No
     if not panels:
         return None
     fig, grid = panel_grid(len(panels))
-    import seaborn as sns
-
     lrs = sorted(pts["lr"].unique())
     colours = dict(zip(lrs, sns.color_palette("flare", n_colors=max(len(lrs), 2)), strict=False))
     step = int(pts.loc[pts["step"] > 0, "step"].min())
@@ -97,7 +96,7 @@ def coordinate_figure(pts: pd.DataFrame, results: list[Transfer]) -> Figure | No
             if not line.empty:
                 thick = bool(np.isclose(lr, chosen))
                 ax.plot(line.index, line.to_numpy(), marker="o", ms=3, color=colours[lr], lw=2.4 if thick else 1,
-                        label=f"lr 2^{math.log2(lr):.0f}" + (" (tuned at the shallowest)" if thick else ""))
+                        label=f"lr {lr:.3g}" + (" (tuned at the shallowest)" if thick else ""))
         init = df[df["step"] == 0].groupby("depth")["rms"].mean().dropna()
         ax.plot(init.index, init.to_numpy(), color="black", ls="--", marker="s", ms=3, label="initialisation")
         ax.set_xscale("log", base=2)
