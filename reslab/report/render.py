@@ -101,11 +101,11 @@ def at_best_lr(data: SweepData) -> SweepData:
 
 def build_figures(
     data: SweepData, bench: pd.DataFrame | None = None, log_scale: bool = False, transfer: list[Transfer] | None = None,
-    every_lr: SweepData | None = None,
+    every_lr: SweepData | None = None, coords: pd.DataFrame | None = None,
 ) -> list[Rendered]:
     """The report's figures of `data` (each net at its best lr where the grid sweeps it), and with `transfer` (the
     analysis of `every_lr`, the sweep at every lr) the learning-rate transfer figure and the depth coordinate check
-    after the depth curve."""
+    after the depth curve (from `coords`, `coordinate_points` of `every_lr`, when the caller has them already)."""
     finished = data.finished
     dataset = (data.config.get("dataset") or {}).get("name", "")
     m = measure_of(data.cells)
@@ -128,7 +128,8 @@ def build_figures(
                     "parametrization; x: diverged, at the top; dotted: each depth's best rate (a quadratic in "
                     "log2(lr) around the grid's minimum). " + transfer_sentence(transfer),
                     transfer_figure(every_lr.cells, transfer)))  # fmt: skip
-        coords = coordinate_points(every_lr.telemetry, every_lr.cells)
+        if coords is None:
+            coords = coordinate_points(every_lr.telemetry, every_lr.cells)
         out.append(("coordinate_check", "Depth coordinate check",
                     "The residual stream's RMS at the last block vs depth (log-log), one panel per parametrization: "
                     "dashed, at initialisation; solid, after the first probed steps, one line per learning rate "
@@ -185,7 +186,8 @@ def write_report(
     bench = load_benchmark(bench_path) if bench_path else None
     view = at_best_lr(data)
     transfer = analyse(data.cells) if has_transfer(data.cells) else []
-    figures = build_figures(view, bench, log_scale, transfer, data)
+    coords = coordinate_points(data.telemetry, data.cells) if transfer else pd.DataFrame()
+    figures = build_figures(view, bench, log_scale, transfer, data, coords)
     written: list[Path] = []
 
     def write(path: Path, content: str | bytes) -> None:
@@ -203,8 +205,8 @@ def write_report(
     write(out / "summary.csv", redact(data.cells.to_csv(index=False)))
     write(out / "epochs.csv", redact(data.epochs.to_csv(index=False)))
     context = _context(data, v, table, bench_path)
-    coords = coordinate_sentence(coordinate_points(data.telemetry, data.cells), transfer) if transfer else ""
-    context["transfer"] = " ".join(filter(None, [transfer_sentence(transfer) if transfer else "", coords]))
+    sentences = [transfer_sentence(transfer), coordinate_sentence(coords, transfer)] if transfer else []
+    context["transfer"] = " ".join(filter(None, sentences))
     if is_remedy_sweep(data.config) and measure_of(data.cells) is ERROR:  # its claims are the image papers'
         context["leaderboard"] = leaderboard(data.cells, (data.config.get("train") or {}).get("lr"))
     write(out / "index.html", _html(context, figures))

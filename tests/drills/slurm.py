@@ -8,23 +8,18 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from tests.drills.conftest import free_port
 
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "scontrol")
 
 
 def missing() -> list[str]:
     return [name for name in DAEMONS if shutil.which(name) is None]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class SlurmCluster:
@@ -45,7 +40,7 @@ class SlurmCluster:
             f"SlurmctldPidFile={self.root / 'slurmctld.pid'}", f"SlurmdPidFile={self.root / 'slurmd.pid'}",
             f"SlurmctldLogFile={self.root / 'log' / 'slurmctld.log'}",
             f"SlurmdLogFile={self.root / 'log' / 'slurmd.log'}",
-            f"SlurmctldPort={_port()}", f"SlurmdPort={_port()}",
+            f"SlurmctldPort={free_port()}", f"SlurmdPort={free_port()}",
             "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "SchedulerType=sched/backfill",
             "SelectType=select/cons_tres", "SelectTypeParameters=CR_CPU", "ReturnToService=2",
             "JobAcctGatherType=jobacct_gather/none", "AccountingStorageType=accounting_storage/none",
